@@ -1,0 +1,153 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CNftnl
+
+/// A NETLINK_NETFILTER socket (libmnl), with extended acks on and request echo off.
+final class MnlSocket: NetlinkTransport {
+    private let socket: OpaquePointer
+    private let fd: Int32
+    private var receiveBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+    private var sendBufferSize = 0
+    private var receiveBufferSize = 0
+
+    /// Opens and binds the socket, inside the network namespace at `netnsPath` if given.
+    ///
+    /// Wraps `mnl_socket_open2`, `mnl_socket_bind`, `setsockopt(NETLINK_EXT_ACK, NETLINK_CAP_ACK)`;
+    /// with `netnsPath`, `setns(2)` there and back (needs CAP_SYS_ADMIN).
+    init(netnsPath: String?) throws(NetfilterError) {
+        let opened: OpaquePointer?
+        if let netnsPath {
+            opened = try NetworkNamespace.run(in: netnsPath) { () throws(NetfilterError) -> OpaquePointer? in
+                mnl_socket_open2(NETLINK_NETFILTER, Int32(SOCK_CLOEXEC.rawValue))
+            }
+        } else {
+            opened = mnl_socket_open2(NETLINK_NETFILTER, Int32(SOCK_CLOEXEC.rawValue))
+        }
+        guard let opened else {
+            throw NetfilterError(errno: Glibc.errno, operation: "open netlink socket (NETLINK_NETFILTER)")
+        }
+        socket = opened
+        fd = mnl_socket_get_fd(opened)
+        if mnl_socket_bind(opened, 0, pid_t(MNL_SOCKET_AUTOPID)) < 0 {
+            let code = Glibc.errno
+            mnl_socket_close(opened)
+            throw NetfilterError(errno: code, operation: "bind netlink socket")
+        }
+        var on: Int32 = 1
+        // Best effort: without them errors still arrive, just less precise / with the request echoed.
+        _ = setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    deinit { mnl_socket_close(socket) }
+
+    /// After a transaction that deleted anything, the kernel's release of an nf_tables netlink
+    /// socket waits for an RCU grace period (nf_tables flushes its destroy work: 9–13 ms measured
+    /// here), and a hook's caller would wait for it. This forks a child that holds the last
+    /// reference and closes the socket only once this process has exited (EOF on a pipe), so the
+    /// wait happens off the hook's critical path. The child first closes every other descriptor,
+    /// stderr included: libvirt reads the hook's stderr until EOF and must not wait for it.
+    /// Only async-signal-safe calls run in the child. Wraps fork(2), pipe(2).
+    func closeInBackground() {
+        var gate: [Int32] = [0, 0]
+        guard pipe(&gate) == 0 else { return }
+        let pid = fork()
+        if pid == 0 {
+            let keep = fd, wait = gate[0]
+            for other in 0..<Int32(1024) where other != keep && other != wait { close(other) }
+            var byte: UInt8 = 0
+            while read(wait, &byte, 1) != 0 && errno == EINTR {}
+            close(keep)
+            _exit(0)
+        }
+        // The write end stays open until this process exits; that EOF releases the child.
+        close(gate[0])
+    }
+
+    func send(_ datagram: [UInt8]) throws(NetfilterError) {
+        while true {
+            let sent = datagram.withUnsafeBytes { mnl_socket_sendto(socket, $0.baseAddress, $0.count) }
+            if sent >= 0 { return }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            throw NetfilterError(errno: code, operation: "send \(datagram.count) bytes to nf_tables")
+        }
+    }
+
+    func receive(timeout: Int32) throws(NetfilterError) -> [UInt8]? {
+        if timeout != 0 {
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            while true {
+                let ready = poll(&poller, 1, timeout)
+                if ready > 0 { break }
+                if ready == 0 { return nil }
+                if Glibc.errno != EINTR { throw NetfilterError(errno: Glibc.errno, operation: "wait for nf_tables") }
+            }
+        }
+        while true {
+            let count = receiveBuffer.withUnsafeMutableBytes {
+                recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC))
+            }
+            if count >= 0 {
+                guard count <= receiveBuffer.count else {
+                    throw NetfilterError(errno: EMSGSIZE, operation: "receive from nf_tables (\(count)-byte reply)")
+                }
+                return Array(receiveBuffer[0..<count])
+            }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return nil }
+            // ENOBUFS: the kernel dropped replies because the receive buffer overflowed.
+            throw NetfilterError(errno: code, operation: "receive from nf_tables")
+        }
+    }
+
+    /// Raises SO_SNDBUF/SO_RCVBUF past the sysctl limits (SO_*BUFFORCE, CAP_NET_ADMIN, which nf_tables
+    /// needs anyway): the kernel refuses a datagram bigger than the send buffer, and a batch must
+    /// stay one datagram to stay one transaction.
+    func reserve(sendBytes: Int, replies: Int) throws(NetfilterError) {
+        let wantSend = sendBytes + 64 * 1024
+        if wantSend > sendBufferSize, sendBytes > 128 * 1024 {
+            try setBuffer(SO_SNDBUFFORCE, SO_SNDBUF, wantSend, what: "send")
+            sendBufferSize = wantSend
+        }
+        let wantReceive = replies * 1024 + 256 * 1024
+        if wantReceive > receiveBufferSize, replies > 64 {
+            try setBuffer(SO_RCVBUFFORCE, SO_RCVBUF, wantReceive, what: "receive")
+            receiveBufferSize = wantReceive
+        }
+    }
+
+    private func setBuffer(_ force: Int32, _ plain: Int32, _ size: Int, what: String) throws(NetfilterError) {
+        var value = Int32(clamping: size)
+        let length = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(fd, SOL_SOCKET, force, &value, length) == 0 { return }
+        // Without CAP_NET_ADMIN: as much as net.core.[wr]mem_max allows.
+        if setsockopt(fd, SOL_SOCKET, plain, &value, length) == 0 { return }
+        throw NetfilterError(errno: Glibc.errno, operation: "set the netlink \(what) buffer to \(size) bytes")
+    }
+}
+
+/// Entering another network namespace for the duration of one call (tests, `ip netns`).
+enum NetworkNamespace {
+    /// Runs `body` with the calling thread in the network namespace at `path`, then moves it back.
+    ///
+    /// Wraps `open(2)` of `/proc/thread-self/ns/net` and `path`, and `setns(2)`; needs CAP_SYS_ADMIN.
+    /// A thread that cannot return to its own namespace is a process in an unknown state: that traps.
+    static func run<T>(in path: String, _ body: () throws(NetfilterError) -> T) throws(NetfilterError) -> T {
+        let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard home >= 0 else { throw NetfilterError(errno: errno, operation: "open /proc/thread-self/ns/net") }
+        defer { close(home) }
+        let target = open(path, O_RDONLY | O_CLOEXEC)
+        guard target >= 0 else { throw NetfilterError(errno: errno, operation: "open network namespace \(path)") }
+        defer { close(target) }
+        guard vp_setns_net(target) == 0 else {
+            throw NetfilterError(errno: errno, operation: "enter network namespace \(path)")
+        }
+        defer {
+            if vp_setns_net(home) != 0 { fatalError("cannot return from network namespace \(path): errno \(errno)") }
+        }
+        return try body()
+    }
+}

@@ -1,0 +1,114 @@
+import CNftnl
+import VirtPortCore
+
+/// The nf_tables expressions virtport's rules are made of, as plain values; `build` turns one into
+/// a libnftnl expression. Registers are numbered as on the wire (see `register(word:)`).
+enum RuleExpression: Equatable {
+    /// `meta KEY` into `dreg`.
+    case meta(nft_meta_keys, dreg: UInt32)
+    /// Compare `data` with the register.
+    case cmp(sreg: UInt32, op: nft_cmp_ops, data: [UInt8])
+    /// Load `length` bytes at `offset` of header `base` into `dreg`.
+    case payload(base: nft_payload_bases, offset: UInt32, length: UInt32, dreg: UInt32)
+    /// `fib daddr type` into `dreg`.
+    case fibDaddrType(dreg: UInt32)
+    /// `ct KEY` into `dreg`.
+    case ct(nft_ct_keys, dreg: UInt32)
+    /// `reg = (reg & mask) ^ xor`.
+    case bitwise(reg: UInt32, mask: [UInt8], xor: [UInt8])
+    /// Set/map lookup; `dreg` nil for a plain set.
+    case lookup(set: String, sreg: UInt32, dreg: UInt32?)
+    /// `dnat FAMILY to` address from `addressReg`, port from `portReg`.
+    case dnat(family: Family, addressReg: UInt32, portReg: UInt32)
+    case masquerade
+
+    /// A fresh libnftnl expression; the caller hands it to a rule (which then owns it).
+    func build() -> OpaquePointer {
+        switch self {
+        case .meta(let key, let dreg):
+            let e = nftnl_expr_alloc("meta")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_META_KEY), key.rawValue)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_META_DREG), dreg)
+            return e
+        case .cmp(let sreg, let op, let data):
+            let e = nftnl_expr_alloc("cmp")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CMP_SREG), sreg)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CMP_OP), op.rawValue)
+            data.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_CMP_DATA), $0.baseAddress, UInt32($0.count)) }
+            return e
+        case .payload(let base, let offset, let length, let dreg):
+            let e = nftnl_expr_alloc("payload")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_DREG), dreg)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_BASE), base.rawValue)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_OFFSET), offset)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_PAYLOAD_LEN), length)
+            return e
+        case .fibDaddrType(let dreg):
+            let e = nftnl_expr_alloc("fib")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_DREG), dreg)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_RESULT), NFT_FIB_RESULT_ADDRTYPE.rawValue)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_FIB_FLAGS), NFTA_FIB_F_DADDR.rawValue)
+            return e
+        case .ct(let key, let dreg):
+            let e = nftnl_expr_alloc("ct")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_KEY), key.rawValue)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_DREG), dreg)
+            return e
+        case .bitwise(let reg, let mask, let xor):
+            let e = nftnl_expr_alloc("bitwise")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_BITWISE_SREG), reg)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_BITWISE_DREG), reg)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_BITWISE_LEN), UInt32(mask.count))
+            mask.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_BITWISE_MASK), $0.baseAddress, UInt32($0.count)) }
+            xor.withUnsafeBytes { _ = nftnl_expr_set(e, UInt16(NFTNL_EXPR_BITWISE_XOR), $0.baseAddress, UInt32($0.count)) }
+            return e
+        case .lookup(let set, let sreg, let dreg):
+            let e = nftnl_expr_alloc("lookup")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SREG), sreg)
+            if let dreg { nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_DREG), dreg) }
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_LOOKUP_SET), set)
+            return e
+        case .dnat(let family, let addressReg, let portReg):
+            let e = nftnl_expr_alloc("nat")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_TYPE), NFT_NAT_DNAT.rawValue)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_FAMILY), UInt32(family == .ipv4 ? NFPROTO_IPV4 : NFPROTO_IPV6))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_REG_ADDR_MIN), addressReg)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_NAT_REG_PROTO_MIN), portReg)
+            return e
+        case .masquerade:
+            return nftnl_expr_alloc("masq")!
+        }
+    }
+}
+
+extension RuleExpression {
+    /// `meta nfproto ipv4|ipv6`: the dependency nft adds in an inet table, so a v4 map only ever
+    /// sees v4 packets.
+    static func nfproto(_ family: Family) -> [RuleExpression] {
+        [.meta(NFT_META_NFPROTO, dreg: register(word: 0)),
+         .cmp(sreg: register(word: 0), op: NFT_CMP_EQ, data: [UInt8(family == .ipv4 ? NFPROTO_IPV4 : NFPROTO_IPV6)])]
+    }
+
+    /// `fib daddr type local`: the destination is one of this host's addresses.
+    /// `ip daddr != 127.0.0.0/8` or `ip6 daddr != ::1`.
+    static func notLoopback(_ family: Family) -> [RuleExpression] {
+        let reg = register(word: 0)
+        switch family {
+        case .ipv4:
+            return [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 16, length: 4, dreg: reg),
+                    .bitwise(reg: reg, mask: [255, 0, 0, 0], xor: [0, 0, 0, 0]),
+                    .cmp(sreg: reg, op: NFT_CMP_NEQ, data: [127, 0, 0, 0])]
+        case .ipv6:
+            return [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 24, length: 16, dreg: reg),
+                    .cmp(sreg: reg, op: NFT_CMP_NEQ, data: [UInt8](repeating: 0, count: 15) + [1])]
+        }
+    }
+
+    static let fibLocal: [RuleExpression] = [
+        .fibDaddrType(dreg: register(word: 0)),
+        .cmp(sreg: register(word: 0), op: NFT_CMP_EQ, data: hostOrder(2 /* RTN_LOCAL */)),
+    ]
+
+    /// A 32-bit value as the kernel holds it in a register (host byte order).
+    static func hostOrder(_ value: UInt32) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+}

@@ -1,0 +1,27 @@
+import VirtPortCore
+
+/// `virtport reconcile [--dry-run] [--json]`.
+enum ReconcileCommand {
+    static func run(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
+        let dryRun = args.flag("--dry-run")
+        let json = args.flag("--json")
+        try args.finish("reconcile")
+        let config = try Config.load()
+        let fixes = try Reconciler(config: config).run(dryRun: dryRun, reason: "reconcile")
+        if json {
+            Output.out(JSONValue.object([
+                ("dry_run", .bool(dryRun)),
+                ("fixes", .array(fixes.map { f in
+                    .object([("action", .string(f.action)), ("domain", .optional(f.domain)),
+                             ("what", .string(f.what)), ("reason", .string(f.reason))])
+                })),
+            ]).serialized(pretty: true))
+        } else if fixes.isEmpty {
+            Output.out("nothing to do: kernel, journal and running domains agree")
+        } else {
+            let verb = dryRun ? "would " : ""
+            for f in fixes { Output.out("\(verb)\(f.action) \(f.domain.map { "[\($0)] " } ?? "")\(f.what) (\(f.reason))") }
+        }
+        return 0
+    }
+}

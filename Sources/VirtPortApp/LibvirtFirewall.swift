@@ -1,0 +1,123 @@
+import Netfilter
+import VirtPortCore
+
+/// libvirt rejects new inbound connections to its NAT networks. This keeps one small, tagged rule
+/// that accepts only connections a DNAT translated, to that network's subnet and bridge, in front
+/// of libvirt's reject:
+///
+/// - iptables backend (libvirt < 10.4; `ip filter` has chain `LIBVIRT_FWI`): at the top of the
+///   built-in `FORWARD` chain, before the jump to `LIBVIRT_FWI`:
+///   `iptables -I FORWARD 1 -d SUBNET -o BRIDGE -m conntrack --ctstate DNAT -m comment --comment virtport:BRIDGE -j ACCEPT`.
+///   Not inside `LIBVIRT_FWI`: libvirt 9.0 deletes and re-inserts its rules at the top of that
+///   chain on every SIGHUP or daemon restart, with no hook call, which would leave ours below
+///   the REJECT; FORWARD's order survives all of that (measured). Written with the iptables
+///   binary so the iptables-nft table stays readable by iptables (libvirt's own later calls).
+/// - nftables backend (libvirt >= 10.4; table `ip libvirt_network`): at the top of its chain
+///   `guest_input`: `oifname BRIDGE ip daddr SUBNET ct status dnat counter accept comment "virtport:BRIDGE"`.
+///
+/// Presence and position are read over netlink (a chain dump, no process): the rule must come
+/// before the first rule that rejects (nftables) or jumps to `LIBVIRT_FWI` (iptables); otherwise
+/// it is deleted and inserted again at the top. A process runs only to change something. The rule
+/// is removed once no applied forward on that network remains.
+struct LibvirtFirewall {
+    enum Backend: String { case iptables, nftables }
+
+    struct Place {
+        var backend: Backend
+        var table: String
+        var chain: String
+        /// Our rule must come before the first rule that mentions this name.
+        var mustPrecede: String
+    }
+
+    let nf: NetfilterSession
+
+    static func tag(_ bridge: String) -> String { "virtport:\(bridge)" }
+
+    /// Where the rule goes for `family`, whichever libvirt backend is live; nil: no libvirt reject.
+    func place(_ family: Family) -> Place? {
+        if exists(family, "libvirt_network", "guest_input") {
+            return Place(backend: .nftables, table: "libvirt_network", chain: "guest_input", mustPrecede: "reject")
+        }
+        if exists(family, "filter", "LIBVIRT_FWI") {
+            return Place(backend: .iptables, table: "filter", chain: "FORWARD", mustPrecede: "LIBVIRT_FWI")
+        }
+        return nil
+    }
+
+    private func exists(_ family: Family, _ table: String, _ chain: String) -> Bool {
+        ((try? nf.listRules(family: family, table: table, chain: chain)) ?? nil) != nil
+    }
+
+    /// Makes sure the accept rule is in effect for each subnet of a NAT network.
+    func ensure(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) {
+        guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return }
+        for ip in net.ips where families.contains(ip.family) {
+            guard let place = place(ip.family) else { continue }
+            let rules = ((try? nf.listRules(family: ip.family, table: place.table, chain: place.chain)) ?? nil) ?? []
+            let ours = rules.indices.filter { rules[$0].mentions(Self.tag(bridge)) }
+            let blocker = rules.firstIndex { $0.mentions(place.mustPrecede) }
+            if ours.count == 1, blocker.map({ ours[0] < $0 }) ?? true { continue }
+            try delete(ip.family, place, bridge: bridge, subnet: ip.subnet, handles: ours.map { rules[$0].handle })
+            try insert(ip.family, place, bridge: bridge, subnet: ip.subnet)
+        }
+    }
+
+    /// Removes our rules for this network (no forward needs them any more).
+    func remove(_ net: NetworkDefinition) throws(VirtPortError) {
+        guard let bridge = net.bridge else { return }
+        for family in [Family.ipv4, .ipv6] {
+            guard let place = place(family) else { continue }
+            let rules = ((try? nf.listRules(family: family, table: place.table, chain: place.chain)) ?? nil) ?? []
+            let ours = rules.filter { $0.mentions(Self.tag(bridge)) }.map(\.handle)
+            if ours.isEmpty { continue }
+            let subnet = net.ips.first { $0.family == family }?.subnet
+            try delete(family, place, bridge: bridge, subnet: subnet, handles: ours)
+        }
+    }
+
+    private func insert(_ family: Family, _ place: Place, bridge: String, subnet: IPPrefix) throws(VirtPortError) {
+        switch place.backend {
+        case .iptables:
+            try run([iptables(family), "-w", "5", "-I", place.chain, "1"] + iptablesSpec(bridge: bridge, subnet: subnet))
+        case .nftables:
+            let ipfam = family == .ipv4 ? "ip" : "ip6"
+            try run([nft(), "insert", "rule", ipfam, place.table, place.chain, "oifname", bridge, ipfam, "daddr",
+                     "\(subnet)", "ct", "status", "dnat", "counter", "accept", "comment", "\"\(Self.tag(bridge))\""])
+        }
+    }
+
+    private func delete(_ family: Family, _ place: Place, bridge: String, subnet: IPPrefix?,
+                        handles: [UInt64]) throws(VirtPortError) {
+        for handle in handles {
+            switch place.backend {
+            case .iptables:
+                // iptables deletes by rule spec; the spec is ours (it names the subnet).
+                guard let subnet else { continue }
+                try run([iptables(family), "-w", "5", "-D", place.chain] + iptablesSpec(bridge: bridge, subnet: subnet))
+            case .nftables:
+                try run([nft(), "delete", "rule", family == .ipv4 ? "ip" : "ip6", place.table, place.chain,
+                         "handle", "\(handle)"])
+            }
+        }
+    }
+
+    private func iptablesSpec(bridge: String, subnet: IPPrefix) -> [String] {
+        ["-d", "\(subnet)", "-o", bridge, "-m", "conntrack", "--ctstate", "DNAT",
+         "-m", "comment", "--comment", Self.tag(bridge), "-j", "ACCEPT"]
+    }
+
+    private func iptables(_ family: Family) -> String {
+        let name = family == .ipv4 ? "iptables" : "ip6tables"
+        return Spawn.find(name) ?? name
+    }
+
+    private func nft() -> String { Spawn.find("nft") ?? "nft" }
+
+    private func run(_ argv: [String]) throws(VirtPortError) {
+        let r = try Spawn.run(argv)
+        if r.status != 0 {
+            throw .operational("libvirt firewall: '\(argv.joined(separator: " "))' failed (exit \(r.status))", cause: r.stderr)
+        }
+    }
+}

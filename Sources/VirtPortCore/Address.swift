@@ -1,0 +1,79 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Address family of a forward: decides the DNAT map family (ip or ip6).
+public enum Family: String, Sendable, Hashable, Comparable {
+    case ipv4, ipv6
+    public static func < (a: Family, b: Family) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// An IPv4 or IPv6 address in network byte order.
+public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible {
+    public let bytes: [UInt8]  // 4 or 16 bytes
+
+    public var family: Family { bytes.count == 4 ? .ipv4 : .ipv6 }
+
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == 4 || bytes.count == 16 else { return nil }
+        self.bytes = bytes
+    }
+
+    /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (inet_pton); nil when it is neither.
+    public init?(_ text: String) {
+        if text.isEmpty || text.count > 45 { return nil }
+        if text.contains(":") {
+            var a = in6_addr()
+            guard inet_pton(AF_INET6, text, &a) == 1 else { return nil }
+            self.bytes = withUnsafeBytes(of: &a) { Array($0) }
+        } else {
+            var a = in_addr()
+            guard inet_pton(AF_INET, text, &a) == 1 else { return nil }
+            self.bytes = withUnsafeBytes(of: &a) { Array($0) }
+        }
+    }
+
+    public var description: String {
+        var buf = [CChar](repeating: 0, count: 64)
+        return bytes.withUnsafeBytes { raw in
+            let af = bytes.count == 4 ? AF_INET : AF_INET6
+            guard inet_ntop(af, raw.baseAddress, &buf, socklen_t(buf.count)) != nil else { return "?" }
+            return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
+
+    public var isUnspecified: Bool { bytes.allSatisfy { $0 == 0 } }
+    public var isMulticast: Bool { family == .ipv4 ? bytes[0] >= 224 && bytes[0] <= 239 : bytes[0] == 0xff }
+    public var isLoopback: Bool {
+        family == .ipv4 ? bytes[0] == 127 : bytes == [UInt8](repeating: 0, count: 15) + [1]
+    }
+
+    public static func < (a: IPAddress, b: IPAddress) -> Bool {
+        a.bytes.count != b.bytes.count ? a.bytes.count < b.bytes.count : a.bytes.lexicographicallyPrecedes(b.bytes)
+    }
+}
+
+/// A MAC address, normalised to lower-case colon form ("52:54:00:aa:bb:01").
+public struct MACAddress: Sendable, Hashable, Comparable, CustomStringConvertible {
+    public let bytes: [UInt8]
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        var out: [UInt8] = []
+        for p in parts {
+            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
+            out.append(b)
+        }
+        bytes = out
+    }
+
+    public var description: String {
+        bytes.map { b in
+            let h = String(b, radix: 16)
+            return h.count == 1 ? "0" + h : h
+        }.joined(separator: ":")
+    }
+
+    public static func < (a: MACAddress, b: MACAddress) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+}

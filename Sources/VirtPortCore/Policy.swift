@@ -1,0 +1,45 @@
+/// Root-owned limits on what a domain's metadata may claim (config file `[policy]`).
+/// Anyone who can edit a domain's XML must not be able to grab host port 22.
+public struct Policy: Sendable, Equatable {
+    public enum OnJournalError: String, Sendable { case warn, refuse }
+
+    /// Host ports metadata may forward (default 1024-65535).
+    public var hostPorts: [PortRange]
+    /// Host listen addresses metadata may name in `address=`; nil: any address.
+    public var listenAddresses: [IPAddress]?
+    /// Whether a forward without `address=` (every local address) is allowed.
+    public var allowAnyAddress: Bool
+    /// Most mappings (contiguous ranges after `exclude`) one domain may have.
+    public var maxForwardsPerDomain: Int
+    /// Most host ports one domain may have in total.
+    public var maxPortsPerDomain: Int
+    /// What a hook does when the journal is unusable: keep VMs starting (warn) or refuse.
+    public var onJournalError: OnJournalError
+
+    public init(hostPorts: [PortRange] = [PortRange(1024, 65535)], listenAddresses: [IPAddress]? = nil,
+                allowAnyAddress: Bool = true, maxForwardsPerDomain: Int = 64, maxPortsPerDomain: Int = 4096,
+                onJournalError: OnJournalError = .warn) {
+        self.hostPorts = hostPorts
+        self.listenAddresses = listenAddresses
+        self.allowAnyAddress = allowAnyAddress
+        self.maxForwardsPerDomain = maxForwardsPerDomain
+        self.maxPortsPerDomain = maxPortsPerDomain
+        self.onJournalError = onJournalError
+    }
+}
+
+/// Answers "what is the guest address of this NIC" from sources that need I/O (network XML on
+/// disk, dnsmasq lease file). The planner stays pure; the app supplies a file-backed resolver.
+public protocol GuestAddressResolver {
+    /// The static `<dhcp><host mac= ip=>` reservation of `network` for `mac`, for `family`.
+    func reservation(network: String, mac: MACAddress, family: Family?) -> IPAddress?
+    /// A current DHCP lease of `network` for `mac`, for `family`.
+    func lease(network: String, mac: MACAddress, family: Family?) -> IPAddress?
+}
+
+/// A resolver that knows nothing: every forward without `guest=` is pending.
+public struct NoGuestAddresses: GuestAddressResolver {
+    public init() {}
+    public func reservation(network: String, mac: MACAddress, family: Family?) -> IPAddress? { nil }
+    public func lease(network: String, mac: MACAddress, family: Family?) -> IPAddress? { nil }
+}

@@ -1,0 +1,154 @@
+import Testing
+import VirtPortCore
+@testable import VirtPortApp
+
+@Suite struct ConfigTests {
+    @Test func emptyFileGivesDefaults() throws {
+        let c = try Config.parse("")
+        #expect(c.databasePath == "/var/lib/virtport/virtport.db")
+        #expect(c.table == "virtport")
+        #expect(c.policy.hostPorts == [PortRange(1024, 65535)])
+        #expect(c.policy.allowAnyAddress)
+        #expect(c.policy.onJournalError == .warn)
+        #expect(c.historyRetentionDays == 0)
+    }
+
+    @Test func everyDocumentedKey() throws {
+        let c = try Config.parse("""
+            # comment
+            database = "/srv/vp.db"   # trailing comment
+            table = "vp_test"
+            [paths]
+            libvirt_run_dir = "/tmp/run"
+            libvirt_config_dir = "/tmp/etc"
+            libvirt_state_dir = "/tmp/lib"
+            hooks_dir = "/tmp/hooks"
+            [policy]
+            host_ports = ["2000-2999", "8080"]
+            listen_addresses = ["203.0.113.5", "2001:db8::1"]
+            max_forwards_per_domain = 3
+            max_ports_per_domain = 10
+            on_internal_error = "refuse"
+            [history]
+            retention_days = 30
+            """)
+        #expect(c.databasePath == "/srv/vp.db")
+        #expect(c.table == "vp_test")
+        #expect(c.libvirtRunDir == "/tmp/run" && c.libvirtConfigDir == "/tmp/etc" && c.libvirtStateDir == "/tmp/lib")
+        #expect(c.hooksDir == "/tmp/hooks")
+        #expect(c.policy.hostPorts == [PortRange(2000, 2999), PortRange(8080, 8080)])
+        #expect(c.policy.listenAddresses == [IPAddress("203.0.113.5")!, IPAddress("2001:db8::1")!])
+        #expect(!c.policy.allowAnyAddress)
+        #expect(c.policy.maxForwardsPerDomain == 3 && c.policy.maxPortsPerDomain == 10)
+        #expect(c.policy.onJournalError == .refuse)
+        #expect(c.historyRetentionDays == 30)
+    }
+
+    @Test(arguments: [
+        ("bogus = 1", "virtport.conf:1: unknown key bogus"),
+        ("[nope]", "unknown section [nope]"),
+        ("database = relative", "strings need double quotes"),
+        ("database = \"relative\"", "database: must be an absolute path"),
+        ("[policy]\nhost_ports = [\"0-10\"]", "policy.host_ports: \"0-10\" is not a port"),
+        ("[policy]\nhost_ports = [\"3000-2000\"]", "is not a port or port range"),
+        ("[policy]\nlisten_addresses = [\"nothost\"]", "\"nothost\" is not an IP address"),
+        ("[policy]\nmax_forwards_per_domain = -1", "expected an integer >= 0"),
+        ("[policy]\non_internal_error = \"panic\"", "must be \"warn\" or \"refuse\""),
+        ("[policy]\nhost_ports = [\"1\"", "unterminated array"),
+        ("table = \"bad name\"", "not a valid table name"),
+        ("novalue", "expected key = value"),
+    ])
+    func invalidConfigNamesLineAndKey(text: String, fragment: String) {
+        do {
+            _ = try Config.parse(text)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.exitCode == 2)
+            #expect(error.message.contains(fragment), "\(error.message)")
+            #expect(!error.message.contains("\n"))
+        }
+    }
+}
+
+@Suite struct DispatchTests {
+    @Test func hookModeByArgv0() {
+        #expect(CLI.hookKind(path: "/etc/libvirt/hooks/qemu") == .qemu)
+        #expect(CLI.hookKind(path: "/etc/libvirt/hooks/network") == .network)
+        #expect(CLI.hookKind(path: "/etc/libvirt/hooks/qemu.d/virtport") == .qemu)
+        #expect(CLI.hookKind(path: "/etc/libvirt/hooks/network.d/50-virtport") == .network)
+        #expect(CLI.hookKind(path: "/usr/local/bin/virtport") == nil)
+        #expect(CLI.hookKind(path: "virtport") == nil)
+    }
+
+    @Test func argumentsOptionsAndFlags() throws {
+        var a = Arguments(["--json", "--network-xml", "a.xml", "--network-xml=b.xml", "--port", "80"])
+        let json = a.flag("--json")
+        #expect(json)
+        #expect(try a.options("--network-xml") == ["a.xml", "b.xml"])
+        #expect(try a.option("--port") == "80")
+        #expect(a.isEmpty)
+        var b = Arguments(["--port"])
+        #expect((try? b.option("--port")) == nil)
+        let c = Arguments(["extra"])
+        #expect(throws: VirtPortError.self) { try c.finish("list") }
+    }
+
+    @Test func unknownCommandIsUsageError() {
+        #expect(CLI.main(["virtport", "frobnicate"]) == 2)
+        #expect(CLI.main(["virtport"]) == 2)
+        #expect(CLI.main(["virtport", "list", "--json", "--csv"]) == 2)
+    }
+}
+
+@Suite struct HookInputTests {
+    @Test func uuidFromFixtureShapedXML() {
+        let xml = Array("<domain type='qemu'>\n  <name>x</name>\n  <uuid>10CA34A4-D7DE-462E-8906-BE833E7F6CAE</uuid>\n</domain>".utf8)
+        #expect(HookInput.domainUUID(xml) == "10ca34a4-d7de-462e-8906-be833e7f6cae")
+        #expect(HookInput.domainUUID(Array("<domain><name>x</name></domain>".utf8)) == nil)
+        #expect(HookInput.domainUUID(Array("<domain><uuid>not-a-uuid</uuid></domain>".utf8)) == nil)
+    }
+
+    @Test func statusPID() {
+        #expect(RunningDomains.statusPID(Array("<domstatus state='running' reason='booted' pid='4242'>".utf8)) == 4242)
+        #expect(RunningDomains.statusPID(Array("<domstatus state=\"running\" pid=\"7\">".utf8)) == 7)
+        #expect(RunningDomains.statusPID(Array("<domstatus state='running'>".utf8)) == nil)
+    }
+}
+
+@Suite struct ProcNetTests {
+    @Test func decodesProcNetAddresses() {
+        #expect(HostSockets.decode("0100007F", v6: false) == IPAddress("127.0.0.1"))
+        #expect(HostSockets.decode("00000000", v6: false) == IPAddress("0.0.0.0"))
+        #expect(HostSockets.decode("0000000000000000FFFF00000100007F", v6: true) == IPAddress("::ffff:127.0.0.1"))
+        #expect(HostSockets.decode("00000000000000000000000001000000", v6: true) == IPAddress("::1"))
+        #expect(HostSockets.decode("zz", v6: false) == nil)
+    }
+}
+
+@Suite struct LeaseFileTests {
+    @Test func parsesLibvirtLeaseStatus() {
+        let text = """
+            [
+              {
+                "ip-address": "192.168.122.45",
+                "mac-address": "52:54:00:AA:BB:01",
+                "hostname": "vm1",
+                "client-id": "01:52:54:00:aa:bb:01",
+                "expiry-time": 1764410000
+              },
+              {
+                "iaid": "1234",
+                "ip-address": "fd00::45",
+                "mac-address": "52:54:00:aa:bb:01",
+                "expiry-time": 1764410001
+              },
+              { "ip-address": "garbage", "mac-address": "52:54:00:aa:bb:02" }
+            ]
+            """
+        let leases = DnsmasqStatus.leases(Array(text.utf8))
+        #expect(leases.count == 2)
+        #expect(leases[0] == .init(address: IPAddress("192.168.122.45")!, mac: MACAddress("52:54:00:aa:bb:01")!, expiry: 1764410000))
+        #expect(leases[1].address == IPAddress("fd00::45"))
+        #expect(DnsmasqStatus.leases(Array("[]".utf8)).isEmpty)
+    }
+}

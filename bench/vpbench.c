@@ -1,0 +1,139 @@
+/* vpbench: the small helpers bench/run times things with. C, so that they add no interpreter or
+ * shell time to what they measure. Built by bench/run with the system C compiler.
+ *
+ *   vpbench stdin FILE CMD [ARG...]     exec CMD with FILE as stdin (hyperfine 1.15 has no --input,
+ *                                       and a shell would add its own start-up to every sample)
+ *   vpbench each [-k] FILE              run each line of FILE as one command (argv split on blanks,
+ *                                       the first word an absolute path), one after another, stdin
+ *                                       /dev/null: "one process per rule". Stops at the first
+ *                                       non-zero exit; with -k runs them all and exits 0 (cleanup)
+ *   vpbench serve ADDR PORT             TCP listener: accept and close, forever
+ *   vpbench connect ADDR PORT SECONDS   new TCP connections, one at a time, for SECONDS; each is
+ *                                       connected (3-way handshake done) then reset (SO_LINGER 0, so
+ *                                       no TIME_WAIT piles up); prints "CONNECTIONS SECONDS RATE"
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int die(const char *what) {
+    fprintf(stderr, "vpbench: %s: %s\n", what, strerror(errno));
+    return 1;
+}
+
+static int cmd_stdin(int argc, char **argv) {
+    if (argc < 4) { fprintf(stderr, "usage: vpbench stdin FILE CMD [ARG...]\n"); return 2; }
+    int fd = open(argv[2], O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return die(argv[2]);
+    if (dup2(fd, 0) < 0) return die("dup2");
+    execv(argv[3], &argv[3]);
+    return die(argv[3]);
+}
+
+static int cmd_each(int argc, char **argv) {
+    int keep_going = argc == 4 && !strcmp(argv[2], "-k");
+    if (argc != 3 + keep_going) { fprintf(stderr, "usage: vpbench each [-k] FILE\n"); return 2; }
+    const char *path = argv[2 + keep_going];
+    FILE *f = fopen(path, "r");
+    if (!f) return die(path);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    if (keep_going) posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    char *line = NULL;
+    size_t cap = 0;
+    int n = 0;
+    while (getline(&line, &cap, f) > 0) {
+        char *args[64];
+        int k = 0;
+        for (char *tok = strtok(line, " \t\n"); tok && k < 63; tok = strtok(NULL, " \t\n")) args[k++] = tok;
+        args[k] = NULL;
+        if (k == 0) continue;
+        pid_t pid;
+        int rc = posix_spawn(&pid, args[0], &fa, NULL, args, environ);
+        if (rc) { errno = rc; return die(args[0]); }
+        int st;
+        if (waitpid(pid, &st, 0) < 0) return die("waitpid");
+        n++;
+        if (!keep_going && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
+            fprintf(stderr, "vpbench each: command %d (%s ...) failed with status %d\n", n, args[0], st);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int parse_addr(const char *addr, const char *port, struct sockaddr_in *sa) {
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)atoi(port));
+    return inet_pton(AF_INET, addr, &sa->sin_addr) == 1 ? 0 : -1;
+}
+
+static int cmd_serve(int argc, char **argv) {
+    struct sockaddr_in sa;
+    if (argc != 4 || parse_addr(argv[2], argv[3], &sa)) { fprintf(stderr, "usage: vpbench serve ADDR PORT\n"); return 2; }
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s, (struct sockaddr *)&sa, sizeof sa) < 0) return die("bind");
+    if (listen(s, 4096) < 0) return die("listen");
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) {
+        int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+        if (c >= 0) close(c);
+    }
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int cmd_connect(int argc, char **argv) {
+    struct sockaddr_in sa;
+    if (argc != 5 || parse_addr(argv[2], argv[3], &sa)) {
+        fprintf(stderr, "usage: vpbench connect ADDR PORT SECONDS\n");
+        return 2;
+    }
+    double seconds = atof(argv[4]);
+    struct linger lg = {1, 0};
+    long n = 0, failed = 0;
+    double t0 = now(), t = t0;
+    while (t - t0 < seconds) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s < 0) return die("socket");
+        setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        if (connect(s, (struct sockaddr *)&sa, sizeof sa) == 0) n++;
+        else if (++failed > 10) return die("connect");
+        close(s);
+        if ((n & 63) == 0) t = now();
+    }
+    t = now();
+    printf("%ld %.6f %.1f\n", n, t - t0, n / (t - t0));
+    return failed ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "stdin")) return cmd_stdin(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "each")) return cmd_each(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "serve")) return cmd_serve(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "connect")) return cmd_connect(argc, argv);
+    fprintf(stderr, "usage: vpbench stdin|each|serve|connect ...\n");
+    return 2;
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Debian 12 packages virtport needs to build (-dev libraries) and to run its tests. Idempotent.
+set -euo pipefail
+BUILD_PKGS=(pkg-config libnftnl-dev libmnl-dev libxml2-dev libsqlite3-dev libvirt-dev)
+RUN_PKGS=(nftables iproute2 sqlite3)
+TEST_PKGS=(hyperfine iptables socat time)
+LIBVIRT_PKGS=(libvirt-daemon-system libvirt-clients qemu-system-x86 dnsmasq-base bridge-utils)
+want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
+case "${1:-}" in
+  --test) want+=("${TEST_PKGS[@]}" "${LIBVIRT_PKGS[@]}") ;;
+  --libvirt) want+=("${LIBVIRT_PKGS[@]}") ;;
+esac
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "installed: ${missing[*]}"
+fi
+command -v swift >/dev/null || { echo "swift is not on PATH (expected /opt/swift/usr/bin)" >&2; exit 1; }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test: Swift unit tests, then the root integration tests (network namespaces, real
+# nftables, real traffic; libvirt suite with a real libvirtd + QEMU). Installs what they need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
+bash scripts/deps.sh --test
+python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
+modprobe -q nf_tables 2>/dev/null || true
+swift build -c release
+swift build --build-tests
+swift test --skip-build 2>&1 | tee /tmp/virtport-swift-test.log
+# Integration suites (root), one pytest run each (each directory has its own conftest):
+# netns + nftables + real traffic, then the real libvirtd + QEMU suite.
+python3 -m pytest -p no:cacheprovider -q -rs --durations=5 tests/integration "$@"
+python3 -m pytest -p no:cacheprovider -q -rs --durations=5 tests/libvirt "$@"

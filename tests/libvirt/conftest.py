@@ -1,0 +1,92 @@
+"""Fixtures for the real-libvirt tests (see harness.py for the topology).
+
+- `libvirt_lab` (session scope): one LibvirtLab for the whole run, torn down at the end even when
+  tests failed. A test may tear it down itself (the smoke test does, to check teardown).
+- `lab` (function scope): the same lab, started again if a test tore it down, and reset after the
+  test (stand-ins, VMs, hooks removed; `default` active) so tests do not leak into each other.
+
+Skipped, with the reason shown, when not root or when libvirtd is not installed.
+Run: sudo python3 -m pytest tests/libvirt -v -rs
+"""
+import os
+import signal
+import statistics
+import time
+
+import pytest
+
+import harness
+
+
+def _skip_unless_possible():
+    if os.geteuid() != 0:
+        pytest.skip("libvirt lab needs root (network namespaces, libvirtd, /dev/kvm)")
+    if not harness.LIBVIRTD or not harness.VIRTLOGD:
+        pytest.skip("libvirtd/virtlogd not installed (scripts/deps.sh --libvirt)")
+    if not harness.shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86_64 not installed (scripts/deps.sh --libvirt)")
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def libvirt_lab():
+    _skip_unless_possible()
+    # A CI job being cancelled sends SIGTERM: turn it into KeyboardInterrupt so teardown still runs.
+    old = signal.getsignal(signal.SIGTERM)
+    if old == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
+    lab = harness.LibvirtLab()
+    try:
+        lab.start()
+        yield lab
+    finally:
+        try:
+            lab.teardown()
+        finally:
+            if old == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, old)
+
+
+@pytest.fixture
+def lab(libvirt_lab):
+    if not libvirt_lab.running:
+        libvirt_lab.start()
+    yield libvirt_lab
+    if libvirt_lab.running:
+        libvirt_lab.reset()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        lab = item.funcargs.get("lab") or item.funcargs.get("libvirt_lab")
+        if lab is not None and getattr(lab, "workdir", None):
+            lab.keep_workdir = True
+            rep.sections.append(("libvirt lab", f"workdir kept: {lab.workdir}\n"
+                                 + "\n".join(lab.hook_log()[-40:])))
+
+
+_SESSION = {"t0": time.monotonic()}     # conftest import; pytest_sessionstart refines it when it runs
+
+
+def pytest_sessionstart(session):
+    _SESSION["t0"] = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    tr.section("libvirt lab timings (seconds)")
+    counts = {k: len(tr.stats.get(k, [])) for k in ("passed", "failed", "error", "skipped")}
+    tr.write_line(f"libvirt suite wall time: {time.monotonic() - _SESSION['t0']:.1f} s "
+                  f"({', '.join(f'{n} {k}' for k, n in counts.items() if n) or 'no tests'})")
+    by = {}
+    for label, dt in harness.TIMINGS:
+        by.setdefault(label, []).append(dt)
+    for label, v in by.items():
+        tr.write_line(f"{label:34s} n={len(v):<3d} min={min(v):6.3f} median={statistics.median(v):6.3f} "
+                      f"max={max(v):6.3f}")
