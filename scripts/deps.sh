@@ -3,7 +3,7 @@
 set -euo pipefail
 BUILD_PKGS=(pkg-config libnftnl-dev libmnl-dev libxml2-dev libsqlite3-dev libvirt-dev)
 RUN_PKGS=(nftables iproute2 sqlite3)
-TEST_PKGS=(hyperfine iptables socat time)
+TEST_PKGS=(hyperfine iptables socat time python3-pytest)
 LIBVIRT_PKGS=(libvirt-daemon-system libvirt-clients qemu-system-x86 dnsmasq-base bridge-utils)
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 case "${1:-}" in

@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
 bash scripts/deps.sh --test
-python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
 modprobe -q nf_tables 2>/dev/null || true
 swift build -c release
 swift build --build-tests
