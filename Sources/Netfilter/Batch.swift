@@ -75,12 +75,13 @@ struct Batch {
 
     var isEmpty: Bool { messages.isEmpty }
 
-    /// Appends one nf_tables message of `type` (NFT_MSG_*) in family inet; `payload` fills it.
-    mutating func append(_ type: nf_tables_msg_types, flags: UInt16, operation: BatchOperation,
-                         payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
+    /// Appends one nf_tables message of `type` (NFT_MSG_*) in `family` (inet unless told);
+    /// `payload` fills it.
+    mutating func append(_ type: nf_tables_msg_types, flags: UInt16, family: UInt16 = UInt16(NFPROTO_INET),
+                         operation: BatchOperation, payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
         let sequence = nextSequence
         nextSequence &+= 1
-        let header = nftnl_nlmsg_build_hdr(scratch.chars, UInt16(type.rawValue), UInt16(NFPROTO_INET),
+        let header = nftnl_nlmsg_build_hdr(scratch.chars, UInt16(type.rawValue), family,
                                            flags | Netlink.ack, sequence)!
         payload(header)
         let length = Int(header.pointee.nlmsg_len)

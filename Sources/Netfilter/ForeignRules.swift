@@ -24,6 +24,33 @@ extension NetfilterSession {
         try dumpRules(nfproto: Self.nfproto(family), table: table, chain: chain)
     }
 
+    /// Deletes the rules with these handles from `chain` of table `table` in family ip (`.ipv4`) or
+    /// ip6 (`.ipv6`): one batch of NFT_MSG_DELRULE by handle, no process. A rule that is already
+    /// gone is not an error. For virtport's own tagged rule in libvirt's chains only.
+    public func deleteRules(family: Family, table: String, chain: String, handles: [UInt64]) throws(NetfilterError) {
+        if handles.isEmpty { return }
+        let nfproto = Self.nfproto(family)
+        let failures = try execute { batch in
+            for handle in handles {
+                let r = nftnl_rule_alloc()!
+                defer { nftnl_rule_free(r) }
+                nftnl_rule_set_str(r, UInt16(NFTNL_RULE_TABLE.rawValue), table)
+                nftnl_rule_set_str(r, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
+                nftnl_rule_set_u64(r, UInt16(NFTNL_RULE_HANDLE.rawValue), handle)
+                let what = "delete rule \(Self.familyName(nfproto)) \(table) \(chain) handle \(handle)"
+                batch.append(NFT_MSG_DELRULE, flags: 0, family: nfproto, operation: .object(what)) {
+                    nftnl_rule_nlmsg_build_payload($0, r)
+                }
+            }
+        }
+        let real = failures.filter { !$0.error.isMissingObject }
+        if !real.isEmpty { throw BatchExchange.combine(real) }
+        // One of them was already gone, which aborted the whole batch: delete the others one by one.
+        if !failures.isEmpty, handles.count > 1 {
+            for handle in handles { try deleteRules(family: family, table: table, chain: chain, handles: [handle]) }
+        }
+    }
+
     /// Whether virtport's own chains exist with all their rules: a table whose rules were flushed
     /// (`nft flush table`, a firewall reload) or whose chain was deleted while its maps survived
     /// still accepts elements, so only this check finds it. One rule dump of the whole table.

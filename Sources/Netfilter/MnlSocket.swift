@@ -10,6 +10,8 @@ final class MnlSocket: NetlinkTransport {
     private var receiveBuffer = [UInt8](repeating: 0, count: 64 * 1024)
     private var sendBufferSize = 0
     private var receiveBufferSize = 0
+    /// A child already holds the socket until this process exits (`closeInBackground`).
+    private var backgrounded = false
 
     /// Opens and binds the socket, inside the network namespace at `netnsPath` if given.
     ///
@@ -50,6 +52,7 @@ final class MnlSocket: NetlinkTransport {
     /// stderr included: libvirt reads the hook's stderr until EOF and must not wait for it.
     /// Only async-signal-safe calls run in the child. Wraps fork(2), pipe(2).
     func closeInBackground() {
+        if backgrounded { return }
         var gate: [Int32] = [0, 0]
         guard pipe(&gate) == 0 else { return }
         let pid = fork()
@@ -63,6 +66,7 @@ final class MnlSocket: NetlinkTransport {
         }
         // The write end stays open until this process exits; that EOF releases the child.
         close(gate[0])
+        if pid > 0 { backgrounded = true }
     }
 
     func send(_ datagram: [UInt8]) throws(NetfilterError) {

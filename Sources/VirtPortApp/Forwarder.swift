@@ -19,6 +19,9 @@ struct Forwarder {
 
     func journal() throws(VirtPortError) -> JournalDB { try JournalDB(path: config.databasePath) }
 
+    /// The lock that keeps journal-to-kernel rebuilds apart from hooks mid-change (`ChangeLock`).
+    func changeLock() throws(VirtPortError) -> ChangeLock { try ChangeLock(databasePath: config.databasePath) }
+
     func kernel() throws(VirtPortError) -> NetfilterSession {
         do { return try NetfilterSession(table: config.table) } catch {
             throw .operational("cannot open netlink socket", cause: "\(error)")
@@ -37,6 +40,8 @@ struct Forwarder {
     func apply(_ plan: Plan, reason: String) throws(VirtPortError) {
         let domain = DomainRef(name: plan.domainName, uuid: plan.domainUUID)
         let db = try journal()
+        let lock = try changeLock()
+        try lock.shared()
         let delta = try db.beginApply(domain: domain, desired: plan.mappings, reason: reason, now: nowMicros())
         crashPoint("after-intent")
         // Unchanged rows are re-added too: cheap (no NLM_F_EXCL) and it heals a flushed table.
@@ -48,7 +53,8 @@ struct Forwarder {
             return
         }
         let nets = try networkNeeds(db: db, keeping: keep, removing: delta.removing)
-        try program(db: db, adding: keep.flatMap(\.elements), removing: gone.flatMap(\.elements), networks: nets)
+        try program(db: db, lock: lock, adding: keep.flatMap(\.elements), removing: gone.flatMap(\.elements),
+                    networks: nets)
         crashPoint("after-kernel")
         try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
     }
@@ -57,12 +63,14 @@ struct Forwarder {
     func remove(domainUUID: String, reason: String) throws(VirtPortError) {
         guard JournalDB.exists(path: config.databasePath) else { return }
         let db = try journal()
+        let lock = try changeLock()
+        try lock.shared()
         let rows = try db.beginRemoveAll(domainUUID: domainUUID, reason: reason, now: nowMicros())
         if rows.isEmpty { return }
         crashPoint("after-intent")
         let gone = rows.map(\.mapping)
         let nets = try networkNeeds(db: db, keeping: [], removing: rows)
-        try program(db: db, adding: [], removing: gone.flatMap(\.elements), networks: nets)
+        try program(db: db, lock: lock, adding: [], removing: gone.flatMap(\.elements), networks: nets)
         crashPoint("after-kernel")
         try db.commitRemove(rows, reason: reason, now: nowMicros())
     }
@@ -74,6 +82,8 @@ struct Forwarder {
     func reapply(network: NetworkDefinition, reason: String) throws(VirtPortError) {
         guard JournalDB.exists(path: config.databasePath) else { return }
         let db = try journal()
+        let lock = try changeLock()
+        try lock.exclusive()
         let rows = try db.activeMappings().filter { $0.state == .applied || $0.state == .adding }
         if rows.isEmpty { return }
         let needs = networksOf(rows, overrides: [network])
@@ -148,8 +158,9 @@ struct Forwarder {
 
     /// One netlink batch for the elements and hairpin subnets, then libvirt's accept rule. If part of
     /// virtport's table is missing (someone deleted a map or chain), the table is rebuilt in one
-    /// batch from the journal plus this change.
-    func program(db: JournalDB, adding: [ForwardElement], removing: [ForwardElement],
+    /// batch from the journal plus this change, under `lock` held exclusively (the caller holds it
+    /// shared).
+    func program(db: JournalDB, lock: ChangeLock, adding: [ForwardElement], removing: [ForwardElement],
                  networks: NetworkNeeds = NetworkNeeds()) throws(VirtPortError) {
         let nf = try kernel()
         let hairpinAdd = networks.hairpin(networks.families.keys)
@@ -170,6 +181,7 @@ struct Forwarder {
         // A table this call created holds only this change: add the journal's other forwards.
         if created { rebuild = try db.hasAppliedMappings() }
         if rebuild {
+            try lock.exclusive()
             let rows = try db.activeMappings()
             let others = networksOf(rows)
             var all = Set(rows.filter { $0.state == .applied || $0.state == .adding }.flatMap(\.mapping.elements))
@@ -212,6 +224,8 @@ struct Forwarder {
     func removeEverything(reason: String) throws(VirtPortError) -> Int {
         guard JournalDB.exists(path: config.databasePath) else { return 0 }
         let db = try journal()
+        let lock = try changeLock()
+        try lock.exclusive()
         let rows = try db.activeMappings()
         var intents: [[ActiveMapping]] = []
         for uuid in Set(rows.map(\.domain.uuid)).sorted() {

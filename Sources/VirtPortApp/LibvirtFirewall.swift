@@ -17,8 +17,9 @@ import VirtPortCore
 ///
 /// Presence and position are read over netlink (a chain dump, no process): the rule must come
 /// before the first rule that rejects (nftables) or jumps to `LIBVIRT_FWI` (iptables); otherwise
-/// it is deleted and inserted again at the top. A process runs only to change something. The rule
-/// is removed once no applied forward on that network remains.
+/// it is deleted and inserted again at the top. A process runs only to insert the rule (once per
+/// network, when its first forward appears); deletes go by handle over netlink. The rule is
+/// removed once no applied forward on that network remains.
 struct LibvirtFirewall {
     enum Backend: String { case iptables, nftables }
 
@@ -58,7 +59,7 @@ struct LibvirtFirewall {
             let ours = rules.indices.filter { rules[$0].mentions(Self.tag(bridge)) }
             let blocker = rules.firstIndex { $0.mentions(place.mustPrecede) }
             if ours.count == 1, blocker.map({ ours[0] < $0 }) ?? true { continue }
-            try delete(ip.family, place, bridge: bridge, subnet: ip.subnet, handles: ours.map { rules[$0].handle })
+            try delete(ip.family, place, handles: ours.map { rules[$0].handle })
             try insert(ip.family, place, bridge: bridge, subnet: ip.subnet)
         }
     }
@@ -70,9 +71,7 @@ struct LibvirtFirewall {
             guard let place = place(family) else { continue }
             let rules = ((try? nf.listRules(family: family, table: place.table, chain: place.chain)) ?? nil) ?? []
             let ours = rules.filter { $0.mentions(Self.tag(bridge)) }.map(\.handle)
-            if ours.isEmpty { continue }
-            let subnet = net.ips.first { $0.family == family }?.subnet
-            try delete(family, place, bridge: bridge, subnet: subnet, handles: ours)
+            try delete(family, place, handles: ours)
         }
     }
 
@@ -87,19 +86,18 @@ struct LibvirtFirewall {
         }
     }
 
-    private func delete(_ family: Family, _ place: Place, bridge: String, subnet: IPPrefix?,
-                        handles: [UInt64]) throws(VirtPortError) {
-        for handle in handles {
-            switch place.backend {
-            case .iptables:
-                // iptables deletes by rule spec; the spec is ours (it names the subnet).
-                guard let subnet else { continue }
-                try run([iptables(family), "-w", "5", "-D", place.chain] + iptablesSpec(bridge: bridge, subnet: subnet))
-            case .nftables:
-                try run([nft(), "delete", "rule", family == .ipv4 ? "ip" : "ip6", place.table, place.chain,
-                         "handle", "\(handle)"])
-            }
+    /// Deletes by handle over netlink, for both backends (iptables-nft keeps its rules in nf_tables,
+    /// so the table stays iptables-readable): no process, and the socket's slow release after a
+    /// delete is left to a child (`closeInBackground`).
+    private func delete(_ family: Family, _ place: Place, handles: [UInt64]) throws(VirtPortError) {
+        if handles.isEmpty { return }
+        do {
+            try nf.deleteRules(family: family, table: place.table, chain: place.chain, handles: handles)
+        } catch {
+            throw .operational("libvirt firewall: cannot delete virtport's rule from \(place.table) \(place.chain)",
+                               cause: "\(error)")
         }
+        nf.closeInBackground()
     }
 
     private func iptablesSpec(bridge: String, subnet: IPPrefix) -> [String] {

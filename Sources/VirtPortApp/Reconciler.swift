@@ -20,6 +20,9 @@ struct Reconciler {
 
     func run(dryRun: Bool, reason: String) throws(VirtPortError) -> [Fix] {
         var fixes: [Fix] = []
+        // Alone against hooks mid-change from reading the journal to the last kernel batch.
+        let lock = dryRun ? nil : try Forwarder(config: config).changeLock()
+        try lock?.exclusive()
         let db = try openJournal(dryRun: dryRun, fixes: &fixes)
         let (running, _) = RunningDomains.list(config: config)
         let rows = try db?.activeMappings() ?? []
