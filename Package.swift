@@ -7,22 +7,40 @@ import PackageDescription
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
     .enableUpcomingFeature("ExistentialAny"),
+    // libxml2's headers live in their own directory (what `pkg-config --cflags libxml-2.0` says on
+    // Debian). The C modules declare no pkgConfig: its `--libs` would link the shared libraries.
+    .unsafeFlags(["-Xcc", "-I/usr/include/libxml2"]),
 ]
+
+/// The C libraries: shared in debug builds (the tests), static archives in release (the product).
+/// A hook is a new process on every VM start, and each shared library costs symbol lookups and
+/// relocations at exec: linking libxml2 (with ICU, liblzma, zlib), SQLite and libnftnl statically
+/// takes ~1 ms off every hook (README "Startup cost"). libmnl ships no archive; libc, libm and
+/// libstdc++ (ICU and the Swift runtime need it; `-static-stdlib` links it shared) stay shared.
+/// `-l:libNAME.a` searches the linker's library path for the archive. (The module maps carry no
+/// `link` directive, or the shared libraries would be linked as well.)
+func link(_ shared: [String], staticArchives: [String]) -> [LinkerSetting] {
+    shared.map { .linkedLibrary($0, .when(configuration: .debug)) }
+        + staticArchives.map { .linkedLibrary(":lib\($0).a", .when(configuration: .release)) }
+}
 
 let package = Package(
     name: "virtport",
     products: [.executable(name: "virtport", targets: ["virtport"])],
     targets: [
         // C modules: a module map and a shim header each, nothing else.
-        .systemLibrary(name: "CNftnl", pkgConfig: "libnftnl", providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
-        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
-        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        .systemLibrary(name: "CNftnl", providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CLibXML2", providers: [.apt(["libxml2-dev"])]),
         // Headers only: libvirt is dlopen()ed by the agent/CLI so the hook never loads it.
         .systemLibrary(name: "CLibvirt", providers: [.apt(["libvirt-dev"])]),
 
-        .target(name: "VirtPortCore", dependencies: ["CLibXML2"], swiftSettings: strict),
-        .target(name: "Netfilter", dependencies: ["VirtPortCore", "CNftnl"], swiftSettings: strict),
-        .target(name: "Journal", dependencies: ["VirtPortCore", "CSQLite"], swiftSettings: strict),
+        .target(name: "VirtPortCore", dependencies: ["CLibXML2"], swiftSettings: strict,
+                linkerSettings: link(["xml2"], staticArchives: ["xml2", "icuuc", "icudata", "lzma", "z"])),
+        .target(name: "Netfilter", dependencies: ["VirtPortCore", "CNftnl"], swiftSettings: strict,
+                linkerSettings: link(["nftnl"], staticArchives: ["nftnl"]) + [.linkedLibrary("mnl")]),
+        .target(name: "Journal", dependencies: ["VirtPortCore", "CSQLite"], swiftSettings: strict,
+                linkerSettings: link(["sqlite3"], staticArchives: ["sqlite3"])),
         .target(name: "Libvirt", dependencies: ["VirtPortCore", "CLibvirt"], swiftSettings: strict),
         .target(name: "VirtPortApp", dependencies: ["VirtPortCore", "Netfilter", "Journal", "Libvirt"], swiftSettings: strict),
         .executableTarget(
