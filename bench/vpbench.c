@@ -7,6 +7,13 @@
  *                                       the first word an absolute path), one after another, stdin
  *                                       /dev/null: "one process per rule". Stops at the first
  *                                       non-zero exit; with -k runs them all and exits 0 (cleanup)
+ *   vpbench settle CMD [ARG...]         run CMD (a hyperfine --prepare), wait for it, then wait until
+ *                                       the kernel has finished nf_tables' deferred destruction of
+ *                                       what CMD deleted: the release of a NETLINK_NETFILTER socket
+ *                                       flushes that work (an RCU grace period, ~10 ms), so opening
+ *                                       and closing one blocks until it is done. The timed command
+ *                                       then starts with the kernel idle instead of paying for its
+ *                                       prepare's deletes.
  *   vpbench serve ADDR PORT             TCP listener: accept and close, forever
  *   vpbench connect ADDR PORT SECONDS   new TCP connections, one at a time, for SECONDS; each is
  *                                       connected (3-way handshake done) then reset (SO_LINGER 0, so
@@ -14,6 +21,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <linux/netlink.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -129,11 +137,28 @@ static int cmd_connect(int argc, char **argv) {
     return failed ? 1 : 0;
 }
 
+static int cmd_settle(int argc, char **argv) {
+    if (argc < 3) { fprintf(stderr, "usage: vpbench settle CMD [ARG...]\n"); return 2; }
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[2], NULL, NULL, &argv[2], environ);
+    if (rc != 0) { errno = rc; return die(argv[2]); }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return die("waitpid");
+    int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    if (s < 0) return die("netlink socket");
+    struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+    if (bind(s, (struct sockaddr *)&sa, sizeof sa) != 0) return die("netlink bind");
+    close(s);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "settle")) return cmd_settle(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "stdin")) return cmd_stdin(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "each")) return cmd_each(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "serve")) return cmd_serve(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "connect")) return cmd_connect(argc, argv);
-    fprintf(stderr, "usage: vpbench stdin|each|serve|connect ...\n");
+    fprintf(stderr, "usage: vpbench stdin|each|settle|serve|connect ...\n");
     return 2;
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CNftnl
 import VirtPortCore
 
@@ -21,6 +24,12 @@ enum RuleExpression: Equatable {
     /// `dnat FAMILY to` address from `addressReg`, port from `portReg`.
     case dnat(family: Family, addressReg: UInt32, portReg: UInt32)
     case masquerade
+    /// An x_tables match through nft_compat (what iptables-nft writes for `-m NAME`): `info` is the
+    /// match's struct, XT_ALIGNed, exactly as iptables fills it.
+    case match(name: String, revision: UInt32, info: [UInt8])
+    case counter
+    /// `accept`: the verdict register set to NF_ACCEPT.
+    case accept
 
     /// A fresh libnftnl expression; the caller hands it to a rule (which then owns it).
     func build() -> OpaquePointer {
@@ -77,6 +86,22 @@ enum RuleExpression: Equatable {
             return e
         case .masquerade:
             return nftnl_expr_alloc("masq")!
+        case .match(let name, let revision, let info):
+            let e = nftnl_expr_alloc("match")!
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_MT_NAME), name)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_MT_REV), revision)
+            // libnftnl keeps (and later frees) this pointer instead of copying it: hand it a malloc'ed copy.
+            let data = malloc(max(info.count, 1))!
+            info.withUnsafeBytes { data.copyMemory(from: $0.baseAddress!, byteCount: info.count) }
+            nftnl_expr_set(e, UInt16(NFTNL_EXPR_MT_INFO), data, UInt32(info.count))
+            return e
+        case .counter:
+            return nftnl_expr_alloc("counter")!
+        case .accept:
+            let e = nftnl_expr_alloc("immediate")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(NF_ACCEPT))
+            return e
         }
     }
 }

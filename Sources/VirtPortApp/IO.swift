@@ -84,8 +84,7 @@ enum IO {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink(path, &buf, buf.count - 1)
         if n < 0 { return nil }
-        buf[n] = 0
-        return String(cString: buf)
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func dirname(_ path: String) -> String {

@@ -10,16 +10,17 @@ import VirtPortCore
 ///   `iptables -I FORWARD 1 -d SUBNET -o BRIDGE -m conntrack --ctstate DNAT -m comment --comment virtport:BRIDGE -j ACCEPT`.
 ///   Not inside `LIBVIRT_FWI`: libvirt 9.0 deletes and re-inserts its rules at the top of that
 ///   chain on every SIGHUP or daemon restart, with no hook call, which would leave ours below
-///   the REJECT; FORWARD's order survives all of that (measured). Written with the iptables
-///   binary so the iptables-nft table stays readable by iptables (libvirt's own later calls).
+///   the REJECT; FORWARD's order survives all of that (measured). Written over netlink byte for
+///   byte as iptables-nft writes it (`AcceptRule`), so the table stays readable by iptables
+///   (libvirt's own later calls) and `iptables -C` with that spec matches it.
 /// - nftables backend (libvirt >= 10.4; table `ip libvirt_network`): at the top of its chain
 ///   `guest_input`: `oifname BRIDGE ip daddr SUBNET ct status dnat counter accept comment "virtport:BRIDGE"`.
 ///
 /// Presence and position are read over netlink (a chain dump, no process): the rule must come
 /// before the first rule that rejects (nftables) or jumps to `LIBVIRT_FWI` (iptables); otherwise
-/// it is deleted and inserted again at the top. A process runs only to insert the rule (once per
-/// network, when its first forward appears); deletes go by handle over netlink. The rule is
-/// removed once no applied forward on that network remains.
+/// it is deleted and inserted again at the top. No process runs: inserts and deletes (by handle) go
+/// over the hook's netlink socket. The rule is removed once no applied forward on that network
+/// remains.
 struct LibvirtFirewall {
     enum Backend: String { case iptables, nftables }
 
@@ -75,14 +76,15 @@ struct LibvirtFirewall {
         }
     }
 
+    /// Inserts over netlink, in the chain owner's own encoding (`AcceptRule`): no process.
     private func insert(_ family: Family, _ place: Place, bridge: String, subnet: IPPrefix) throws(VirtPortError) {
-        switch place.backend {
-        case .iptables:
-            try run([iptables(family), "-w", "5", "-I", place.chain, "1"] + iptablesSpec(bridge: bridge, subnet: subnet))
-        case .nftables:
-            let ipfam = family == .ipv4 ? "ip" : "ip6"
-            try run([nft(), "insert", "rule", ipfam, place.table, place.chain, "oifname", bridge, ipfam, "daddr",
-                     "\(subnet)", "ct", "status", "dnat", "counter", "accept", "comment", "\"\(Self.tag(bridge))\""])
+        let rule = AcceptRule(style: place.backend == .iptables ? .iptables : .nftables, bridge: bridge,
+                              subnet: Subnet(address: subnet.network, prefix: UInt8(subnet.prefix)), tag: Self.tag(bridge))
+        do {
+            try nf.insertAtTop(rule, table: place.table, chain: place.chain)
+        } catch {
+            throw .operational("libvirt firewall: cannot insert virtport's rule into \(place.table) \(place.chain)",
+                               cause: "\(error)")
         }
     }
 
@@ -98,24 +100,5 @@ struct LibvirtFirewall {
                                cause: "\(error)")
         }
         nf.closeInBackground()
-    }
-
-    private func iptablesSpec(bridge: String, subnet: IPPrefix) -> [String] {
-        ["-d", "\(subnet)", "-o", bridge, "-m", "conntrack", "--ctstate", "DNAT",
-         "-m", "comment", "--comment", Self.tag(bridge), "-j", "ACCEPT"]
-    }
-
-    private func iptables(_ family: Family) -> String {
-        let name = family == .ipv4 ? "iptables" : "ip6tables"
-        return Spawn.find(name) ?? name
-    }
-
-    private func nft() -> String { Spawn.find("nft") ?? "nft" }
-
-    private func run(_ argv: [String]) throws(VirtPortError) {
-        let r = try Spawn.run(argv)
-        if r.status != 0 {
-            throw .operational("libvirt firewall: '\(argv.joined(separator: " "))' failed (exit \(r.status))", cause: r.stderr)
-        }
     }
 }

@@ -3,7 +3,10 @@ guest addresses from reservations and leases, hairpin, network `started`. The sa
 under a real libvirtd in tests/libvirt/."""
 import json
 import os
+import re
 import time
+
+import pytest
 
 from conftest import ROOT, domain_xml, sh
 
@@ -14,14 +17,14 @@ NET_XML = """<network>
   <uuid>3f86f7d7-e967-45ae-9648-18fd73be9c4b</uuid>
   <forward mode='nat'><nat><port start='1024' end='65535'/></nat></forward>
   <bridge name='br0' stp='on' delay='0'/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'>
+  <ip address='192.168.122.1' netmask='{netmask}'>
     <dhcp><range start='192.168.122.2' end='192.168.122.254'/>{hosts}</dhcp>
   </ip>
 </network>"""
 
 
-def write_network(lab, hosts=""):
-    xml = NET_XML.format(hosts=hosts)
+def write_network(lab, hosts="", netmask="255.255.255.0"):
+    xml = NET_XML.format(hosts=hosts, netmask=netmask)
     with open(lab.run_dir / "network" / "default.xml", "w") as f:
         f.write(f"<networkstatus><class_id bitmap='0-2' next='3'/><floor sum='0'/>{xml}</networkstatus>")
     return xml
@@ -65,16 +68,22 @@ def fwd_xml(guest=""):
     return domain_xml("vm1", U1, f"<vp:portForward proto='tcp'{g}><vp:range start='2222' to='22'/></vp:portForward>")
 
 
-def test_iptables_backend_rule_lets_forward_in_and_is_removed(lab):
-    write_network(lab)
+@pytest.mark.parametrize("netmask,subnet", [("255.255.255.0", "192.168.122.0/24"),
+                                            ("255.255.240.0", "192.168.112.0/20")])
+def test_iptables_backend_rule_lets_forward_in_and_is_removed(lab, netmask, subnet):
+    write_network(lab, netmask=netmask)
     libvirt_iptables(lab)
     lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "guest1")
     xml = fwd_xml("192.168.122.10")
     lab.start(xml)
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == "guest1 22 from 203.0.113.2"
     rules = sh("iptables", "-w", "-S", "FORWARD", ns=lab.host).stdout.decode().splitlines()
-    assert "virtport:br0" in rules[1] and "--ctstate DNAT" in rules[1], rules  # first rule, before the jumps
+    # written over netlink, read back by iptables as exactly this spec, first in FORWARD
+    spec = f"-d {subnet} -o br0 -m conntrack --ctstate DNAT -m comment --comment virtport:br0 -j ACCEPT"
+    assert rules[1] == f"-A FORWARD {spec}".replace("virtport:br0", '"virtport:br0"'), rules
     assert sum("virtport" in r for r in rules) == 1
+    # iptables -C compares the rule byte for byte with what iptables itself would write
+    assert sh("iptables", "-w", "-C", "FORWARD", *spec.split(), ns=lab.host, check=False).returncode == 0
     assert "virtport" not in sh("iptables", "-w", "-S", "LIBVIRT_FWI", ns=lab.host).stdout.decode()
     # the table stays readable and writable by iptables (libvirt's own later calls)
     sh("iptables", "-w", "-A", "LIBVIRT_FWO", "-i", "br0", "-j", "REJECT", ns=lab.host)
@@ -147,7 +156,9 @@ def test_nftables_backend_from_libvirt_10_4_fixture(lab):
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == "guest1 22 from 203.0.113.2"
     chain = sh("nft", "-a", "list", "chain", "ip", "libvirt_network", "guest_input", ns=lab.host).stdout.decode()
     lines = [l.strip() for l in chain.splitlines() if "handle" in l and "chain" not in l]
-    assert 'comment "virtport:br0"' in lines[0] and "ct status dnat" in lines[0], chain
+    # written over netlink, printed by nft as the rule `nft insert rule` would have made
+    assert re.fullmatch(r'oifname "br0" ip daddr 192\.168\.122\.0/24 ct status dnat counter packets \d+ bytes \d+ '
+                        r'accept comment "virtport:br0" # handle \d+', lines[0]), chain
     # libvirt inserts its own rules on top again: the next VM start puts ours back in front
     sh("nft", "insert", "rule", "ip", "libvirt_network", "guest_input", "oif", "br0", "counter", "reject", ns=lab.host)
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
