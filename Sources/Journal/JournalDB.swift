@@ -263,22 +263,17 @@ public final class JournalDB {
                             now: Int64) throws(VirtPortError) {
         if delta.isEmpty { return }
         try conn.immediate { () throws(VirtPortError) in
-            for wanted in delta.adding {
-                guard let row = try row(id: wanted.id), row.domain.uuid == domain.uuid else { continue }
-                switch row.state {
-                case .removing: continue
-                case .adding: try setState(id: row.id, .applied)
-                case .applied, .pending: break
-                }
-                if try appendHistory("add", reason: reason, domain: domain, mapping: row.mapping, at: now) {
-                    try conn.run("UPDATE mappings SET since = ? WHERE id = ?", [.int(now), .int(row.id)])
-                }
-            }
-            for gone in delta.removing {
-                guard let row = try row(id: gone.id), row.domain.uuid == domain.uuid,
-                      row.state == .removing else { continue }
-                try deleteRow(row, reason: reason, domain: domain, now: now)
-            }
+            // Set-based (a hook is a new process: every statement is prepared once and run once).
+            let adding = "id IN (\(Self.idList(delta.adding))) AND domain_uuid = ? AND state <> 'removing'"
+            let mine: [SQLValue] = [.text(domain.uuid)]
+            // A row whose identity's last event is already "add" (a crashed removal taken back)
+            // keeps its `since` and gets no second "add".
+            try conn.run("UPDATE mappings SET since = ? WHERE \(adding) AND \(Self.lastAction) IS NOT 'add'",
+                         [.int(now)] + mine)
+            try appendHistory("add", reason: reason, domainName: domain.name, at: now, rows: adding, mine)
+            try conn.run("UPDATE mappings SET state = 'applied' WHERE \(adding) AND state = 'adding'", mine)
+            try deleteRows(where: "id IN (\(Self.idList(delta.removing))) AND domain_uuid = ? AND state = 'removing'",
+                           mine, reason: reason, domainName: domain.name, now: now)
         }
     }
 
@@ -301,10 +296,8 @@ public final class JournalDB {
     public func commitRemove(_ rows: [ActiveMapping], reason: String, now: Int64) throws(VirtPortError) {
         if rows.isEmpty { return }
         try conn.immediate { () throws(VirtPortError) in
-            for gone in rows {
-                guard let row = try row(id: gone.id), row.state == .removing else { continue }
-                try deleteRow(row, reason: reason, domain: row.domain, now: now)
-            }
+            try deleteRows(where: "id IN (\(Self.idList(rows))) AND state = 'removing'", [], reason: reason,
+                           domainName: nil, now: now)
         }
     }
 
@@ -409,11 +402,20 @@ public final class JournalDB {
         try conn.run("UPDATE mappings SET state = ? WHERE id = ?", [.text(state.rawValue), .int(id)])
     }
 
-    private func deleteRow(_ row: ActiveMapping, reason: String, domain: DomainRef,
-                           now: Int64) throws(VirtPortError) {
-        try conn.run("DELETE FROM mappings WHERE id = ?", [.int(row.id)])
-        _ = try appendHistory("remove", reason: reason, domain: domain, mapping: row.mapping, at: now)
+    /// Deletes the rows matching `condition`, first appending a "remove" event for each whose
+    /// identity's last event is "add". `domainName` nil: each row's own name.
+    private func deleteRows(where condition: String, _ args: [SQLValue], reason: String, domainName: String?,
+                            now: Int64) throws(VirtPortError) {
+        try appendHistory("remove", reason: reason, domainName: domainName, at: now, rows: condition, args)
+        try conn.run("DELETE FROM mappings WHERE \(condition)", args)
     }
+
+    /// The last history action of the identity of the `mappings` row in scope (SQL, NULL if none).
+    static let lastAction = "(SELECT h.action FROM history h WHERE \(Schema.sameIdentity("h", "mappings")) "
+        + "ORDER BY h.id DESC LIMIT 1)"
+
+    /// "1,2,3" for `IN (…)`; ids are integers, so the list is safe to splice.
+    static func idList(_ rows: [ActiveMapping]) -> String { rows.map { "\($0.id)" }.joined(separator: ",") }
 
     /// The identity's last history action ("add"/"remove"), nil if none.
     func lastAction(domainUUID: String, mapping: Mapping) throws(VirtPortError) -> String? {
@@ -432,6 +434,18 @@ public final class JournalDB {
                 + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [.int(at), .text(action), .text(reason), .text(domain.uuid), .text(domain.name)] + Schema.bind(mapping))
         return true
+    }
+
+    /// The same rule for every `mappings` row matching `condition`, in one INSERT … SELECT (row id
+    /// order). `domainName` nil: each row's own name.
+    func appendHistory(_ action: String, reason: String, domainName: String?, at: Int64, rows condition: String,
+                       _ args: [SQLValue]) throws(VirtPortError) {
+        let repeatTest = action == "add" ? "IS NOT 'add'" : "IS 'add'"
+        try conn.run(
+            "INSERT INTO history (at, action, reason, domain_uuid, domain_name, \(Schema.mappingColumns)) "
+                + "SELECT ?, ?, ?, domain_uuid, \(domainName == nil ? "domain_name" : "?"), \(Schema.mappingColumns) "
+                + "FROM mappings WHERE \(condition) AND \(Self.lastAction) \(repeatTest) ORDER BY id",
+            [.int(at), .text(action), .text(reason)] + (domainName.map { [SQLValue.text($0)] } ?? []) + args)
     }
 
     /// `desired` normalised to stored form, duplicates dropped, order kept.
