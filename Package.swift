@@ -14,15 +14,17 @@ let strict: [SwiftSetting] = [
 
 /// The C libraries: shared in debug builds (the tests), static archives in release (the product).
 /// A hook is a new process on every VM start, and each shared library costs symbol lookups and
-/// relocations at exec: linking libxml2 (with ICU, liblzma, zlib), SQLite and libnftnl statically
-/// takes ~1 ms off every hook (README "Startup cost"). libmnl ships no archive; libc, libm and
-/// libstdc++ (ICU and the Swift runtime need it; `-static-stdlib` links it shared) stay shared.
-/// `-l:libNAME.a` searches the linker's library path for the archive. (The module maps carry no
-/// `link` directive, or the shared libraries would be linked as well.)
+/// relocations at exec: linking libxml2 (with ICU, liblzma, zlib), SQLite, libnftnl and libstdc++
+/// statically takes ~2 ms off every hook (README "Startup cost"). libmnl ships no archive; libc
+/// and libm stay shared. `-l:libNAME.a` searches the linker's library path for the archive. (The
+/// module maps carry no `link` directive, or the shared libraries would be linked as well.)
 func link(_ shared: [String], staticArchives: [String]) -> [LinkerSetting] {
     shared.map { .linkedLibrary($0, .when(configuration: .debug)) }
         + staticArchives.map { .linkedLibrary(":lib\($0).a", .when(configuration: .release)) }
 }
+
+/// This manifest's directory (with a trailing slash).
+let packageDirectory = String(#filePath.dropLast("Package.swift".count))
 
 let package = Package(
     name: "virtport",
@@ -36,7 +38,8 @@ let package = Package(
         .systemLibrary(name: "CLibvirt", providers: [.apt(["libvirt-dev"])]),
 
         .target(name: "VirtPortCore", dependencies: ["CLibXML2"], swiftSettings: strict,
-                linkerSettings: link(["xml2"], staticArchives: ["xml2", "icuuc", "icudata", "lzma", "z"])),
+                linkerSettings: link(["xml2"], staticArchives: ["xml2", "icuuc", "icudata", "lzma", "z"])
+                    + [.linkedLibrary("stdc++", .when(configuration: .release))]),
         .target(name: "Netfilter", dependencies: ["VirtPortCore", "CNftnl"], swiftSettings: strict,
                 linkerSettings: link(["nftnl"], staticArchives: ["nftnl"]) + [.linkedLibrary("mnl")]),
         .target(name: "Journal", dependencies: ["VirtPortCore", "CSQLite"], swiftSettings: strict,
@@ -44,8 +47,12 @@ let package = Package(
         .target(name: "Libvirt", dependencies: ["VirtPortCore", "CLibvirt"], swiftSettings: strict),
         .target(name: "VirtPortApp", dependencies: ["VirtPortCore", "Netfilter", "Journal", "Libvirt"], swiftSettings: strict),
         .executableTarget(
-            name: "virtport", dependencies: ["VirtPortApp"], swiftSettings: strict,
-            linkerSettings: [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]),
+            name: "virtport", dependencies: ["VirtPortApp"], exclude: ["link"], swiftSettings: strict,
+            // `-static-stdlib` names `-lstdc++` itself; Sources/virtport/link/libstdc++.so, first on
+            // the library path, is a linker script that turns it into libstdc++.a (ICU needs it once
+            // more after its archives: VirtPortCore). libgcc is linked statically too.
+            linkerSettings: [.unsafeFlags(["-static-stdlib", "-L\(packageDirectory)Sources/virtport/link",
+                                           "-Xclang-linker", "-static-libgcc"], .when(configuration: .release))]),
 
         .testTarget(name: "VirtPortCoreTests", dependencies: ["VirtPortCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "VirtPortCore"]),
