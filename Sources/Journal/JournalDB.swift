@@ -263,17 +263,24 @@ public final class JournalDB {
                             now: Int64) throws(VirtPortError) {
         if delta.isEmpty { return }
         try conn.immediate { () throws(VirtPortError) in
-            // Set-based (a hook is a new process: every statement is prepared once and run once).
-            let adding = "id IN (\(Self.idList(delta.adding))) AND domain_uuid = ? AND state <> 'removing'"
+            // Set-based, and only the statements a delta needs: a hook is a new process, so each
+            // statement is prepared (the larger part of its cost) for one run.
             let mine: [SQLValue] = [.text(domain.uuid)]
-            // A row whose identity's last event is already "add" (a crashed removal taken back)
-            // keeps its `since` and gets no second "add".
-            try conn.run("UPDATE mappings SET since = ? WHERE \(adding) AND \(Self.lastAction) IS NOT 'add'",
-                         [.int(now)] + mine)
-            try appendHistory("add", reason: reason, domainName: domain.name, at: now, rows: adding, mine)
-            try conn.run("UPDATE mappings SET state = 'applied' WHERE \(adding) AND state = 'adding'", mine)
-            try deleteRows(where: "id IN (\(Self.idList(delta.removing))) AND domain_uuid = ? AND state = 'removing'",
-                           mine, reason: reason, domainName: domain.name, now: now)
+            if !delta.adding.isEmpty {
+                let adding = "id IN (\(Self.idList(delta.adding))) AND domain_uuid = ? AND state <> 'removing'"
+                // A row whose identity's last event is already "add" (a crashed removal taken back)
+                // keeps its `since` and gets no second "add". The history insert below sees the
+                // same last events: it runs after this update, which writes no history.
+                try conn.run(
+                    "UPDATE mappings SET state = CASE state WHEN 'adding' THEN 'applied' ELSE state END, "
+                        + "since = CASE WHEN \(Self.lastAction) IS 'add' THEN since ELSE ? END WHERE \(adding)",
+                    [.int(now)] + mine)
+                try appendHistory("add", reason: reason, domainName: domain.name, at: now, rows: adding, mine)
+            }
+            if !delta.removing.isEmpty {
+                try deleteRows(where: "id IN (\(Self.idList(delta.removing))) AND domain_uuid = ? AND state = 'removing'",
+                               mine, reason: reason, domainName: domain.name, now: now)
+            }
         }
     }
 

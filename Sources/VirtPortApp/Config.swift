@@ -40,7 +40,8 @@ public struct Config: Sendable {
         var c = Config()
         var section = ""
         var lineNo = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Bytes, not Characters: grapheme breaking would cost more than the rest of the hook's parsing.
+        for rawLine in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNo += 1
             let line = stripComment(Substring(rawLine)).trimmed
             if line.isEmpty { continue }
@@ -100,9 +101,10 @@ public struct Config: Sendable {
 
     private static func stripComment(_ s: Substring) -> Substring {
         var inString = false
-        for i in s.indices {
-            if s[i] == "\"" { inString.toggle() }
-            if s[i] == "#" && !inString { return s[..<i] }
+        for i in s.utf8.indices {
+            let b = s.utf8[i]
+            if b == UInt8(ascii: "\"") { inString.toggle() }
+            if b == UInt8(ascii: "#") && !inString { return s[..<i] }
         }
         return s
     }
@@ -174,10 +176,13 @@ public struct Config: Sendable {
 }
 
 extension StringProtocol {
+    /// Without leading and trailing blanks (space, tab, CR, LF: TOML's whitespace and line ends).
     var trimmed: String {
-        var s = Substring(self)
-        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
-        while let l = s.last, l.isWhitespace { s = s.dropLast() }
-        return String(s)
+        let bytes = Substring(self).utf8
+        func blank(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A }
+        var start = bytes.startIndex, end = bytes.endIndex
+        while start < end, blank(bytes[start]) { start = bytes.index(after: start) }
+        while end > start, blank(bytes[bytes.index(before: end)]) { end = bytes.index(before: end) }
+        return String(decoding: bytes[start..<end], as: UTF8.self)
     }
 }
