@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Debian 12 packages virtport needs to build (-dev libraries) and to run its tests. Idempotent.
 set -euo pipefail
-BUILD_PKGS=(pkg-config libnftnl-dev libmnl-dev libxml2-dev libsqlite3-dev libvirt-dev)
+# The release binary links libxml2 (+ ICU, liblzma, zlib), SQLite, libnftnl and libstdc++ statically:
+# their -dev packages carry the archives.
+BUILD_PKGS=(pkg-config libnftnl-dev libmnl-dev libxml2-dev libicu-dev liblzma-dev zlib1g-dev libsqlite3-dev
+            libstdc++-12-dev libvirt-dev)
 RUN_PKGS=(nftables iproute2 sqlite3)
 TEST_PKGS=(hyperfine iptables socat time python3-pytest)
 LIBVIRT_PKGS=(libvirt-daemon-system libvirt-clients qemu-system-x86 dnsmasq-base bridge-utils)

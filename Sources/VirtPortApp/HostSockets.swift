@@ -3,7 +3,8 @@ import Glibc
 #endif
 import VirtPortCore
 
-/// Host processes already bound to a port a forward wants (read from /proc/net, no netlink).
+/// Host processes already bound to a port a forward wants (from sock_diag, `SockDiag`; /proc/net
+/// when that is unavailable or for a test's fake /proc).
 /// The DNAT would silently steal that service's traffic, so the VM start is refused instead.
 enum HostSockets {
     struct Listener: Equatable {
@@ -15,7 +16,7 @@ enum HostSockets {
 
     static func checkNotBound(_ mappings: [Mapping], procRoot: String = "/proc") throws(VirtPortError) {
         if mappings.isEmpty { return }
-        let listeners = read(procRoot: procRoot)
+        let listeners = (procRoot == "/proc" ? SockDiag.listeners() : nil) ?? read(procRoot: procRoot)
         for m in mappings {
             // Loopback listeners keep their traffic: forwards never apply to 127.0.0.0/8 or ::1.
             for l in listeners where l.proto == m.proto && m.hostPorts.contains(l.port) && !l.address.isLoopback {
