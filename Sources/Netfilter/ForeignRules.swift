@@ -51,6 +51,12 @@ extension NetfilterSession {
         }
     }
 
+    /// Whether `chain` exists in table `table` of family ip (`.ipv4`) or ip6 (`.ipv6`): one
+    /// NFT_MSG_GETCHAIN round trip, no dump.
+    public func chainExists(family: Family, table: String, chain: String) throws(NetfilterError) -> Bool {
+        try chainExists(nfproto: Self.nfproto(family), table: table, chain: chain)
+    }
+
     /// Whether virtport's own chains exist with all their rules: a table whose rules were flushed
     /// (`nft flush table`, a firewall reload) or whose chain was deleted while its maps survived
     /// still accepts elements, so only this check finds it. One rule dump of the whole table.

@@ -48,7 +48,7 @@ struct LibvirtFirewall {
     }
 
     private func exists(_ family: Family, _ table: String, _ chain: String) -> Bool {
-        ((try? nf.listRules(family: family, table: table, chain: chain)) ?? nil) != nil
+        (try? nf.chainExists(family: family, table: table, chain: chain)) ?? false
     }
 
     /// Makes sure the accept rule is in effect for each subnet of a NAT network.

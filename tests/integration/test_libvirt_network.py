@@ -19,12 +19,12 @@ NET_XML = """<network>
   <bridge name='br0' stp='on' delay='0'/>
   <ip address='192.168.122.1' netmask='{netmask}'>
     <dhcp><range start='192.168.122.2' end='192.168.122.254'/>{hosts}</dhcp>
-  </ip>
+  </ip>{extra}
 </network>"""
 
 
-def write_network(lab, hosts="", netmask="255.255.255.0"):
-    xml = NET_XML.format(hosts=hosts, netmask=netmask)
+def write_network(lab, hosts="", netmask="255.255.255.0", extra=""):
+    xml = NET_XML.format(hosts=hosts, netmask=netmask, extra=extra)
     with open(lab.run_dir / "network" / "default.xml", "w") as f:
         f.write(f"<networkstatus><class_id bitmap='0-2' next='3'/><floor sum='0'/>{xml}</networkstatus>")
     return xml
@@ -96,6 +96,24 @@ def test_iptables_backend_rule_lets_forward_in_and_is_removed(lab, netmask, subn
     rules = sh("iptables", "-w", "-S", "FORWARD", ns=lab.host).stdout.decode()
     assert "virtport" not in rules
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+
+
+def test_iptables_backend_ipv6_rule_is_what_ip6tables_writes(lab):
+    """The IPv6 twin, written over netlink into ip6 filter: ip6tables reads it back as its own spec
+    (a /64 and a /52, whose prefix ends inside a byte), and it goes with the last forward."""
+    for prefix, subnet in (("64", "fd00:122::/64"), ("52", "fd00:122::/52")):
+        write_network(lab, extra=f"<ip family='ipv6' address='fd00:122::1' prefix='{prefix}'/>")
+        sh("ip6tables", "-w", "-N", "LIBVIRT_FWI", ns=lab.host, check=False)
+        sh("ip6tables", "-w", "-A", "FORWARD", "-j", "LIBVIRT_FWI", ns=lab.host, check=False)
+        xml = domain_xml("vm6", U1, "<vp:portForward proto='tcp' guest='fd00:122::10'><vp:range start='2222' to='22'/>"
+                         "</vp:portForward>")
+        lab.start(xml)
+        spec = f"-d {subnet} -o br0 -m conntrack --ctstate DNAT -m comment --comment virtport:br0 -j ACCEPT"
+        rules = sh("ip6tables", "-w", "-S", "FORWARD", ns=lab.host).stdout.decode().splitlines()
+        assert rules[1] == f"-A FORWARD {spec}".replace("virtport:br0", '"virtport:br0"'), rules
+        assert sh("ip6tables", "-w", "-C", "FORWARD", *spec.split(), ns=lab.host, check=False).returncode == 0
+        lab.stop(xml)
+        assert "virtport" not in sh("ip6tables", "-w", "-S", "FORWARD", ns=lab.host).stdout.decode()
 
 
 def test_without_virtport_rule_libvirt_rejects(lab):
