@@ -53,8 +53,9 @@ public struct AcceptRule: Sendable, Equatable {
     var expressions: [RuleExpression] {
         let reg = register(word: 0)
         let name = Array(bridge.utf8)
-        // iptables compares the name and its NUL; nft the whole IFNAMSIZ buffer.
-        let ifname = style == .iptables ? name + [0] : name + [UInt8](repeating: 0, count: 16 - name.count)
+        // iptables compares the name and its NUL; nft the whole IFNAMSIZ buffer. (A name longer than
+        // IFNAMSIZ - 1 is not a bridge's: the kernel refuses the rule, naming it.)
+        let ifname = style == .iptables ? name + [0] : name + [UInt8](repeating: 0, count: max(1, 16 - name.count))
         var out: [RuleExpression] = [.meta(NFT_META_OIFNAME, dreg: reg), .cmp(sreg: reg, op: NFT_CMP_EQ, data: ifname)]
         out += destination(reg)
         switch style {

@@ -22,10 +22,9 @@ import VirtPortCore
 /// over the hook's netlink socket. The rule is removed once no applied forward on that network
 /// remains.
 struct LibvirtFirewall {
-    enum Backend: String { case iptables, nftables }
-
     struct Place {
-        var backend: Backend
+        /// Which of libvirt's firewall backends owns the chain: the rule is written in its encoding.
+        var backend: AcceptRule.Style
         var table: String
         var chain: String
         /// Our rule must come before the first rule that mentions this name.
@@ -61,7 +60,7 @@ struct LibvirtFirewall {
             let blocker = rules.firstIndex { $0.mentions(place.mustPrecede) }
             if ours.count == 1, blocker.map({ ours[0] < $0 }) ?? true { continue }
             try delete(ip.family, place, handles: ours.map { rules[$0].handle })
-            try insert(ip.family, place, bridge: bridge, subnet: ip.subnet)
+            try insert(place, bridge: bridge, subnet: ip.subnet)
         }
     }
 
@@ -77,8 +76,8 @@ struct LibvirtFirewall {
     }
 
     /// Inserts over netlink, in the chain owner's own encoding (`AcceptRule`): no process.
-    private func insert(_ family: Family, _ place: Place, bridge: String, subnet: IPPrefix) throws(VirtPortError) {
-        let rule = AcceptRule(style: place.backend == .iptables ? .iptables : .nftables, bridge: bridge,
+    private func insert(_ place: Place, bridge: String, subnet: IPPrefix) throws(VirtPortError) {
+        let rule = AcceptRule(style: place.backend, bridge: bridge,
                               subnet: Subnet(address: subnet.network, prefix: UInt8(subnet.prefix)), tag: Self.tag(bridge))
         do {
             try nf.insertAtTop(rule, table: place.table, chain: place.chain)
