@@ -10,6 +10,8 @@ swift build -c release
 swift build --build-tests
 swift test --skip-build 2>&1 | tee /tmp/virtport-swift-test.log
 # Integration suites (root), one pytest run each (each directory has its own conftest):
-# netns + nftables + real traffic, then the real libvirtd + QEMU suite.
-python3 -m pytest -p no:cacheprovider -q -rs --durations=5 tests/integration "$@"
-python3 -m pytest -p no:cacheprovider -q -rs --durations=5 tests/libvirt "$@"
+# netns + nftables + real traffic, then the real libvirtd + QEMU suite. Debian's python3, whose
+# pytest deps.sh installed (python3-pytest): not whichever python3 comes first on PATH.
+PY=/usr/bin/python3
+$PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/integration "$@"
+$PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/libvirt "$@"
