@@ -400,10 +400,6 @@ public final class JournalDB {
         return out
     }
 
-    func row(id: Int64) throws(VirtPortError) -> ActiveMapping? {
-        try rows(where: "id = ?", [.int(id)]).first
-    }
-
     @discardableResult
     private func setState(id: Int64, _ state: MappingState) throws(VirtPortError) -> Int {
         try conn.run("UPDATE mappings SET state = ? WHERE id = ?", [.text(state.rawValue), .int(id)])
