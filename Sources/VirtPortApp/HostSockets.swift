@@ -1,9 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Netfilter
 import VirtPortCore
 
-/// Host processes already bound to a port a forward wants (from sock_diag, `SockDiag`; /proc/net
+/// Host processes already bound to a port a forward wants (from sock_diag, `SocketDiag`; /proc/net
 /// when that is unavailable or for a test's fake /proc).
 /// The DNAT would silently steal that service's traffic, so the VM start is refused instead.
 enum HostSockets {
@@ -16,7 +17,7 @@ enum HostSockets {
 
     static func checkNotBound(_ mappings: [Mapping], procRoot: String = "/proc") throws(VirtPortError) {
         if mappings.isEmpty { return }
-        let listeners = (procRoot == "/proc" ? SockDiag.listeners() : nil) ?? read(procRoot: procRoot)
+        let listeners = (procRoot == "/proc" ? fromKernel() : nil) ?? read(procRoot: procRoot)
         for m in mappings {
             // Loopback listeners keep their traffic: forwards never apply to 127.0.0.0/8 or ::1.
             for l in listeners where l.proto == m.proto && m.hostPorts.contains(l.port) && !l.address.isLoopback {
@@ -24,6 +25,13 @@ enum HostSockets {
                 let who = owner(inode: l.inode, procRoot: procRoot).map { " by process \($0)" } ?? ""
                 throw .invalid("host port \(m.proto.rawValue)/\(l.port) is already bound on \(l.address)\(who)")
             }
+        }
+    }
+
+    /// From sock_diag (`SocketDiag`); nil when it cannot be used.
+    static func fromKernel() -> [Listener]? {
+        SocketDiag.bound().map { found in
+            found.map { Listener(proto: $0.proto, address: $0.address, port: $0.port, inode: "\($0.inode)") }
         }
     }
 

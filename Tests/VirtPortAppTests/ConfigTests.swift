@@ -154,7 +154,7 @@ import VirtPortCore
         defer { close(tcp) }
         let (udp, udpPort) = try bound(AF_INET, Int32(SOCK_DGRAM.rawValue))
         defer { close(udp) }
-        let diag = try #require(SockDiag.listeners())
+        let diag = try #require(HostSockets.fromKernel())
         let proc = HostSockets.read(procRoot: "/proc")
         for (proto, port) in [(IPProto.tcp, tcpPort), (.udp, udpPort)] {
             let fromDiag = diag.filter { $0.proto == proto && $0.port == port }
