@@ -273,7 +273,7 @@ public final class JournalDB {
                 // same last events: it runs after this update, which writes no history.
                 try conn.run(
                     "UPDATE mappings SET state = CASE state WHEN 'adding' THEN 'applied' ELSE state END, "
-                        + "since = CASE WHEN \(Self.lastAction) IS 'add' THEN since ELSE ? END WHERE \(adding)",
+                        + "since = CASE WHEN \(Self.lastActionSQL) IS 'add' THEN since ELSE ? END WHERE \(adding)",
                     [.int(now)] + mine)
                 try appendHistory("add", reason: reason, domainName: domain.name, at: now, rows: adding, mine)
             }
@@ -414,7 +414,7 @@ public final class JournalDB {
     }
 
     /// The last history action of the identity of the `mappings` row in scope (SQL, NULL if none).
-    static let lastAction = "(SELECT h.action FROM history h WHERE \(Schema.sameIdentity("h", "mappings")) "
+    static let lastActionSQL = "(SELECT h.action FROM history h WHERE \(Schema.sameIdentity("h", "mappings")) "
         + "ORDER BY h.id DESC LIMIT 1)"
 
     /// "1,2,3" for `IN (…)`; ids are integers, so the list is safe to splice.
@@ -447,7 +447,7 @@ public final class JournalDB {
         try conn.run(
             "INSERT INTO history (at, action, reason, domain_uuid, domain_name, \(Schema.mappingColumns)) "
                 + "SELECT ?, ?, ?, domain_uuid, \(domainName == nil ? "domain_name" : "?"), \(Schema.mappingColumns) "
-                + "FROM mappings WHERE \(condition) AND \(Self.lastAction) \(repeatTest) ORDER BY id",
+                + "FROM mappings WHERE \(condition) AND \(Self.lastActionSQL) \(repeatTest) ORDER BY id",
             [.int(at), .text(action), .text(reason)] + (domainName.map { [SQLValue.text($0)] } ?? []) + args)
     }
 
