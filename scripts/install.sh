@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs virtport on a Debian 12 libvirt host: build deps, release build, binary in
-# /usr/local/bin, libvirt hooks in place (`virtport install`), boot-time reconcile unit.
+# /usr/local/bin, libvirt hooks in place (`virtport install`), boot-time reconcile unit, agent unit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
@@ -9,6 +9,12 @@ swift build -c release
 install -D -m 0755 .build/release/virtport /usr/local/bin/virtport
 if [ -d /etc/systemd/system ]; then
   install -m 0644 packaging/virtport-reconcile.service /etc/systemd/system/virtport-reconcile.service
-  if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable virtport-reconcile.service; fi
+  install -m 0644 packaging/virtport-agent.service /etc/systemd/system/virtport-agent.service
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    systemctl enable virtport-reconcile.service
+    systemctl enable virtport-agent.service
+    systemctl restart virtport-agent.service  # the new binary
+  fi
 fi
 /usr/local/bin/virtport install

@@ -35,6 +35,11 @@ public final class ChangeLock {
     /// shared lock first, so two converting processes cannot deadlock).
     public func exclusive() throws(VirtPortError) { try take(LOCK_EX, "exclusive") }
 
+    /// Releases the lock (a process that lives on after a change: the agent).
+    public func unlock() {
+        while flock(fd, LOCK_UN) != 0 && errno == EINTR {}
+    }
+
     private func take(_ mode: Int32, _ name: String) throws(VirtPortError) {
         while flock(fd, mode) != 0 {
             if errno == EINTR { continue }

@@ -31,7 +31,7 @@ extension JournalDB {
         }
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let columns = "h.id, h.at, h.action, h.reason, h.domain_uuid, h.domain_name, "
-            + Schema.mappingColumns.split(separator: ",").map { "h." + $0.trimmingSpaces }.joined(separator: ", ")
+            + Schema.columnList("h.")
         var out: [HistoryEvent] = []
         try conn.query("SELECT \(columns) FROM history h \(whereClause) ORDER BY h.at, h.id", args) {
             r throws(VirtPortError) in

@@ -93,6 +93,29 @@ public final class JournalDB {
         try migrate()
     }
 
+    /// For a long-lived connection (the agent): no checkpoint inside its commits; it calls
+    /// `checkpoint()` when it is idle instead, so no hook waits for the checkpoint's fsyncs.
+    public func disableAutoCheckpoint() throws(VirtPortError) {
+        try conn.exec("PRAGMA wal_autocheckpoint = 0")
+    }
+
+    /// `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can of the WAL into the database without
+    /// waiting for anyone. Returns the number of WAL frames it found (0: nothing to do).
+    @discardableResult
+    public func checkpoint() throws(VirtPortError) -> Int {
+        var frames: Int64 = 0
+        try conn.query("PRAGMA wal_checkpoint(PASSIVE)") { r throws(VirtPortError) in frames = r.int(1) }
+        return Int(max(frames, 0))
+    }
+
+    /// The database file's identity (device, inode), to notice that it was replaced or removed
+    /// under a long-lived connection; nil when the path is gone.
+    public static func fileIdentity(path: String) -> (UInt64, UInt64)? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
     /// True when `error` says the file is not a usable SQLite database (the caller may move it
     /// aside with `moveAside(path:now:)` and start a fresh journal).
     public static func isCorrupt(_ error: VirtPortError) -> Bool {
@@ -264,22 +287,24 @@ public final class JournalDB {
         if delta.isEmpty { return }
         try conn.immediate { () throws(VirtPortError) in
             // Set-based, and only the statements a delta needs: a hook is a new process, so each
-            // statement is prepared (the larger part of its cost) for one run.
+            // statement is prepared (the larger part of its cost) for one run. The ids are bound,
+            // not spliced, so the agent's statement cache keeps these statements across hooks.
             let mine: [SQLValue] = [.text(domain.uuid)]
             if !delta.adding.isEmpty {
-                let adding = "id IN (\(Self.idList(delta.adding))) AND domain_uuid = ? AND state <> 'removing'"
+                let adding = "\(Self.idIn) AND domain_uuid = ? AND state <> 'removing'"
+                let args = [Self.idArray(delta.adding)] + mine
                 // A row whose identity's last event is already "add" (a crashed removal taken back)
                 // keeps its `since` and gets no second "add". The history insert below sees the
                 // same last events: it runs after this update, which writes no history.
                 try conn.run(
                     "UPDATE mappings SET state = CASE state WHEN 'adding' THEN 'applied' ELSE state END, "
                         + "since = CASE WHEN \(Self.lastActionSQL) IS 'add' THEN since ELSE ? END WHERE \(adding)",
-                    [.int(now)] + mine)
-                try appendHistory("add", reason: reason, domainName: domain.name, at: now, rows: adding, mine)
+                    [.int(now)] + args)
+                try appendHistory("add", reason: reason, domainName: domain.name, at: now, rows: adding, args)
             }
             if !delta.removing.isEmpty {
-                try deleteRows(where: "id IN (\(Self.idList(delta.removing))) AND domain_uuid = ? AND state = 'removing'",
-                               mine, reason: reason, domainName: domain.name, now: now)
+                try deleteRows(where: "\(Self.idIn) AND domain_uuid = ? AND state = 'removing'",
+                               [Self.idArray(delta.removing)] + mine, reason: reason, domainName: domain.name, now: now)
             }
         }
     }
@@ -303,7 +328,7 @@ public final class JournalDB {
     public func commitRemove(_ rows: [ActiveMapping], reason: String, now: Int64) throws(VirtPortError) {
         if rows.isEmpty { return }
         try conn.immediate { () throws(VirtPortError) in
-            try deleteRows(where: "id IN (\(Self.idList(rows))) AND state = 'removing'", [], reason: reason,
+            try deleteRows(where: "\(Self.idIn) AND state = 'removing'", [Self.idArray(rows)], reason: reason,
                            domainName: nil, now: now)
         }
     }
@@ -325,10 +350,10 @@ public final class JournalDB {
     /// other than the rows `excluding`: decides whether its hairpin subnet and libvirt accept rule
     /// are still needed. One index probe.
     public func networkHasForwards(_ network: String, excluding ids: [Int64]) throws(VirtPortError) -> Bool {
-        let skip = ids.isEmpty ? "" : " AND id NOT IN (" + ids.map { "\($0)" }.joined(separator: ",") + ")"
-        return try conn.scalar(
+        try conn.scalar(
             "SELECT EXISTS (SELECT 1 FROM mappings WHERE network = ? AND state IN ('applied', 'adding') "
-                + "AND guest_addr <> ''\(skip))", [.text(network)]) == 1
+                + "AND guest_addr <> '' AND id NOT IN (SELECT value FROM json_each(?)))",
+            [.text(network), Self.idArray(ids)]) == 1
     }
 
     /// Whether any mapping is applied (a freshly created table must then be filled from the journal).
@@ -417,8 +442,23 @@ public final class JournalDB {
     static let lastActionSQL = "(SELECT h.action FROM history h WHERE \(Schema.sameIdentity("h", "mappings")) "
         + "ORDER BY h.id DESC LIMIT 1)"
 
-    /// "1,2,3" for `IN (…)`; ids are integers, so the list is safe to splice.
-    static func idList(_ rows: [ActiveMapping]) -> String { rows.map { "\($0.id)" }.joined(separator: ",") }
+    /// Rows whose id is in the JSON array bound to the `?` (`idArray`): the statement's text stays
+    /// the same whatever the ids, so a long-lived connection prepares it once.
+    static let idIn = "id IN (SELECT value FROM json_each(?))"
+
+    /// `[1,2,3]`, the value `idIn` binds.
+    static func idArray(_ ids: [Int64]) -> SQLValue {
+        var s = "["
+        var first = true
+        for id in ids {
+            if !first { s += "," }
+            first = false
+            s += String(id)
+        }
+        return .text(s + "]")
+    }
+
+    static func idArray(_ rows: [ActiveMapping]) -> SQLValue { idArray(rows.map(\.id)) }
 
     /// The identity's last history action ("add"/"remove"), nil if none.
     func lastAction(domainUUID: String, mapping: Mapping) throws(VirtPortError) -> String? {

@@ -20,6 +20,11 @@ public struct Config: Sendable {
     public var libvirtURI = "qemu:///system"
     /// libvirt's hook directory (`virtport install`).
     public var hooksDir = "/etc/libvirt/hooks"
+    /// Where `virtport agent` listens; hooks that find it there hand their work to it (README "Agent").
+    public var agentSocket = "/run/virtport/agent.sock"
+    /// The file this configuration was read from (`defaultPath` when it was absent). The agent
+    /// serves only hooks that read the same file.
+    public var sourcePath = Config.defaultPath
     public var policy = Policy()
     /// History rows older than this many days are pruned by reconcile; 0 keeps everything.
     public var historyRetentionDays = 0
@@ -30,7 +35,9 @@ public struct Config: Sendable {
     public static func load() throws(VirtPortError) -> Config {
         if let p = IO.env("VIRTPORT_CONFIG"), !p.isEmpty {
             guard let bytes = try IO.readFile(p) else { throw .invalid("config file \(p) (VIRTPORT_CONFIG) does not exist") }
-            return try parse(String(decoding: bytes, as: UTF8.self), path: p)
+            var c = try parse(String(decoding: bytes, as: UTF8.self), path: p)
+            c.sourcePath = p
+            return c
         }
         guard let bytes = try IO.readFile(defaultPath) else { return Config() }
         return try parse(String(decoding: bytes, as: UTF8.self), path: defaultPath)
@@ -40,10 +47,16 @@ public struct Config: Sendable {
         var c = Config()
         var section = ""
         var lineNo = 0
-        // Bytes, not Characters: grapheme breaking would cost more than the rest of the hook's parsing.
-        for rawLine in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+        // Bytes, not Characters, with plain index loops: grapheme breaking and the generic
+        // split/Substring machinery cost more than the rest of the hook's parsing (callgrind).
+        let bytes = Array(text.utf8)
+        var next = 0
+        while next <= bytes.count {
+            var end = next
+            while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
+            let line = trimmedLine(bytes, from: next, to: end)
+            next = end + 1
             lineNo += 1
-            let line = stripComment(Substring(rawLine)).trimmed
             if line.isEmpty { continue }
             let at = "\(path):\(lineNo)"
             if line.hasPrefix("[") {
@@ -69,6 +82,7 @@ public struct Config: Sendable {
             case "paths.libvirt_config_dir": c.libvirtConfigDir = try value.path(bad)
             case "paths.libvirt_state_dir": c.libvirtStateDir = try value.path(bad)
             case "paths.hooks_dir": c.hooksDir = try value.path(bad)
+            case "agent_socket", "paths.agent_socket": c.agentSocket = try value.path(bad)
             case "libvirt_uri", "paths.libvirt_uri": c.libvirtURI = try value.string(bad)
             case "policy.host_ports":
                 c.policy.hostPorts = try value.strings(bad).map { (s: String) throws(VirtPortError) -> PortRange in
@@ -99,15 +113,24 @@ public struct Config: Sendable {
         return c
     }
 
-    private static func stripComment(_ s: Substring) -> Substring {
+    /// Line `bytes[from..<to]` without its comment (a `#` outside double quotes) and blanks.
+    private static func trimmedLine(_ bytes: [UInt8], from: Int, to: Int) -> String {
+        var end = from
         var inString = false
-        for i in s.utf8.indices {
-            let b = s.utf8[i]
+        while end < to {
+            let b = bytes[end]
             if b == UInt8(ascii: "\"") { inString.toggle() }
-            if b == UInt8(ascii: "#") && !inString { return s[..<i] }
+            if b == UInt8(ascii: "#") && !inString { break }
+            end += 1
         }
-        return s
+        var start = from
+        while start < end && isBlank(bytes[start]) { start += 1 }
+        while end > start && isBlank(bytes[end - 1]) { end -= 1 }
+        return start == end ? "" : String(decoding: bytes[start..<end], as: UTF8.self)
     }
+
+    /// TOML's whitespace and line ends: space, tab, CR, LF.
+    static func isBlank(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A }
 
     /// "8080" or "1024-65535".
     static func parsePortRange(_ s: String) -> PortRange? {
@@ -179,10 +202,9 @@ extension StringProtocol {
     /// Without leading and trailing blanks (space, tab, CR, LF: TOML's whitespace and line ends).
     var trimmed: String {
         let bytes = Substring(self).utf8
-        func blank(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A }
         var start = bytes.startIndex, end = bytes.endIndex
-        while start < end, blank(bytes[start]) { start = bytes.index(after: start) }
-        while end > start, blank(bytes[bytes.index(before: end)]) { end = bytes.index(before: end) }
+        while start < end, Config.isBlank(bytes[start]) { start = bytes.index(after: start) }
+        while end > start, Config.isBlank(bytes[bytes.index(before: end)]) { end = bytes.index(before: end) }
         return String(decoding: bytes[start..<end], as: UTF8.self)
     }
 }

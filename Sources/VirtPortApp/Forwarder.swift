@@ -12,17 +12,26 @@ struct Forwarder {
     /// Test-only fault injection (README "Crash tests"): `VIRTPORT_FAULT=after-intent|after-kernel`
     /// makes the process die right there, as a crash would.
     let fault = IO.env("VIRTPORT_FAULT")
+    /// The agent's open journal, lock file and netlink socket; nil: a hook process opens its own.
+    var warm: Warm? = nil
 
     func resolver(networkFiles: [NetworkDefinition] = []) -> LibvirtFiles {
         LibvirtFiles(config: config, overrides: networkFiles)
     }
 
-    func journal() throws(VirtPortError) -> JournalDB { try JournalDB(path: config.databasePath) }
+    func journal() throws(VirtPortError) -> JournalDB {
+        if let warm { return warm.db }
+        return try JournalDB(path: config.databasePath)
+    }
 
     /// The lock that keeps journal-to-kernel rebuilds apart from hooks mid-change (`ChangeLock`).
-    func changeLock() throws(VirtPortError) -> ChangeLock { try ChangeLock(databasePath: config.databasePath) }
+    func changeLock() throws(VirtPortError) -> ChangeLock {
+        if let warm { return warm.lock }
+        return try ChangeLock(databasePath: config.databasePath)
+    }
 
     func kernel() throws(VirtPortError) -> NetfilterSession {
+        if let warm { return try warm.kernel() }
         do { return try NetfilterSession(table: config.table) } catch {
             throw .operational("cannot open netlink socket", cause: "\(error)")
         }
@@ -31,6 +40,10 @@ struct Forwarder {
     /// Read-only conflict check (qemu `prepare`): another running domain already holds a port.
     func checkConflicts(_ plan: Plan) throws(VirtPortError) {
         try HostSockets.checkNotBound(plan.mappings)
+        if let warm {
+            try warm.db.checkConflicts(domain: DomainRef(name: plan.domainName, uuid: plan.domainUUID), desired: plan.mappings)
+            return
+        }
         guard JournalDB.exists(path: config.databasePath) else { return }
         let db = try JournalDB(path: config.databasePath, readOnly: true)
         try db.checkConflicts(domain: DomainRef(name: plan.domainName, uuid: plan.domainUUID), desired: plan.mappings)
@@ -194,7 +207,8 @@ struct Forwarder {
             }
         }
         // The hook exits right after: let a child pay the socket's slow release after deletes.
-        if rebuild || !removing.isEmpty || !hairpinDel.isEmpty { nf.closeInBackground() }
+        // (The agent keeps its socket open: it never pays that release.)
+        if warm == nil && (rebuild || !removing.isEmpty || !hairpinDel.isEmpty) { nf.closeInBackground() }
         try syncFirewall(networks, nf: nf)
     }
 

@@ -38,53 +38,57 @@ public enum Hook {
     }
 
     static func qemu(domainName: String, op: String, subop: String) -> Int32 {
-        let reason = "hook qemu \(op)"
         switch op {
-        case "prepare", "start", "reconnect":
+        case "prepare", "start", "reconnect", "stopped", "release":
             let input: [UInt8]
             do { input = try IO.readStdin(limit: inputLimit) } catch {
                 return report(error, op: op, domain: domainName, policy: Policy())
             }
-            // Fast path: no metadata in our namespace, nothing to install.
-            // (Teardown of a domain whose metadata vanished while running is reconcile's job.)
+            // Fast path: no metadata in our namespace, nothing to install or remove.
+            // (Teardown of a domain whose metadata vanished while running is reconcile's job; at
+            // stopped/release the XML is the definition the domain ran with.)
             if !DomainXML.mentionsVirtPort(input) { return 0 }
-            var policy = Policy()
-            do {
-                let config = try Config.load()
-                policy = config.policy
+            let config: Config
+            do { config = try Config.load() } catch {
+                return report(error, op: op, domain: domainName, policy: Policy())
+            }
+            if let code = AgentClient.handOver(config: config, kind: .qemu, args: [domainName, op, subop], input: input) {
+                return code
+            }
+            return qemu(domainName: domainName, op: op, input: input, config: config, warm: nil)
+        default:
+            // started, restore, migrate, attach, … : accepted, nothing to do.
+            return 0
+        }
+    }
+
+    /// The work of a qemu hook whose input mentions our namespace: in the hook process, or in the
+    /// agent (`warm`: its open journal and netlink socket) on the hook's behalf.
+    static func qemu(domainName: String, op: String, input: [UInt8], config: Config, warm: Warm?) -> Int32 {
+        let reason = "hook qemu \(op)"
+        do {
+            let forwarder = Forwarder(config: config, warm: warm)
+            switch op {
+            case "prepare", "start", "reconnect":
                 let domain = try DomainXML.parse(input)
-                let forwarder = Forwarder(config: config)
                 let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: config.policy)
                 if op == "prepare" {
                     try forwarder.checkConflicts(plan)
                 } else {
                     try forwarder.apply(plan, reason: reason)
                 }
-                return 0
-            } catch {
-                return report(error, op: op, domain: domainName, policy: policy)
-            }
-        case "stopped", "release":
-            var policy = Policy()
-            do {
-                let input = try IO.readStdin(limit: inputLimit)
-                // The XML is the definition the domain ran with: without our metadata it had no
-                // forwards (one removed with `virsh metadata --live` meanwhile is reconcile's job).
-                if !DomainXML.mentionsVirtPort(input) { return 0 }
-                let config = try Config.load()
-                policy = config.policy
+            case "stopped", "release":
                 // The XML no longer names the tap or bridge: teardown works from the journal (by UUID).
                 guard let uuid = HookInput.domainUUID(input) else {
                     throw VirtPortError.invalid("domain XML on stdin has no <uuid>")
                 }
-                try Forwarder(config: config).remove(domainUUID: uuid, reason: reason)
-                return 0
-            } catch {
-                return report(error, op: op, domain: domainName, policy: policy)
+                try forwarder.remove(domainUUID: uuid, reason: reason)
+            default:
+                break
             }
-        default:
-            // started, restore, migrate, attach, … : accepted, nothing to do.
             return 0
+        } catch {
+            return report(error, op: op, domain: domainName, policy: config.policy)
         }
     }
 

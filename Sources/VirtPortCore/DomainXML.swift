@@ -14,7 +14,7 @@ public enum DomainXML {
     /// Parses domain XML into a `Domain`, including our metadata.
     /// - Throws: `VirtPortError.invalid` with one line naming the element and attribute.
     public static func parse(_ bytes: [UInt8]) throws(VirtPortError) -> Domain {
-        let root = try SecureXML.parse(bytes, what: "domain XML")
+        let root = try SecureXML.parse(bytes, what: "domain XML", keep: reads)
         let domain: ParsedElement
         switch (root.name, root.namespace) {
         case ("domain", nil):
@@ -28,6 +28,17 @@ public enum DomainXML {
             throw .invalid("domain XML: root element is <\(root.qualifiedName)>, expected <domain> or <domstatus>")
         }
         return try parseDomain(domain)
+    }
+
+    /// The libvirt elements `parseDomain` reads (a status file's `<domstatus>` wraps the `<domain>`);
+    /// the rest of the tree is not copied out of libxml2.
+    static func reads(parent: String, child: String) -> Bool {
+        switch parent {
+        case "domstatus": child == "domain"
+        case "domain": child == "name" || child == "uuid" || child == "metadata" || child == "devices"
+        case "devices": child == "interface"
+        default: true
+        }
     }
 
     static func parseDomain(_ e: ParsedElement) throws(VirtPortError) -> Domain {
@@ -220,7 +231,8 @@ enum MetadataXML {
 
     /// Attributes without a namespace must be known; attributes in our namespace are unknown by
     /// definition (ours are unqualified); attributes of other namespaces are ignored.
-    static func checkAttributes(_ e: ParsedElement, path: String, allowed: Set<String>) throws(VirtPortError) {
+    /// (`allowed` is an array: a handful of names, and a `Set` literal costs a hook more to build.)
+    static func checkAttributes(_ e: ParsedElement, path: String, allowed: [String]) throws(VirtPortError) {
         for a in e.attributes {
             if a.namespace == nil && !allowed.contains(a.name) {
                 let known = allowed.sorted().map { "\($0)=" }.joined(separator: " ")

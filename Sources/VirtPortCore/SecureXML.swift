@@ -54,9 +54,15 @@ enum SecureXML {
     static let maxInputBytes = 4 << 20
 
     /// Parses `bytes` and returns the root element.
-    /// - Parameter what: names the input in messages ("domain XML", "network XML").
+    /// - Parameters:
+    ///   - what: names the input in messages ("domain XML", "network XML").
+    ///   - keep: whether to copy element `child` (local name) of element `parent`, when both are in
+    ///     no namespace; elements in a namespace and everything below a kept element are copied.
+    ///     The whole document is parsed (and checked) either way: this only spares copying the
+    ///     parts the caller never reads (a domain's disks, controllers, CPU model, …).
     /// - Throws: `VirtPortError.invalid` with one line: empty, oversize, DOCTYPE, first parse error.
-    static func parse(_ bytes: [UInt8], what: String) throws(VirtPortError) -> ParsedElement {
+    static func parse(_ bytes: [UInt8], what: String,
+                      keep: (_ parent: String, _ child: String) -> Bool = { _, _ in true }) throws(VirtPortError) -> ParsedElement {
         guard !bytes.isEmpty else { throw .invalid("\(what): input is empty") }
         guard bytes.count <= maxInputBytes else {
             throw .invalid("\(what): input is \(bytes.count) bytes, over the limit of \(maxInputBytes) bytes")
@@ -68,15 +74,15 @@ enum SecureXML {
         let result: Result<ParsedElement, VirtPortError> = withExtendedLifetime(state) {
             bytes.withUnsafeBufferPointer { buf in
                 buf.withMemoryRebound(to: CChar.self) { chars in
-                    parse(chars, state: state, what: what)
+                    parse(chars, state: state, what: what, keep: keep)
                 }
             }
         }
         return try result.get()
     }
 
-    private static func parse(_ chars: UnsafeBufferPointer<CChar>, state: ParseState,
-                              what: String) -> Result<ParsedElement, VirtPortError> {
+    private static func parse(_ chars: UnsafeBufferPointer<CChar>, state: ParseState, what: String,
+                              keep: (String, String) -> Bool) -> Result<ParsedElement, VirtPortError> {
         guard let ctxt = xmlCreateMemoryParserCtxt(chars.baseAddress, Int32(chars.count)) else {
             return .failure(.operational("\(what): libxml2 could not create a parser context"))
         }
@@ -106,12 +112,12 @@ enum SecureXML {
         guard wellFormed, let doc, let root = xmlDocGetRootElement(doc) else {
             return .failure(.invalid("\(what): malformed XML: no root element"))
         }
-        return .success(copy(root))
+        return .success(copy(root, name: root.pointee.name.map { String(cString: $0) } ?? "", keep: keep))
     }
 
-    private static func copy(_ node: xmlNodePtr) -> ParsedElement {
+    private static func copy(_ node: xmlNodePtr, name: String, keep: (String, String) -> Bool) -> ParsedElement {
         var element = ParsedElement(
-            name: node.pointee.name.map { String(cString: $0) } ?? "",
+            name: name,
             namespace: node.pointee.ns?.pointee.href.map { String(cString: $0) },
             prefix: node.pointee.ns?.pointee.prefix.map { String(cString: $0) },
             attributes: [], children: [], text: "", line: Int(xmlGetLineNo(node)))
@@ -128,9 +134,14 @@ enum SecureXML {
         var child = node.pointee.children
         while let c = child {
             switch c.pointee.type {
-            case XML_ELEMENT_NODE: element.children.append(copy(c))
+            case XML_ELEMENT_NODE:
+                let childName = c.pointee.name.map { String(cString: $0) } ?? ""
+                if node.pointee.ns != nil || c.pointee.ns != nil || keep(name, childName) {
+                    element.children.append(copy(c, name: childName, keep: keep))
+                }
             case XML_TEXT_NODE, XML_CDATA_SECTION_NODE:
-                if let content = c.pointee.content { element.text += String(cString: content) }
+                // Indentation between elements is dropped (no reader wants it; it was most of the copy).
+                if xmlIsBlankNode(c) == 0, let content = c.pointee.content { element.text += String(cString: content) }
             default: break
             }
             child = c.pointee.next

@@ -14,6 +14,17 @@ import VirtPortCore
         #expect(c.policy.allowAnyAddress)
         #expect(c.policy.onJournalError == .warn)
         #expect(c.historyRetentionDays == 0)
+        #expect(c.agentSocket == "/run/virtport/agent.sock")
+    }
+
+    /// Line numbers survive blank lines, comments and a missing final newline (the byte-level reader).
+    @Test func errorsNameTheRightLine() {
+        do {
+            _ = try Config.parse("# c\n\n  \t\ntable = \"x\" # ok\n\n[policy]\nbogus = 1")
+            Issue.record("accepted")
+        } catch {
+            #expect(error.message == "virtport.conf:7: unknown key policy.bogus")
+        }
     }
 
     @Test func everyDocumentedKey() throws {
@@ -26,6 +37,7 @@ import VirtPortCore
             libvirt_config_dir = "/tmp/etc"
             libvirt_state_dir = "/tmp/lib"
             hooks_dir = "/tmp/hooks"
+            agent_socket = "/tmp/vp-agent.sock"
             [policy]
             host_ports = ["2000-2999", "8080"]
             listen_addresses = ["203.0.113.5", "2001:db8::1"]
@@ -39,6 +51,7 @@ import VirtPortCore
         #expect(c.table == "vp_test")
         #expect(c.libvirtRunDir == "/tmp/run" && c.libvirtConfigDir == "/tmp/etc" && c.libvirtStateDir == "/tmp/lib")
         #expect(c.hooksDir == "/tmp/hooks")
+        #expect(c.agentSocket == "/tmp/vp-agent.sock")
         #expect(c.policy.hostPorts == [PortRange(2000, 2999), PortRange(8080, 8080)])
         #expect(c.policy.listenAddresses == [IPAddress("203.0.113.5")!, IPAddress("2001:db8::1")!])
         #expect(!c.policy.allowAnyAddress)
@@ -191,5 +204,28 @@ import VirtPortCore
         #expect(leases[0] == .init(address: IPAddress("192.168.122.45")!, mac: MACAddress("52:54:00:aa:bb:01")!, expiry: 1764410000))
         #expect(leases[1].address == IPAddress("fd00::45"))
         #expect(DnsmasqStatus.leases(Array("[]".utf8)).isEmpty)
+    }
+}
+
+@Suite struct AgentFrameTests {
+    @Test func requestAndReplyRoundTrip() {
+        let request = AgentFrame.Request(configPath: "/etc/virtport/virtport.conf", kind: "qemu",
+                                         args: ["vm1", "start", "begin", "-"], input: Array("<domain/>".utf8) + [0, 255])
+        #expect(AgentFrame.decodeRequest(AgentFrame.encode(request)) == request)
+        for lines in [[], ["one"], ["domain 'vm1' start: host port tcp/2222 is already forwarded", "", "third"]] {
+            let reply = AgentFrame.Reply(served: true, code: -2, lines: lines)
+            #expect(AgentFrame.decodeReply(AgentFrame.encode(reply)) == reply)
+        }
+        #expect(AgentFrame.decodeReply(AgentFrame.encode(AgentFrame.Reply(served: false, code: 0, lines: [])))?.served == false)
+    }
+
+    @Test func truncatedOrForeignFramesAreRefused() {
+        let whole = AgentFrame.encode(AgentFrame.Request(configPath: "/c", kind: "qemu", args: ["a", "b"], input: [1, 2, 3]))
+        for cut in 0..<whole.count {
+            #expect(AgentFrame.decodeRequest(Array(whole[0..<cut])) == nil)
+        }
+        #expect(AgentFrame.decodeRequest(whole + [0]) == nil)
+        #expect(AgentFrame.decodeReply(whole) == nil)
+        #expect(AgentFrame.decodeRequest(Array("VPA1".utf8) + [255, 255, 255, 255]) == nil)
     }
 }

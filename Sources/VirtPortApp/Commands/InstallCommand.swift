@@ -113,6 +113,8 @@ enum ConfigTemplate {
 
         # database = "/var/lib/virtport/virtport.db"
         # table = "virtport"
+        # Where `virtport agent` listens (hooks hand their work to it when it runs).
+        # agent_socket = "/run/virtport/agent.sock"
 
         [policy]
         # Host ports a domain's metadata may forward. Ports below 1024 need an explicit entry here.
