@@ -84,6 +84,9 @@ public final class JournalDB {
         // default 1000-page auto-checkpoint). A 64-page auto-checkpoint bounds that replay to a
         // few dozen frames; its cost (one checkpoint every few hooks) is far smaller.
         try conn.config(SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, "cannot disable checkpoint on close")
+        // Statement journals and sorter spill in memory: a multi-row DELETE inside a transaction
+        // otherwise creates, writes (~64 KiB) and unlinks a temp file in /var/tmp on every stop.
+        try conn.exec("PRAGMA temp_store = MEMORY")
         if !readOnly {
             try enableWAL()
             try conn.exec("PRAGMA synchronous = NORMAL")
