@@ -270,8 +270,7 @@ final class AgentServer {
     private var warm: Warm
     private let listenFD: Int32
     private let verbose: Bool
-    /// Something was written since the last checkpoint.
-    private var dirty = false
+    private let checkpointer: Checkpointer
 
     init(config: Config, verbose: Bool) throws(VirtPortError) {
         self.config = config
@@ -279,6 +278,7 @@ final class AgentServer {
         configStamp = Self.stamp(config.sourcePath)
         warm = try Warm(config: config)
         listenFD = try Self.listen(on: config.agentSocket)
+        checkpointer = try Checkpointer(verbose: verbose)
     }
 
     deinit {
@@ -286,33 +286,18 @@ final class AgentServer {
         unlink(config.agentSocket)
     }
 
-    /// Serves hooks until the process is killed. Between requests, when nothing is waiting, it
-    /// checkpoints the WAL (the hooks it served wrote it; none of them waited for the fsyncs).
+    /// Serves hooks until the process is killed; the WAL they write is checkpointed on another
+    /// thread (`Checkpointer`), so no hook waits for a checkpoint's fsyncs.
     func serve() -> Never {
         log("listening on \(config.agentSocket) (journal \(config.databasePath), table inet \(config.table))")
         while true {
             var p = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&p, 1, dirty ? 20 : -1)
-            if ready < 0 { continue }
-            if ready == 0 {
-                checkpoint()
-                continue
-            }
+            if poll(&p, 1, -1) <= 0 { continue }
             let client = accept(listenFD, nil, nil)
             if client < 0 { continue }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             handle(client)
             close(client)
-        }
-    }
-
-    private func checkpoint() {
-        dirty = false
-        do {
-            let frames = try warm.db.checkpoint()
-            if verbose { log("checkpoint: \(frames) WAL frames") }
-        } catch {
-            log("checkpoint: \(error)")
         }
     }
 
@@ -349,7 +334,7 @@ final class AgentServer {
         Output.captured = nil
         warm.lock.unlock()
         if code != 0 { warm.dropKernel() }
-        dirty = true
+        checkpointer.request(path: config.databasePath)
         return AgentFrame.Reply(served: true, code: code, lines: lines)
     }
 
@@ -416,6 +401,80 @@ final class AgentServer {
             throw .operational("cannot listen on \(path)", cause: e)
         }
         return fd
+    }
+}
+
+/// Checkpoints the journal's WAL on a thread of its own with its own connection, ~50 ms after the
+/// agent last wrote: the agent's connection never checkpoints (`disableAutoCheckpoint`), so the
+/// fsyncs happen while no hook waits, and the WAL stays small for every other process that opens the
+/// journal. (SQLite connections are not shared between threads: each thread has its own.)
+final class Checkpointer: @unchecked Sendable {
+    /// Write end of a pipe: one byte per request; the thread debounces a burst into one checkpoint.
+    private let wake: Int32
+    private let sleepFD: Int32
+    /// The journal path of the latest request (guarded by `mutex`).
+    private var path = ""
+    private var mutex = pthread_mutex_t()
+    private let verbose: Bool
+
+    init(verbose: Bool) throws(VirtPortError) {
+        self.verbose = verbose
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw .operational("cannot create a pipe", cause: IO.errnoText()) }
+        sleepFD = fds[0]
+        wake = fds[1]
+        _ = fcntl(wake, F_SETFL, O_NONBLOCK)  // a full pipe already means "checkpoint soon"
+        _ = fcntl(sleepFD, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(wake, F_SETFD, FD_CLOEXEC)
+        pthread_mutex_init(&mutex, nil)
+        var thread = pthread_t()
+        let me = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&thread, nil, { raw in
+            Unmanaged<Checkpointer>.fromOpaque(raw!).takeUnretainedValue().run()
+        }, me)
+        if rc != 0 { throw .operational("cannot start the checkpoint thread", cause: IO.errnoText(rc)) }
+        pthread_detach(thread)
+    }
+
+    /// After a request that may have written the journal at `path`.
+    func request(path: String) {
+        pthread_mutex_lock(&mutex)
+        self.path = path
+        pthread_mutex_unlock(&mutex)
+        var byte: UInt8 = 1
+        _ = write(wake, &byte, 1)
+    }
+
+    private func run() -> Never {
+        var db: JournalDB?
+        var identity: [UInt64] = []
+        var buffer = [UInt8](repeating: 0, count: 256)
+        while true {
+            if read(sleepFD, &buffer, buffer.count) <= 0 { continue }
+            usleep(50_000)
+            // Drain what arrived meanwhile: one checkpoint for the whole burst.
+            _ = fcntl(sleepFD, F_SETFL, O_NONBLOCK)
+            while read(sleepFD, &buffer, buffer.count) > 0 {}
+            _ = fcntl(sleepFD, F_SETFL, 0)
+            pthread_mutex_lock(&mutex)
+            let path = self.path
+            pthread_mutex_unlock(&mutex)
+            // Never creates the journal: only a file the agent's connection already opened.
+            guard let id = JournalDB.fileIdentity(path: path).map({ [$0.0, $0.1] }) else { continue }
+            do throws(VirtPortError) {
+                if db == nil || db?.path != path || id != identity {
+                    db = nil
+                    db = try JournalDB(path: path)
+                    try db?.disableAutoCheckpoint()
+                    identity = id
+                }
+                let frames = try db?.checkpoint() ?? 0
+                if verbose { Output.write(fd: 2, "virtport agent: checkpoint: \(frames) WAL frames\n") }
+            } catch {
+                db = nil
+                Output.write(fd: 2, "virtport agent: checkpoint: \(error)\n")
+            }
+        }
     }
 }
 
