@@ -291,10 +291,8 @@ final class AgentServer {
     func serve() -> Never {
         log("listening on \(config.agentSocket) (journal \(config.databasePath), table inet \(config.table))")
         while true {
-            var p = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
-            if poll(&p, 1, -1) <= 0 { continue }
             let client = accept(listenFD, nil, nil)
-            if client < 0 { continue }
+            if client < 0 { continue }  // EINTR, or a connection reset before it was accepted
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             handle(client)
             close(client)
