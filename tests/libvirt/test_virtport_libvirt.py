@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import warnings
 
 import pytest
@@ -591,3 +592,36 @@ def test_uninstall_then_vm_start_forwards_nothing(lab, installed):
     assert vp.mappings() == []
     assert [h[0] for h in vp.history()] == ["add", "remove"]
     uninstall(lab)                                     # idempotent
+
+
+def test_hooks_run_by_libvirtd_are_served_by_the_agent(lab, installed):
+    """8. `virtport agent` running in the host namespace (README "Agent"): the hooks libvirtd runs for
+    `virsh start` and `virsh destroy` hand their work to it, and the result is the same — real
+    traffic through the forward while the VM runs, nothing left after it stops, the same history."""
+    vp, vm = installed, "vpe-agent"
+    sock = os.path.join(lab.workdir, "agent.sock")
+    lab.write_etc("virtport/virtport.conf", vp.config + f'[paths]\nagent_socket = "{sock}"\n')
+    log = os.path.join(lab.workdir, "agent.log")
+    with open(log, "w") as f:
+        agent = subprocess.Popen(["ip", "netns", "exec", lab.ns, BIN, "agent", "--verbose"],
+                                 stdout=subprocess.DEVNULL, stderr=f)
+    try:
+        harness.wait_for(lambda: os.path.exists(sock), 10, 0.02, "the agent's socket")
+        lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
+        guest = lab.stand_in_guest(G1)
+        guest.listen("tcp", 22, "G1")
+        client = lab.client()
+        lab.start_vm(vm)
+        assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+        assert vp.elements() == {("fwd4", "tcp", 2222): (G1, 22)}
+        vp.assert_forward_rule_first()
+        lab.destroy_vm(vm)
+        assert client.connect("tcp", HOST, 2222).startswith("ERROR")
+        assert not vp.elements()
+        vp.assert_no_forward_rule()
+        served = [l.split(": exit ")[0].split()[4] for l in open(log) if f"qemu {vm} " in l and ": exit 0" in l]
+        assert served == ["prepare", "start", "stopped", "release"], open(log).read()
+        assert [(h[0], h[6]) for h in vp.history()] == [("add", "hook qemu start"), ("remove", "hook qemu stopped")]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
