@@ -14,7 +14,8 @@ if [ -d /etc/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable virtport-reconcile.service
     systemctl enable virtport-agent.service
-    systemctl restart virtport-agent.service  # the new binary
+    # The new binary. Optional: hooks work without it, so a failure to start is only reported.
+    systemctl restart virtport-agent.service || echo "install.sh: virtport-agent.service did not start (hooks work without it): systemctl status virtport-agent" >&2
   fi
 fi
 /usr/local/bin/virtport install
