@@ -185,6 +185,18 @@ def answer(guest_tag, port, source):
     return f"{guest_tag} {port} from {source}"
 
 
+def start_forwarded_vm(lab, vm):
+    """Defines and starts `vm` forwarding host tcp/2222 to port 22 of a listening stand-in guest at
+    G1, checks that real traffic gets through, and returns (guest, client)."""
+    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
+    guest = lab.stand_in_guest(G1)
+    guest.listen("tcp", 22, "G1")
+    client = lab.client()
+    lab.start_vm(vm)
+    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    return guest, client
+
+
 # -- fixtures --------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -293,12 +305,7 @@ def test_network_destroy_and_start(lab, installed):
     rebuilds the table and our FORWARD rule (dropped here while the network was down, as a firewall
     reset would); after a VM restart the forward works again."""
     vp, vm = installed, "vpe-net"
-    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
-    guest = lab.stand_in_guest(G1)
-    guest.listen("tcp", 22, "G1")
-    client = lab.client()
-    lab.start_vm(vm)
-    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    guest, client = start_forwarded_vm(lab, vm)
     tap = lab.vm_tap(vm)
     applied = [(vm, "tcp", 2222, 2222, G1, 22, "applied")]
 
@@ -345,12 +352,7 @@ def test_libvirtd_restart_kill_and_sighup(lab, installed):
     reconnect hook heals it; SIGHUP (libvirt re-inserts its own rules, calls no hook): our rule
     stays first in FORWARD and the forward works."""
     vp, vm = installed, "vpe-daemon"
-    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
-    guest = lab.stand_in_guest(G1)
-    guest.listen("tcp", 22, "G1")
-    client = lab.client()
-    lab.start_vm(vm)
-    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    guest, client = start_forwarded_vm(lab, vm)
     elements = {("fwd4", "tcp", 2222): (G1, 22)}
     applied = [(vm, "tcp", 2222, 2222, G1, 22, "applied")]
     hist = vp.history()
@@ -571,12 +573,7 @@ def test_uninstall_then_vm_start_forwards_nothing(lab, installed):
     """7. `virtport uninstall` removes the hooks; a VM started afterwards gets no forward (no hook
     call, nothing in the kernel or the journal), while the database with its history stays."""
     vp, vm = installed, "vpe-uninstall"
-    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
-    guest = lab.stand_in_guest(G1)
-    guest.listen("tcp", 22, "G1")
-    client = lab.client()
-    lab.start_vm(vm)
-    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    guest, client = start_forwarded_vm(lab, vm)
     lab.destroy_vm(vm)
     assert client.connect("tcp", HOST, 2222).startswith("ERROR")
 
@@ -607,12 +604,7 @@ def test_hooks_run_by_libvirtd_are_served_by_the_agent(lab, installed):
                                  stdout=subprocess.DEVNULL, stderr=f)
     try:
         harness.wait_for(lambda: os.path.exists(sock), 10, 0.02, "the agent's socket")
-        lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
-        guest = lab.stand_in_guest(G1)
-        guest.listen("tcp", 22, "G1")
-        client = lab.client()
-        lab.start_vm(vm)
-        assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+        _, client = start_forwarded_vm(lab, vm)
         assert vp.elements() == {("fwd4", "tcp", 2222): (G1, 22)}
         vp.assert_forward_rule_first()
         lab.destroy_vm(vm)
