@@ -96,8 +96,9 @@ public final class JournalDB {
         try migrate()
     }
 
-    /// For a long-lived connection (the agent): no checkpoint inside its commits; it calls
-    /// `checkpoint()` when it is idle instead, so no hook waits for the checkpoint's fsyncs.
+    /// For a long-lived connection (the agent's): no checkpoint inside its commits; another
+    /// connection, on a thread of its own, calls `checkpoint()` instead, so no hook waits for the
+    /// checkpoint's fsyncs.
     public func disableAutoCheckpoint() throws(VirtPortError) {
         try conn.exec("PRAGMA wal_autocheckpoint = 0")
     }
