@@ -412,7 +412,8 @@ final class Checkpointer: @unchecked Sendable {
     private let sleepFD: Int32
     /// The journal path of the latest request (guarded by `mutex`).
     private var path = ""
-    private var mutex = pthread_mutex_t()
+    /// Heap-allocated: a pthread mutex must not move, and `&storedProperty` may be a temporary.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let verbose: Bool
 
     init(verbose: Bool) throws(VirtPortError) {
@@ -424,7 +425,7 @@ final class Checkpointer: @unchecked Sendable {
         _ = fcntl(wake, F_SETFL, O_NONBLOCK)  // a full pipe already means "checkpoint soon"
         _ = fcntl(sleepFD, F_SETFD, FD_CLOEXEC)
         _ = fcntl(wake, F_SETFD, FD_CLOEXEC)
-        pthread_mutex_init(&mutex, nil)
+        pthread_mutex_init(mutex, nil)
         var thread = pthread_t()
         let me = Unmanaged.passRetained(self).toOpaque()
         let rc = pthread_create(&thread, nil, { raw in
@@ -436,9 +437,9 @@ final class Checkpointer: @unchecked Sendable {
 
     /// After a request that may have written the journal at `path`.
     func request(path: String) {
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         self.path = path
-        pthread_mutex_unlock(&mutex)
+        pthread_mutex_unlock(mutex)
         var byte: UInt8 = 1
         _ = write(wake, &byte, 1)
     }
@@ -454,9 +455,9 @@ final class Checkpointer: @unchecked Sendable {
             _ = fcntl(sleepFD, F_SETFL, O_NONBLOCK)
             while read(sleepFD, &buffer, buffer.count) > 0 {}
             _ = fcntl(sleepFD, F_SETFL, 0)
-            pthread_mutex_lock(&mutex)
+            pthread_mutex_lock(mutex)
             let path = self.path
-            pthread_mutex_unlock(&mutex)
+            pthread_mutex_unlock(mutex)
             // Never creates the journal: only a file the agent's connection already opened.
             guard let id = JournalDB.fileIdentity(path: path).map({ [$0.0, $0.1] }) else { continue }
             do throws(VirtPortError) {
