@@ -151,10 +151,16 @@ public final class NetfilterSession {
         return try BatchExchange.run(&batch, on: transport)
     }
 
+    /// A long-lived process (the agent) keeps this session's socket open for good: it never pays
+    /// the socket's slow release, so `closeInBackground` does nothing.
+    public var keepsSocketOpen = false
+
     /// Call last in a short-lived process whose batches deleted something: the socket's slow
     /// final release (an RCU grace period, ~10 ms) then happens in a detached child after this
-    /// process exits, instead of in this process's exit. The session stays usable.
+    /// process exits, instead of in this process's exit. The session stays usable. Nothing when
+    /// `keepsSocketOpen` (the child would wait for the long-lived process to exit).
     public func closeInBackground() {
+        if keepsSocketOpen { return }
         transport.closeInBackground()
     }
 

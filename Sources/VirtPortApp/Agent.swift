@@ -33,6 +33,7 @@ final class Warm {
         if let session { return session }
         do {
             let s = try NetfilterSession(table: table)
+            s.keepsSocketOpen = true
             session = s
             return s
         } catch {

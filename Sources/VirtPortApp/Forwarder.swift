@@ -207,8 +207,7 @@ struct Forwarder {
             }
         }
         // The hook exits right after: let a child pay the socket's slow release after deletes.
-        // (The agent keeps its socket open: it never pays that release.)
-        if warm == nil && (rebuild || !removing.isEmpty || !hairpinDel.isEmpty) { nf.closeInBackground() }
+        if rebuild || !removing.isEmpty || !hairpinDel.isEmpty { nf.closeInBackground() }
         try syncFirewall(networks, nf: nf)
     }
 

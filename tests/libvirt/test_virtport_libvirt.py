@@ -614,6 +614,11 @@ def test_hooks_run_by_libvirtd_are_served_by_the_agent(lab, installed):
         served = [l.split(": exit ")[0].split()[4] for l in open(log) if f"qemu {vm} " in l and ": exit 0" in l]
         assert served == ["prepare", "start", "stopped", "release"], open(log).read()
         assert [(h[0], h[6]) for h in vp.history()] == [("add", "hook qemu start"), ("remove", "hook qemu stopped")]
+        # Its netlink socket stays open for good: deleting libvirt's accept rule at the stop left no
+        # child behind to hold the socket (a hook process hands its socket's release to one).
+        children = [c for t in os.listdir(f"/proc/{agent.pid}/task")
+                    for c in open(f"/proc/{agent.pid}/task/{t}/children").read().split()]
+        assert children == [], children
     finally:
         agent.terminate()
         agent.wait(timeout=10)
