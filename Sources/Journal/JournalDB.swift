@@ -112,12 +112,18 @@ public final class JournalDB {
         return Int(max(frames, 0))
     }
 
-    /// The database file's identity (device, inode), to notice that it was replaced or removed
-    /// under a long-lived connection; nil when the path is gone.
-    public static func fileIdentity(path: String) -> (UInt64, UInt64)? {
+    /// Which file a path names (device, inode).
+    public struct FileIdentity: Equatable, Sendable {
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    /// The database file's identity, to notice that it was replaced or removed under a long-lived
+    /// connection; nil when the path is gone.
+    public static func fileIdentity(path: String) -> FileIdentity? {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
-        return (UInt64(st.st_dev), UInt64(st.st_ino))
+        return FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
     }
 
     /// True when `error` says the file is not a usable SQLite database (the caller may move it

@@ -18,7 +18,7 @@ final class Warm {
     let lock: ChangeLock
     let table: String
     /// (device, inode) of the database file when it was opened: replaced or removed → reopen.
-    let identity: (UInt64, UInt64)?
+    let identity: JournalDB.FileIdentity?
     private var session: NetfilterSession?
 
     init(config: Config) throws(VirtPortError) {
@@ -31,14 +31,10 @@ final class Warm {
 
     func kernel() throws(VirtPortError) -> NetfilterSession {
         if let session { return session }
-        do {
-            let s = try NetfilterSession(table: table)
-            s.keepsSocketOpen = true
-            session = s
-            return s
-        } catch {
-            throw .operational("cannot open netlink socket", cause: "\(error)")
-        }
+        let s = try Forwarder.openSession(table: table)
+        s.keepsSocketOpen = true
+        session = s
+        return s
     }
 
     /// After a failed request: the next one starts on a fresh netlink socket.
@@ -354,7 +350,7 @@ final class AgentServer {
                 log("configuration \(config.sourcePath): \(error) (keeping the previous one)")
             }
         }
-        if JournalDB.fileIdentity(path: config.databasePath).map({ [$0.0, $0.1] }) != warm.identity.map({ [$0.0, $0.1] }) {
+        if JournalDB.fileIdentity(path: config.databasePath) != warm.identity {
             reopen()
         }
     }
@@ -447,7 +443,7 @@ final class Checkpointer: @unchecked Sendable {
 
     private func run() -> Never {
         var db: JournalDB?
-        var identity: [UInt64] = []
+        var identity: JournalDB.FileIdentity?
         var buffer = [UInt8](repeating: 0, count: 256)
         while true {
             if read(sleepFD, &buffer, buffer.count) <= 0 { continue }
@@ -460,7 +456,7 @@ final class Checkpointer: @unchecked Sendable {
             let path = self.path
             pthread_mutex_unlock(mutex)
             // Never creates the journal: only a file the agent's connection already opened.
-            guard let id = JournalDB.fileIdentity(path: path).map({ [$0.0, $0.1] }) else { continue }
+            guard let id = JournalDB.fileIdentity(path: path) else { continue }
             do throws(VirtPortError) {
                 if db == nil || db?.path != path || id != identity {
                     db = nil

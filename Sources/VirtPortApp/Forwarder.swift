@@ -32,7 +32,11 @@ struct Forwarder {
 
     func kernel() throws(VirtPortError) -> NetfilterSession {
         if let warm { return try warm.kernel() }
-        do { return try NetfilterSession(table: config.table) } catch {
+        return try Self.openSession(table: config.table)
+    }
+
+    static func openSession(table: String) throws(VirtPortError) -> NetfilterSession {
+        do { return try NetfilterSession(table: table) } catch {
             throw .operational("cannot open netlink socket", cause: "\(error)")
         }
     }
