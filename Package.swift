@@ -37,17 +37,26 @@ let package = Package(
         // Headers only: libvirt is dlopen()ed by the agent/CLI so the hook never loads it.
         .systemLibrary(name: "CLibvirt", providers: [.apt(["libvirt-dev"])]),
 
+        // The system-call layer under everything that does I/O: EINTR retries, typed Errno.
+        .target(name: "POSIX", swiftSettings: strict),
         .target(name: "VirtPortCore", dependencies: ["CLibXML2"], swiftSettings: strict,
                 linkerSettings: link(["xml2"], staticArchives: ["xml2", "icuuc", "icudata", "lzma", "z"])
                     + [.linkedLibrary("stdc++", .when(configuration: .release))]),
-        .target(name: "Netfilter", dependencies: ["VirtPortCore", "CNftnl"], swiftSettings: strict,
+        .target(name: "Netfilter", dependencies: ["POSIX", "VirtPortCore", "CNftnl"], swiftSettings: strict,
                 linkerSettings: link(["nftnl"], staticArchives: ["nftnl"]) + [.linkedLibrary("mnl")]),
-        .target(name: "Journal", dependencies: ["VirtPortCore", "CSQLite"], swiftSettings: strict,
+        .target(name: "Journal", dependencies: ["POSIX", "VirtPortCore", "CSQLite"], swiftSettings: strict,
                 linkerSettings: link(["sqlite3"], staticArchives: ["sqlite3"])),
-        .target(name: "Libvirt", dependencies: ["VirtPortCore", "CLibvirt"], swiftSettings: strict),
-        .target(name: "VirtPortApp", dependencies: ["VirtPortCore", "Netfilter", "Journal", "Libvirt"], swiftSettings: strict),
+        .target(name: "Libvirt", dependencies: ["POSIX", "VirtPortCore", "CLibvirt"], swiftSettings: strict),
+        // The work itself (plan → journal intent → one batch → applied; reconcile; libvirt's
+        // firewall), shared by every front end below. Never imports Libvirt: the hook path uses it.
+        .target(name: "Engine", dependencies: ["POSIX", "VirtPortCore", "Netfilter", "Journal"], swiftSettings: strict),
+        // Front ends: what libvirt runs (hook), the long-lived agent, the commands people type.
+        .target(name: "Hook", dependencies: ["POSIX", "VirtPortCore", "Engine"], swiftSettings: strict),
+        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal"], swiftSettings: strict),
+        .target(name: "Commands", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt",
+                                                 "Hook", "Agent"], swiftSettings: strict),
         .executableTarget(
-            name: "virtport", dependencies: ["VirtPortApp"], exclude: ["link"], swiftSettings: strict,
+            name: "virtport", dependencies: ["Hook", "Commands"], exclude: ["link"], swiftSettings: strict,
             // `-static-stdlib` names `-lstdc++` itself; Sources/virtport/link/libstdc++.so, first on
             // the library path, is a linker script that turns it into libstdc++.a (ICU needs it once
             // more after its archives: VirtPortCore). libgcc is linked statically too.
@@ -57,7 +66,9 @@ let package = Package(
         .testTarget(name: "VirtPortCoreTests", dependencies: ["VirtPortCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "VirtPortCore"]),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "VirtPortCore"]),
-        .testTarget(name: "VirtPortAppTests", dependencies: ["VirtPortApp", "VirtPortCore", "Journal"]),
+        .testTarget(name: "POSIXTests", dependencies: ["POSIX"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "VirtPortCore", "Journal", "Netfilter", "POSIX"]),
+        .testTarget(name: "FrontEndTests", dependencies: ["Commands", "Hook", "Agent", "Engine", "VirtPortCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,20 +1,21 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import POSIX
 public import VirtPortCore
 
 /// Serialises "read the journal, then make the kernel match it" (a table rebuild, reconcile,
 /// network `started`) against hooks that are between their journal intent and their kernel change.
 ///
-/// A hook holds the lock shared from before `beginApply`/`beginRemoveAll` until its netlink batch
-/// is done, so hooks of different domains still run side by side. Whoever rebuilds the kernel state
-/// from the journal holds it exclusively while it reads the rows and sends the batch: no hook can
-/// then have an intent in the journal whose elements are not yet in the kernel (which a rebuild
+/// A hook holds the lock shared from before `beginApply`/`beginRemoveAll` until its change is
+/// committed, so hooks of different domains still run side by side. Whoever rebuilds the kernel
+/// state from the journal holds it exclusively while it reads the rows and sends the batch: no hook
+/// can then have an intent in the journal whose elements are not yet in the kernel (which a rebuild
 /// would leave out) or an element in the kernel that a rebuild read before its intent (which would
 /// be deleted). `flock(2)` on `<database>.lock` (mode 0600); the kernel drops it when the process
 /// exits, however it exits.
 public final class ChangeLock {
-    private let fd: Int32
+    private let fd: FileDescriptor
     public let path: String
 
     /// Opens (creating, with the journal's directory) the lock file beside the journal; takes no
@@ -22,28 +23,35 @@ public final class ChangeLock {
     public init(databasePath: String) throws(VirtPortError) {
         path = databasePath + ".lock"
         try Files.makeParent(of: path)
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if fd < 0 { throw .operational("cannot open lock file \(path)", cause: Files.errnoText()) }
+        do { fd = try FileDescriptor.open(path, O_RDWR | O_CREAT, mode: 0o600) } catch {
+            throw .operational("cannot open lock file \(path)", cause: error)
+        }
     }
 
-    deinit { close(fd) }
+    deinit { fd.close() }
 
-    /// Waits for the lock in shared mode (other hooks may hold it too).
-    public func shared() throws(VirtPortError) { try take(LOCK_SH, "shared") }
-
-    /// Waits for the lock alone; a holder of the shared lock is converted (flock releases the
-    /// shared lock first, so two converting processes cannot deadlock).
-    public func exclusive() throws(VirtPortError) { try take(LOCK_EX, "exclusive") }
-
-    /// Releases the lock (a process that lives on after a change: the agent).
-    public func unlock() {
-        while flock(fd, LOCK_UN) != 0 && errno == EINTR {}
+    /// Runs `body` holding the lock shared (other hooks may hold it too); released when it returns.
+    /// `body` may convert it to exclusive (`convertToExclusive`) for a rebuild.
+    public func withShared<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
+        try take(.shared)
+        defer { fd.unlock() }
+        return try body()
     }
 
-    private func take(_ mode: Int32, _ name: String) throws(VirtPortError) {
-        while flock(fd, mode) != 0 {
-            if errno == EINTR { continue }
-            throw .operational("cannot take the \(name) lock \(path)", cause: Files.errnoText())
+    /// Runs `body` holding the lock alone; released when it returns.
+    public func withExclusive<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
+        try take(.exclusive)
+        defer { fd.unlock() }
+        return try body()
+    }
+
+    /// Inside `withShared`: waits for the lock alone. flock releases the shared lock first, so two
+    /// converting processes cannot deadlock.
+    public func convertToExclusive() throws(VirtPortError) { try take(.exclusive) }
+
+    private func take(_ mode: FileDescriptor.LockMode) throws(VirtPortError) {
+        do { try fd.lock(mode) } catch {
+            throw .operational("cannot take the \(mode == .shared ? "shared" : "exclusive") lock \(path)", cause: error)
         }
     }
 }

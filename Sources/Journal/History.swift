@@ -36,7 +36,9 @@ extension JournalDB {
         try conn.query("SELECT \(columns) FROM history h \(whereClause) ORDER BY h.at, h.id", args) {
             r throws(VirtPortError) in
             let id = r.int(0)
-            out.append(HistoryEvent(id: id, at: r.int(1), action: r.text(2), reason: r.text(3),
+            // The schema's CHECK admits only these two.
+            let action = HistoryAction(rawValue: r.text(2)) ?? .remove
+            out.append(HistoryEvent(id: id, at: r.int(1), action: action, reason: r.text(3),
                                     domain: DomainRef(name: r.text(5), uuid: r.text(4)),
                                     mapping: try Schema.decode(r, from: 6, table: "history", id: id)))
         }

@@ -43,6 +43,7 @@
 import Glibc
 #endif
 import CSQLite
+public import POSIX
 public import VirtPortCore
 
 /// The SQLite journal. Wraps one `sqlite3*` connection: use it from one thread (it is not
@@ -112,26 +113,13 @@ public final class JournalDB {
         return Int(max(frames, 0))
     }
 
-    /// Which file a path names (device, inode).
-    public struct FileIdentity: Equatable, Sendable {
-        var device: UInt64
-        var inode: UInt64
-    }
-
     /// The database file's identity, to notice that it was replaced or removed under a long-lived
     /// connection; nil when the path is gone.
-    public static func fileIdentity(path: String) -> FileIdentity? {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        return FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
-    }
+    public static func fileIdentity(path: String) -> FileIdentity? { FileSystem.identity(path) }
 
     /// True when `error` says the file is not a usable SQLite database (the caller may move it
     /// aside with `moveAside(path:now:)` and start a fresh journal).
-    public static func isCorrupt(_ error: VirtPortError) -> Bool {
-        error.code == .operational && error.message.hasPrefix("database ")
-            && error.message.hasSuffix(SQLiteConnection.corruptSuffix)
-    }
+    public static func isCorrupt(_ error: VirtPortError) -> Bool { error.code == .corruptJournal }
 
     /// `PRAGMA quick_check`: a database whose header is fine can still have garbage pages, which
     /// opening does not notice. Reconcile runs this before trusting the journal.
@@ -139,10 +127,12 @@ public final class JournalDB {
     public func quickCheck() throws(VirtPortError) {
         let result: String?
         do { result = try conn.scalarText("PRAGMA quick_check(1)") } catch {
-            throw .operational("database \(path)\(SQLiteConnection.corruptSuffix)", cause: error.cause ?? error.message)
+            throw VirtPortError(.corruptJournal, "database \(path)\(SQLiteConnection.corruptSuffix)",
+                                cause: error.cause ?? TextCause(error.message))
         }
         if result != "ok" {
-            throw .operational("database \(path)\(SQLiteConnection.corruptSuffix)", cause: result ?? "quick_check returned nothing")
+            throw VirtPortError(.corruptJournal, "database \(path)\(SQLiteConnection.corruptSuffix)",
+                                cause: TextCause(result ?? "quick_check returned nothing"))
         }
     }
 
@@ -310,7 +300,7 @@ public final class JournalDB {
                     "UPDATE mappings SET state = CASE state WHEN 'adding' THEN 'applied' ELSE state END, "
                         + "since = CASE WHEN \(Self.lastActionSQL) IS 'add' THEN since ELSE ? END WHERE \(adding)",
                     [.int(now)] + args)
-                try appendHistory("add", reason: reason, domainName: domain.name, at: now, rows: adding, args)
+                try appendHistory(.add, reason: reason, domainName: domain.name, at: now, rows: adding, args)
             }
             if !delta.removing.isEmpty {
                 try deleteRows(where: "\(Self.idIn) AND domain_uuid = ? AND state = 'removing'",
@@ -375,12 +365,8 @@ public final class JournalDB {
 
     /// Appends a history event for a fix made by reconcile. Skipped when it would repeat the last
     /// event of this domain + mapping (history alternates add/remove per mapping).
-    /// - Throws: `.invalid` when `action` is not "add" or "remove".
-    public func record(event action: String, reason: String, domain: DomainRef, mapping: Mapping,
+    public func record(event action: HistoryAction, reason: String, domain: DomainRef, mapping: Mapping,
                        now: Int64) throws(VirtPortError) {
-        guard action == "add" || action == "remove" else {
-            throw .invalid("history action '\(action)' is neither 'add' nor 'remove'")
-        }
         try conn.immediate { () throws(VirtPortError) in
             _ = try appendHistory(action, reason: reason, domain: domain, mapping: Schema.normalised(mapping), at: now)
         }
@@ -444,7 +430,7 @@ public final class JournalDB {
     /// identity's last event is "add". `domainName` nil: each row's own name.
     private func deleteRows(where condition: String, _ args: [SQLValue], reason: String, domainName: String?,
                             now: Int64) throws(VirtPortError) {
-        try appendHistory("remove", reason: reason, domainName: domainName, at: now, rows: condition, args)
+        try appendHistory(.remove, reason: reason, domainName: domainName, at: now, rows: condition, args)
         try conn.run("DELETE FROM mappings WHERE \(condition)", args)
     }
 
@@ -471,34 +457,34 @@ public final class JournalDB {
     static func idArray(_ rows: [ActiveMapping]) -> SQLValue { idArray(rows.map(\.id)) }
 
     /// The identity's last history action ("add"/"remove"), nil if none.
-    func lastAction(domainUUID: String, mapping: Mapping) throws(VirtPortError) -> String? {
+    func lastAction(domainUUID: String, mapping: Mapping) throws(VirtPortError) -> HistoryAction? {
         try conn.scalarText("SELECT action FROM history WHERE \(Schema.identityWhere) ORDER BY id DESC LIMIT 1",
-                            [.text(domainUUID)] + Schema.bind(mapping))
+                            [.text(domainUUID)] + Schema.bind(mapping)).flatMap(HistoryAction.init(rawValue:))
     }
 
     /// Appends an event unless it would repeat the identity's last one ("remove" also needs a
     /// preceding "add"). Returns whether it was written.
-    func appendHistory(_ action: String, reason: String, domain: DomainRef, mapping: Mapping,
+    func appendHistory(_ action: HistoryAction, reason: String, domain: DomainRef, mapping: Mapping,
                        at: Int64) throws(VirtPortError) -> Bool {
         let last = try lastAction(domainUUID: domain.uuid, mapping: mapping)
-        if action == "add" ? last == "add" : last != "add" { return false }
+        if action == .add ? last == .add : last != .add { return false }
         try conn.run(
             "INSERT INTO history (at, action, reason, domain_uuid, domain_name, \(Schema.mappingColumns)) "
                 + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [.int(at), .text(action), .text(reason), .text(domain.uuid), .text(domain.name)] + Schema.bind(mapping))
+            [.int(at), .text(action.rawValue), .text(reason), .text(domain.uuid), .text(domain.name)] + Schema.bind(mapping))
         return true
     }
 
     /// The same rule for every `mappings` row matching `condition`, in one INSERT … SELECT (row id
     /// order). `domainName` nil: each row's own name.
-    func appendHistory(_ action: String, reason: String, domainName: String?, at: Int64, rows condition: String,
+    func appendHistory(_ action: HistoryAction, reason: String, domainName: String?, at: Int64, rows condition: String,
                        _ args: [SQLValue]) throws(VirtPortError) {
-        let repeatTest = action == "add" ? "IS NOT 'add'" : "IS 'add'"
+        let repeatTest = action == .add ? "IS NOT 'add'" : "IS 'add'"
         try conn.run(
             "INSERT INTO history (at, action, reason, domain_uuid, domain_name, \(Schema.mappingColumns)) "
                 + "SELECT ?, ?, ?, domain_uuid, \(domainName == nil ? "domain_name" : "?"), \(Schema.mappingColumns) "
                 + "FROM mappings WHERE \(condition) AND \(Self.lastActionSQL) \(repeatTest) ORDER BY id",
-            [.int(at), .text(action), .text(reason)] + (domainName.map { [SQLValue.text($0)] } ?? []) + args)
+            [.int(at), .text(action.rawValue), .text(reason)] + (domainName.map { [SQLValue.text($0)] } ?? []) + args)
     }
 
     /// `desired` normalised to stored form, duplicates dropped, order kept.

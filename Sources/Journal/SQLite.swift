@@ -4,6 +4,13 @@ import Glibc
 import CSQLite
 import VirtPortCore
 
+/// What SQLite answered: its (extended) result code and `sqlite3_errmsg`.
+public struct SQLiteError: Error, Sendable, CustomStringConvertible {
+    public var code: Int32
+    public var message: String
+    public var description: String { message }
+}
+
 /// A value bound to a `?` parameter.
 enum SQLValue {
     case int(Int64)
@@ -53,14 +60,17 @@ final class SQLiteConnection {
     static let corruptSuffix = " is corrupt or not an SQLite database"
 
     static func error(path: String, rc: Int32, what: String, message: String) -> VirtPortError {
+        let cause = SQLiteError(code: rc, message: message)
         switch rc & 0xff {
         case SQLITE_CORRUPT, SQLITE_NOTADB:
-            return .operational("database \(path)\(corruptSuffix)", cause: message)
+            return VirtPortError(.corruptJournal, "database \(path)\(corruptSuffix)", cause: cause)
         case SQLITE_BUSY, SQLITE_LOCKED:
             return .operational("database \(path) stayed locked by another virtport for too long (\(what))",
-                                cause: message)
+                                cause: cause)
+        case SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_PERM, SQLITE_AUTH:
+            return .operational("database \(path): \(what)", cause: cause)
         default:
-            return .operational("database \(path): \(what)", cause: message)
+            return .operational("database \(path): \(what)", cause: cause)
         }
     }
 

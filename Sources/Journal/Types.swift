@@ -44,6 +44,10 @@ public struct ActiveMapping: Sendable, Hashable {
         self.state = state
         self.since = since
     }
+
+    /// Whether the kernel holds (or is about to hold) this row's elements: `applied`, or `adding`
+    /// (intent written; a rebuild must include it). Pending and removing rows are not.
+    public var isInKernel: Bool { (state == .applied || state == .adding) && !mapping.isPending }
 }
 
 /// What `beginApply` decided: the kernel batch adds `adding` (those with a guest address) and
@@ -67,20 +71,24 @@ public struct ApplyDelta: Sendable, Hashable {
     public var isEmpty: Bool { adding.isEmpty && removing.isEmpty }
 }
 
+/// What a history event records: a mapping went live, or went away.
+public enum HistoryAction: String, Sendable, Hashable, CaseIterable {
+    case add, remove
+}
+
 /// One row of the append-only `history` table.
 public struct HistoryEvent: Sendable, Hashable {
     public var id: Int64
     /// µs since the epoch, UTC.
     public var at: Int64
-    /// "add" or "remove".
-    public var action: String
+    public var action: HistoryAction
     /// Why: "hook qemu start", "reconcile: domain not running", …
     public var reason: String
     /// The domain as it was named at that time.
     public var domain: DomainRef
     public var mapping: Mapping
 
-    public init(id: Int64, at: Int64, action: String, reason: String, domain: DomainRef, mapping: Mapping) {
+    public init(id: Int64, at: Int64, action: HistoryAction, reason: String, domain: DomainRef, mapping: Mapping) {
         self.id = id
         self.at = at
         self.action = action

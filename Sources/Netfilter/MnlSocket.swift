@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNftnl
+import POSIX
 
 /// A NETLINK_NETFILTER socket (libmnl), with extended acks on and request echo off.
 final class MnlSocket: NetlinkTransport {
@@ -64,7 +65,7 @@ final class MnlSocket: NetlinkTransport {
             let keep = fd, wait = gate[0]
             for other in 0..<Int32(1024) where other != keep && other != wait { close(other) }
             var byte: UInt8 = 0
-            while read(wait, &byte, 1) != 0 && errno == EINTR {}
+            _ = retryingOnInterrupt { read(wait, &byte, 1) }
             close(keep)
             _exit(0)
         }
@@ -74,39 +75,36 @@ final class MnlSocket: NetlinkTransport {
     }
 
     func send(_ datagram: [UInt8]) throws(NetfilterError) {
-        while true {
-            let sent = datagram.withUnsafeBytes { mnl_socket_sendto(socket, $0.baseAddress, $0.count) }
-            if sent >= 0 { return }
-            let code = Glibc.errno
-            if code == EINTR { continue }
-            throw NetfilterError(errno: code, operation: "send \(datagram.count) bytes to nf_tables")
+        do {
+            _ = try valueOrErrno("sendto") { datagram.withUnsafeBytes { mnl_socket_sendto(socket, $0.baseAddress, $0.count) } }
+        } catch {
+            throw NetfilterError(errno: error.code, operation: "send \(datagram.count) bytes to nf_tables")
         }
     }
 
     func receive(timeout: Int32) throws(NetfilterError) -> [UInt8]? {
         if timeout != 0 {
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            while true {
-                let ready = poll(&poller, 1, timeout)
-                if ready > 0 { break }
-                if ready == 0 { return nil }
-                if Glibc.errno != EINTR { throw NetfilterError(errno: Glibc.errno, operation: "wait for nf_tables") }
+            do {
+                if try !FileDescriptor(rawValue: fd).waitReadable(timeoutMs: timeout) { return nil }
+            } catch {
+                throw NetfilterError(errno: error.code, operation: "wait for nf_tables")
             }
         }
-        while true {
-            let count = recv(fd, receiveBuffer.baseAddress, receiveBuffer.count, Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC))
-            if count >= 0 {
-                guard count <= receiveBuffer.count else {
-                    throw NetfilterError(errno: EMSGSIZE, operation: "receive from nf_tables (\(count)-byte reply)")
-                }
-                return Array(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count]))
+        let count: Int
+        do {
+            count = try valueOrErrno("recv") {
+                recv(fd, receiveBuffer.baseAddress, receiveBuffer.count, Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC))
             }
-            let code = Glibc.errno
-            if code == EINTR { continue }
-            if code == EAGAIN || code == EWOULDBLOCK { return nil }
+        } catch where error.code == EAGAIN || error.code == EWOULDBLOCK {
+            return nil
+        } catch {
             // ENOBUFS: the kernel dropped replies because the receive buffer overflowed.
-            throw NetfilterError(errno: code, operation: "receive from nf_tables")
+            throw NetfilterError(errno: error.code, operation: "receive from nf_tables")
         }
+        guard count <= receiveBuffer.count else {
+            throw NetfilterError(errno: EMSGSIZE, operation: "receive from nf_tables (\(count)-byte reply)")
+        }
+        return Array(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count]))
     }
 
     /// Raises SO_SNDBUF/SO_RCVBUF past the sysctl limits (SO_*BUFFORCE, CAP_NET_ADMIN, which nf_tables

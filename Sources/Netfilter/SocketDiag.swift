@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNftnl
+import POSIX
 public import VirtPortCore
 
 /// Bound sockets from the kernel's sock_diag netlink interface (what `ss` uses): TCP sockets in
@@ -69,8 +70,7 @@ public enum SocketDiag {
         var out: [Bound] = []
         var buffer = [UInt8](repeating: 0, count: 32 * 1024)
         while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
+            let n = retryingOnInterrupt { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
             if n <= 0 { return nil }
             for message in NetlinkMessage.split(Array(buffer[0..<n])) where message.sequence == sequence {
                 if message.type == Netlink.typeDone { return out }

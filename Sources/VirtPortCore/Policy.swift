@@ -1,7 +1,7 @@
 /// Root-owned limits on what a domain's metadata may claim (config file `[policy]`).
 /// Anyone who can edit a domain's XML must not be able to grab host port 22.
 public struct Policy: Sendable, Equatable {
-    public enum OnJournalError: String, Sendable { case warn, refuse }
+    public enum OnInternalError: String, Sendable { case warn, refuse }
 
     /// Host ports metadata may forward (default 1024-65535).
     public var hostPorts: [PortRange]
@@ -13,18 +13,19 @@ public struct Policy: Sendable, Equatable {
     public var maxForwardsPerDomain: Int
     /// Most host ports one domain may have in total.
     public var maxPortsPerDomain: Int
-    /// What a hook does when the journal is unusable: keep VMs starting (warn) or refuse.
-    public var onJournalError: OnJournalError
+    /// What a start hook does on internal trouble (journal, kernel, files): keep the VM starting
+    /// (warn) or refuse it. Config key `on_internal_error`.
+    public var onInternalError: OnInternalError
 
     public init(hostPorts: [PortRange] = [PortRange(1024, 65535)], listenAddresses: [IPAddress]? = nil,
                 allowAnyAddress: Bool = true, maxForwardsPerDomain: Int = 64, maxPortsPerDomain: Int = 4096,
-                onJournalError: OnJournalError = .warn) {
+                onInternalError: OnInternalError = .warn) {
         self.hostPorts = hostPorts
         self.listenAddresses = listenAddresses
         self.allowAnyAddress = allowAnyAddress
         self.maxForwardsPerDomain = maxForwardsPerDomain
         self.maxPortsPerDomain = maxPortsPerDomain
-        self.onJournalError = onJournalError
+        self.onInternalError = onInternalError
     }
 }
 

@@ -30,7 +30,7 @@ import VirtPortCore
 
             let events = try db.history(HistoryFilter())
             #expect(events.count == 3)
-            #expect(events.allSatisfy { $0.action == "add" && $0.at == 20 && $0.reason == "hook qemu start" && $0.domain == web1 })
+            #expect(events.allSatisfy { $0.action == .add && $0.at == 20 && $0.reason == "hook qemu start" && $0.domain == web1 })
             #expect(Set(events.map(\.mapping)) == [fwd(8080), fwd(8000, 8010, to: 9000), pending])
             #expect(events.first { $0.mapping == pending }?.mapping.guestAddress == nil)
         }
@@ -90,8 +90,8 @@ import VirtPortCore
             #expect(Set(rows.map(\.mapping)) == [fwd(8080), fwd(2222, to: 2200), fwd(9000)])
             #expect(rows.allSatisfy { $0.state == .applied })
             let at6 = try db.history(HistoryFilter(since: 6))
-            #expect(at6.filter { $0.action == "remove" }.map(\.mapping).count == 2)
-            #expect(Set(at6.filter { $0.action == "add" }.map(\.mapping)) == [fwd(2222, to: 2200), fwd(9000)])
+            #expect(at6.filter { $0.action == .remove }.map(\.mapping).count == 2)
+            #expect(Set(at6.filter { $0.action == .add }.map(\.mapping)) == [fwd(2222, to: 2200), fwd(9000)])
         }
     }
 
@@ -120,7 +120,7 @@ import VirtPortCore
             #expect(try !db.hasRows(domainUUID: web1.uuid))
             #expect(try db.beginRemoveAll(domainUUID: web1.uuid, reason: "hook qemu release", now: 5).isEmpty)
             #expect(try db.activeMappings().map(\.domain) == [web2])
-            let removes = try db.history(HistoryFilter()).filter { $0.action == "remove" }
+            let removes = try db.history(HistoryFilter()).filter { $0.action == .remove }
             #expect(removes.count == 2)
             #expect(removes.allSatisfy { $0.at == 3 && $0.reason == "hook qemu stopped" && $0.domain == web1 })
         }
@@ -147,7 +147,7 @@ import VirtPortCore
             try db.commitApply(domain: web1, delta: restart, reason: "hook qemu start", now: 7)
             #expect(try db.activeMappings().map(\.state) == [.applied])
             // It never left the kernel as far as history knows: one add, no remove.
-            #expect(try db.history(HistoryFilter()).map(\.action) == ["add"])
+            #expect(try db.history(HistoryFilter()).map(\.action) == [.add])
             #expect(try db.activeMappings().first?.since == 3)
         }
     }
@@ -160,7 +160,7 @@ import VirtPortCore
             let again = try db.beginRemoveAll(domainUUID: web1.uuid, reason: "release", now: 3)
             #expect(again.map(\.state) == [.removing])  // kernel unknown
             try db.commitRemove(again, reason: "release", now: 4)
-            #expect(try db.history(HistoryFilter()).map(\.action) == ["add", "remove"])
+            #expect(try db.history(HistoryFilter()).map(\.action) == [.add, .remove])
         }
     }
 
@@ -171,20 +171,20 @@ import VirtPortCore
             let ids = delta.adding.map(\.id)
             // Reconcile found 8080 in the kernel and 8081 missing.
             #expect(try db.setState(ids: [ids[0]], state: .applied) == 1)
-            try db.record(event: "add", reason: "reconcile: found in kernel", domain: web1, mapping: fwd(8080), now: 2)
-            try db.record(event: "add", reason: "reconcile: again", domain: web1, mapping: fwd(8080), now: 3)  // no-op
-            try db.record(event: "remove", reason: "reconcile: never added", domain: web1, mapping: fwd(8081), now: 3)  // no-op
+            try db.record(event: .add, reason: "reconcile: found in kernel", domain: web1, mapping: fwd(8080), now: 2)
+            try db.record(event: .add, reason: "reconcile: again", domain: web1, mapping: fwd(8080), now: 3)  // no-op
+            try db.record(event: .remove, reason: "reconcile: never added", domain: web1, mapping: fwd(8081), now: 3)  // no-op
             #expect(try db.deleteRows(ids: [ids[1], 999]) == 1)
             #expect(try db.activeMappings().map(\.state) == [.applied])
             let events = try db.history(HistoryFilter())
             #expect(events.map(\.reason) == ["reconcile: found in kernel"])
-            #expect(throws: VirtPortError.self) {
-                try db.record(event: "rename", reason: "x", domain: web1, mapping: fwd(1), now: 1)
-            }
+            // Only the two actions the schema admits exist as values.
+            #expect(HistoryAction(rawValue: "rename") == nil)
+            #expect(HistoryAction.allCases.map(\.rawValue) == ["add", "remove"])
             // A later remove of that row pairs with the reconcile's add.
             let rows = try db.beginRemoveAll(domainUUID: web1.uuid, reason: "stop", now: 4)
             try db.commitRemove(rows, reason: "stop", now: 5)
-            #expect(try db.history(HistoryFilter()).map(\.action) == ["add", "remove"])
+            #expect(try db.history(HistoryFilter()).map(\.action) == [.add, .remove])
         }
     }
 }

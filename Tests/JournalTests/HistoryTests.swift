@@ -16,7 +16,7 @@ import VirtPortCore
         try withTempDir { dir in
             let events = try populated(dir).history(HistoryFilter())
             #expect(events.map(\.at) == [100, 100, 300, 400])
-            #expect(events.map(\.action) == ["add", "add", "remove", "add"])
+            #expect(events.map(\.action) == [.add, .add, .remove, .add])
             #expect(events[2].reason == "hook qemu reconnect")
         }
     }
@@ -45,7 +45,7 @@ import VirtPortCore
             let db = try populated(dir)
             #expect(try db.history(HistoryFilter(since: 300)).map(\.at) == [300, 400])
             #expect(try db.history(HistoryFilter(until: 300)).map(\.at) == [100, 100, 300])
-            #expect(try db.history(HistoryFilter(since: 101, until: 399)).map(\.action) == ["remove"])
+            #expect(try db.history(HistoryFilter(since: 101, until: 399)).map(\.action) == [.remove])
         }
     }
 
@@ -62,7 +62,7 @@ import VirtPortCore
         try withTempDir { dir in
             let db = try populated(dir)
             let active = try db.history(HistoryFilter(at: t))
-            #expect(active.allSatisfy { $0.action == "add" })
+            #expect(active.allSatisfy { $0.action == .add })
             #expect(active.map { "\($0.domain.name):\($0.mapping.hostPorts.start)" }.sorted() == expected)
         }
     }
@@ -90,7 +90,7 @@ import VirtPortCore
             // Before 350: web1's 8080 add+remove go; web1's 2222 add stays (still active).
             #expect(try db.pruneHistory(olderThan: 350) == 2)
             let left = try db.history(HistoryFilter())
-            #expect(left.map { "\($0.action) \($0.mapping.hostPorts.start)" } == ["add 2222", "add 8000"])
+            #expect(left.map { "\($0.action.rawValue) \($0.mapping.hostPorts.start)" } == ["add 2222", "add 8000"])
             #expect(try db.history(HistoryFilter(at: 500)).count == 2)
             #expect(try db.pruneHistory(olderThan: 1000) == 0)
             // Once removed, the next prune can drop them.

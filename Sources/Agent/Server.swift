@@ -1,0 +1,135 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import Engine
+import Journal
+import POSIX
+public import VirtPortCore
+
+// `virtport agent` (README "Agent"): a long-lived process that keeps journals open (prepared
+// statements, WAL index, no checkpoint inside a hook) and netlink sockets, and does the work of
+// the qemu hooks that hand it over through a unix socket. It is never needed: a hook that finds no
+// agent, a busy one, or one of another configuration does the same work itself.
+//
+// Nobody can hold it (README "Security"): each connection is read on a thread of its own with a
+// deadline for the whole request; requests run on a small pool of warm resources, so a slow one
+// delays nobody else; a request runs only after the agent *claims* it by a byte the hook is still
+// waiting for — a hook that gave up has shut its socket, the claim fails, and the request is
+// dropped instead of being executed late.
+
+/// The agent's side of the socket.
+public final class AgentServer: @unchecked Sendable {
+    /// How long a client may take to send its whole request.
+    static let requestDeadlineMs: Int64 = 2_000
+    /// How long a request may wait for a free worker before the agent declines it (the hook, which
+    /// waits `AgentProtocol.claimTimeoutMs` for the claim, then does the work itself at once).
+    static let workerWaitMs: Int64 = 1_000
+    /// Connections being read or served at once; more are closed at once (the hook falls back).
+    static let maxConnections = 64
+
+    private let listener: FileDescriptor
+    private let socketPath: String
+    private let verbose: Bool
+    private let checkpointer: Checkpointer
+    private let pool: WorkerPool
+    private let monitor = Monitor()
+    private var connections = 0
+
+    public init(config: Config, verbose: Bool, workers: Int = 4) throws(VirtPortError) {
+        self.verbose = verbose
+        socketPath = config.agentSocket
+        pool = try WorkerPool(config: config, workers: workers)
+        listener = try Self.listen(on: config.agentSocket)
+        checkpointer = try Checkpointer(verbose: verbose)
+    }
+
+    deinit {
+        listener.close()
+        unlink(socketPath)
+    }
+
+    /// Serves hooks until the process is killed.
+    public func serve() -> Never {
+        let config = pool.currentConfig()
+        AgentLog.write("listening on \(socketPath) (journal \(config.databasePath), table inet \(config.table))")
+        while true {
+            let raw = accept(listener.rawValue, nil, nil)
+            if raw < 0 { continue }  // EINTR, or a connection reset before it was accepted
+            let client = FileDescriptor(rawValue: raw)
+            client.setCloseOnExec()
+            let admitted = monitor.locked { () -> Bool in
+                if connections >= Self.maxConnections { return false }
+                connections += 1
+                return true
+            }
+            guard admitted else {
+                client.close()  // EOF: the hook does the work itself
+                continue
+            }
+            let started = spawnDetached { [self] in
+                handle(client)
+                client.close()
+                monitor.locked { connections -= 1 }
+            }
+            if !started {
+                client.close()
+                monitor.locked { connections -= 1 }
+            }
+        }
+    }
+
+    private func handle(_ client: FileDescriptor) {
+        let accepted = FrameIO.monotonicMillis()
+        guard let peer = UnixSocket.peer(client), peer.uid == 0 || peer.uid == getuid() else {
+            AgentLog.write("refused a connection from uid \(UnixSocket.peer(client)?.uid ?? UInt32.max)")
+            return
+        }
+        guard let frame = FrameIO.receive(client, timeoutMs: Int32(Self.requestDeadlineMs)),
+              let request = AgentFrame.decodeRequest(frame)
+        else {
+            AgentLog.write("dropped a malformed, oversize or too slow request")
+            return
+        }
+        let summary = "\(request.kind) \(request.args.joined(separator: " "))"
+        guard let job = pool.job(for: request) else {
+            _ = FrameIO.send(client, AgentFrame.encode(AgentFrame.Reply.declined))
+            return
+        }
+        guard let worker = pool.checkout(untilMillis: accepted + Self.workerWaitMs) else {
+            AgentLog.write("\(summary): every worker busy, declined (the hook does it itself)")
+            _ = FrameIO.send(client, AgentFrame.encode(AgentFrame.Reply.declined))
+            return
+        }
+        defer { pool.checkin(worker) }
+        // The claim: from here on the hook waits for our reply. A hook that gave up has shut its
+        // socket for reading, so this fails and the request is never executed late.
+        guard (try? client.writeAll(AgentFrame.claim, socket: true)) != nil else {
+            AgentLog.write("\(summary): its hook gave up before a worker was free; not executed")
+            return
+        }
+        let started = nowMicros()
+        let reply = worker.serve(job)
+        _ = FrameIO.send(client, AgentFrame.encode(reply))
+        checkpointer.request(path: worker.databasePath)
+        if verbose {
+            AgentLog.write("\(summary): " + (reply.served ? "exit \(reply.code)" : "not served")
+                + " in \(nowMicros() - started) µs")
+        }
+    }
+
+    /// Binds and listens on `path` (mode 0600, its directory created 0755). A path where another
+    /// agent answers is an error; a stale socket file is replaced.
+    static func listen(on path: String) throws(VirtPortError) -> FileDescriptor {
+        if let other = UnixSocket.connect(to: path) {
+            other.close()
+            throw .operational("another virtport agent is already listening on \(path)")
+        }
+        try IO.makeDirectories(FileSystem.dirname(path), mode: 0o755)
+        unlink(path)
+        do { return try UnixSocket.listen(on: path, backlog: 128) } catch where error.code == ENAMETOOLONG {
+            throw .invalid("agent socket path \(path) is empty or too long")
+        } catch {
+            throw .operational("cannot listen on the agent socket \(path)", cause: error)
+        }
+    }
+}

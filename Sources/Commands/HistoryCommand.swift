@@ -1,0 +1,55 @@
+import Journal
+import Engine
+import POSIX
+import VirtPortCore
+
+/// `virtport history [--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv]`.
+enum HistoryCommand {
+    static func run(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
+        let format = try OutputFormat.from(&args)
+        var filter = HistoryFilter()
+        filter.domain = try args.option("--domain")
+        if let p = try args.option("--port") {
+            guard let port = UInt16(p), port > 0 else { throw .invalid("--port \(p): not a port (1-65535)") }
+            filter.port = port
+        }
+        func time(_ name: String) throws(VirtPortError) -> Int64? {
+            guard let t = try args.option(name) else { return nil }
+            guard let v = parseTime(t) else {
+                throw .invalid("\(name) \(t): not a time (use 2026-11-24, 2026-11-24T10:00, …Z, +01:00, or -2h / -7d)")
+            }
+            return v
+        }
+        filter.since = try time("--since")
+        filter.until = try time("--until")
+        filter.at = try time("--at")
+        try args.finish("history")
+        let config = try Config.load()
+        var events: [HistoryEvent] = []
+        if FileSystem.exists(config.databasePath) {
+            events = try JournalDB(path: config.databasePath, readOnly: true).history(filter)
+        }
+        switch format {
+        case .json:
+            let items: [JSONValue] = events.map { e in
+                .object([("at", .string(formatISO8601UTC(e.at))), ("action", .string(e.action.rawValue)),
+                         ("reason", .string(e.reason)), ("domain", .string(e.domain.name)),
+                         ("uuid", .string(e.domain.uuid))] + Listing.mappingFields(e.mapping))
+            }
+            Output.out(JSONValue.array(items).serialized(pretty: true))
+        case .csv:
+            Listing.printCSV(header: ["at", "action", "reason", "domain", "uuid"] + Listing.csvMappingHeader,
+                             rows: events.map { e in
+                                 [formatISO8601UTC(e.at), e.action.rawValue, e.reason, e.domain.name, e.domain.uuid]
+                                     + Listing.csvMappingRow(e.mapping)
+                             })
+        case .table:
+            Listing.printTable(header: ["TIME", "ACTION", "DOMAIN", "PROTO", "HOST", "GUEST", "REASON"],
+                               rows: events.map { e in
+                                   [formatLocal(e.at), e.action.rawValue, e.domain.name, e.mapping.proto.rawValue,
+                                    Listing.hostText(e.mapping), Listing.guestText(e.mapping), e.reason]
+                               })
+        }
+        return 0
+    }
+}

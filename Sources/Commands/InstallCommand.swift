@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Engine
+import POSIX
+import VirtPortCore
+
+/// `virtport install` / `uninstall`: libvirt hooks in place (symlinks to this binary), libvirtd told
+/// to rescan (SIGHUP). A hook file that is not ours is never touched: we go into `qemu.d/` instead.
+enum InstallCommand {
+    static let kinds = ["qemu", "network"]
+
+    static func install(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
+        let config = try Config.load()
+        let hooksDir = try args.option("--hooks-dir") ?? config.hooksDir
+        let noReconcile = args.flag("--no-reconcile")
+        try args.finish("install")
+        guard let exe = FileSystem.readLink("/proc/self/exe") else { throw .operational("cannot resolve /proc/self/exe") }
+        try IO.makeDirectories(hooksDir, mode: 0o755)
+        for kind in kinds {
+            let main = "\(hooksDir)/\(kind)"
+            if isOurs(main) {
+                try link(exe, at: main)  // refresh: the binary may have moved
+                Output.out("\(main): virtport hook in place")
+            } else if !FileSystem.exists(main) {
+                try link(exe, at: main)
+                Output.out("\(main): installed (-> \(exe))")
+            } else {
+                let dir = "\(hooksDir)/\(kind).d"
+                try IO.makeDirectories(dir, mode: 0o755)
+                try link(exe, at: "\(dir)/virtport")
+                Output.out("\(main) exists and is not virtport's: left alone; installed \(dir)/virtport (libvirt >= 6.5 runs both)")
+            }
+        }
+        try IO.makeDirectories(FileSystem.dirname(config.databasePath), mode: 0o700)
+        if Environment.get("VIRTPORT_CONFIG") == nil && !FileSystem.exists(Config.defaultPath) {
+            try IO.makeDirectories(FileSystem.dirname(Config.defaultPath), mode: 0o755)
+            try IO.writeFile(Config.defaultPath, ConfigTemplate.text, mode: 0o644)
+            Output.out("\(Config.defaultPath): default configuration written")
+        }
+        rescan()
+        if !noReconcile {
+            do { _ = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries).run(dryRun: false, reason: "install") } catch {
+                Output.err("reconcile after install failed: \(error)")
+            }
+        }
+        return 0
+    }
+
+    static func uninstall(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
+        let config = try Config.load()
+        let hooksDir = try args.option("--hooks-dir") ?? config.hooksDir
+        let keepForwards = args.flag("--keep-forwards")
+        try args.finish("uninstall")
+        var removed = 0
+        for kind in kinds {
+            for path in ["\(hooksDir)/\(kind)", "\(hooksDir)/\(kind).d/virtport"] where isOurs(path) {
+                guard unlink(path) == 0 else { throw .operational("cannot remove \(path)", cause: Errno.current("unlink")) }
+                Output.out("\(path): removed")
+                removed += 1
+            }
+            rmdir("\(hooksDir)/\(kind).d")  // only if we left it empty
+        }
+        if removed == 0 { Output.out("no virtport hooks under \(hooksDir)") }
+        rescan()
+        // Without the hooks nothing would ever remove the forwards: take them down now, with history.
+        if keepForwards {
+            Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")
+        } else {
+            let n = try Forwarder(resources: .perProcess(config)).removeEverything(reason: "uninstall")
+            Output.out("removed: \(n) active forward(s), table inet \(config.table) and libvirt accept rules")
+        }
+        Output.out("kept: \(config.databasePath) (audit history) and \(Config.defaultPath)")
+        return 0
+    }
+
+    /// A hook path is ours when it is a symlink to a file named `virtport`.
+    static func isOurs(_ path: String) -> Bool {
+        guard let target = FileSystem.readLink(path) else { return false }
+        return FileSystem.basename(target) == "virtport"
+    }
+
+    static func link(_ exe: String, at path: String) throws(VirtPortError) {
+        let tmp = path + ".virtport-new"
+        unlink(tmp)
+        guard symlink(exe, tmp) == 0 else { throw .operational("cannot create \(tmp)", cause: Errno.current("symlink")) }
+        guard rename(tmp, path) == 0 else {
+            unlink(tmp)
+            throw .operational("cannot install \(path)", cause: Errno.current("rename"))
+        }
+    }
+
+    /// libvirtd reads hook files only at start or on SIGHUP.
+    static func rescan() {
+        guard let bytes = (try? IO.readFile("/run/libvirtd.pid")) ?? nil,
+              let pid = Int32(String(decoding: bytes, as: UTF8.self).trimmed), pid > 1,
+              let comm = (try? IO.readFile("/proc/\(pid)/comm")) ?? nil,
+              String(decoding: comm, as: UTF8.self).trimmed == "libvirtd"
+        else {
+            Output.out("libvirtd is not running: it reads the hooks when it starts")
+            return
+        }
+        if kill(pid, SIGHUP) == 0 {
+            Output.out("libvirtd (pid \(pid)) told to rescan its hooks (SIGHUP)")
+        } else {
+            Output.err("cannot signal libvirtd (pid \(pid)): \(Errno.current("kill"))")
+        }
+    }
+}
+
+enum ConfigTemplate {
+    static let text = """
+        # virtport configuration (TOML subset). Every key is optional; the values shown are the defaults.
+        # See README.md "Configuration".
+
+        # database = "/var/lib/virtport/virtport.db"
+        # table = "virtport"
+        # Where `virtport agent` listens (hooks hand their work to it when it runs).
+        # agent_socket = "/run/virtport/agent.sock"
+
+        [policy]
+        # Host ports a domain's metadata may forward. Ports below 1024 need an explicit entry here.
+        # host_ports = ["1024-65535"]
+        # Host listen addresses metadata may name; "any" also allows forwards without address=.
+        # listen_addresses = ["any"]
+        # max_forwards_per_domain = 64
+        # max_ports_per_domain = 4096
+        # When the journal or kernel fails inside a hook: "warn" keeps the VM starting, "refuse" stops it.
+        # on_internal_error = "warn"
+
+        [history]
+        # Days of history to keep (pruned by reconcile); 0 keeps everything.
+        # retention_days = 0
+
+        """
+}

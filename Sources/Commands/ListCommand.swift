@@ -1,0 +1,41 @@
+import Journal
+import Engine
+import POSIX
+import VirtPortCore
+
+/// `virtport list [--json|--csv] [--domain D]`: the active mappings in the journal.
+enum ListCommand {
+    static func run(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
+        let format = try OutputFormat.from(&args)
+        let domainFilter = try args.option("--domain")
+        try args.finish("list")
+        let config = try Config.load()
+        var rows: [ActiveMapping] = []
+        if FileSystem.exists(config.databasePath) {
+            rows = try JournalDB(path: config.databasePath, readOnly: true).activeMappings()
+        }
+        if let d = domainFilter { rows = rows.filter { $0.domain.name == d || $0.domain.uuid == d } }
+        switch format {
+        case .json:
+            let items: [JSONValue] = rows.map { r in
+                .object([("domain", .string(r.domain.name)), ("uuid", .string(r.domain.uuid))]
+                    + Listing.mappingFields(r.mapping)
+                    + [("state", .string(r.state.rawValue)), ("since", .string(formatISO8601UTC(r.since)))])
+            }
+            Output.out(JSONValue.array(items).serialized(pretty: true))
+        case .csv:
+            Listing.printCSV(header: ["domain", "uuid"] + Listing.csvMappingHeader + ["state", "since"],
+                             rows: rows.map { r in
+                                 [r.domain.name, r.domain.uuid] + Listing.csvMappingRow(r.mapping)
+                                     + [r.state.rawValue, formatISO8601UTC(r.since)]
+                             })
+        case .table:
+            Listing.printTable(header: ["DOMAIN", "PROTO", "HOST", "GUEST", "STATE", "SINCE"],
+                               rows: rows.map { r in
+                                   [r.domain.name, r.mapping.proto.rawValue, Listing.hostText(r.mapping),
+                                    Listing.guestText(r.mapping), r.state.rawValue, formatLocal(r.since)]
+                               })
+        }
+        return 0
+    }
+}

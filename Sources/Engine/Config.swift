@@ -1,0 +1,211 @@
+import POSIX
+public import VirtPortCore
+
+/// `/etc/virtport/virtport.conf` (or `$VIRTPORT_CONFIG`): a small TOML subset.
+/// Every key is optional; see README "Configuration" for the documented keys and defaults.
+public struct Config: Sendable {
+    public static let defaultPath = "/etc/virtport/virtport.conf"
+
+    /// SQLite journal.
+    public var databasePath = "/var/lib/virtport/virtport.db"
+    /// nftables table (family inet) virtport owns.
+    public var table = "virtport"
+    /// libvirt's runtime state (live network XML, domain status files).
+    public var libvirtRunDir = "/run/libvirt"
+    /// libvirt's persistent config (network definitions).
+    public var libvirtConfigDir = "/etc/libvirt"
+    /// libvirt's state dir (dnsmasq lease/status files under dnsmasq/).
+    public var libvirtStateDir = "/var/lib/libvirt"
+    /// libvirt connection reconcile asks which domains are active (read-only); "" never connects
+    /// and relies on libvirt's status files only.
+    public var libvirtURI = "qemu:///system"
+    /// libvirt's hook directory (`virtport install`).
+    public var hooksDir = "/etc/libvirt/hooks"
+    /// Where `virtport agent` listens; hooks that find it there hand their work to it (README "Agent").
+    public var agentSocket = "/run/virtport/agent.sock"
+    /// The file this configuration was read from (`defaultPath` when it was absent). The agent
+    /// serves only hooks that read the same file.
+    public var sourcePath = Config.defaultPath
+    public var policy = Policy()
+    /// History rows older than this many days are pruned by reconcile; 0 keeps everything.
+    public var historyRetentionDays = 0
+
+    public init() {}
+
+    /// Loads `$VIRTPORT_CONFIG` or the default path; a missing default file means all defaults.
+    public static func load() throws(VirtPortError) -> Config {
+        if let p = Environment.get("VIRTPORT_CONFIG"), !p.isEmpty {
+            guard let bytes = try IO.readFile(p) else { throw .invalid("config file \(p) (VIRTPORT_CONFIG) does not exist") }
+            var c = try parse(String(decoding: bytes, as: UTF8.self), path: p)
+            c.sourcePath = p
+            return c
+        }
+        guard let bytes = try IO.readFile(defaultPath) else { return Config() }
+        return try parse(String(decoding: bytes, as: UTF8.self), path: defaultPath)
+    }
+
+    public static func parse(_ text: String, path: String = "virtport.conf") throws(VirtPortError) -> Config {
+        var c = Config()
+        var section = ""
+        var lineNo = 0
+        // Bytes, not Characters, with plain index loops: grapheme breaking and the generic
+        // split/Substring machinery cost more than the rest of the hook's parsing (callgrind).
+        let bytes = Array(text.utf8)
+        var next = 0
+        while next <= bytes.count {
+            var end = next
+            while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
+            let line = trimmedLine(bytes, from: next, to: end)
+            next = end + 1
+            lineNo += 1
+            if line.isEmpty { continue }
+            let at = "\(path):\(lineNo)"
+            if line.hasPrefix("[") {
+                guard line.hasSuffix("]") else { throw .invalid("\(at): malformed section header \(line)") }
+                section = String(line.dropFirst().dropLast()).trimmed
+                guard ["", "policy", "history", "paths"].contains(section) else {
+                    throw .invalid("\(at): unknown section [\(section)]")
+                }
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else { throw .invalid("\(at): expected key = value") }
+            let key = String(line[..<eq]).trimmed
+            let value = try Value(parsing: String(line[line.index(after: eq)...]).trimmed, at: at)
+            let name = section.isEmpty ? key : "\(section).\(key)"
+            func bad(_ why: String) -> VirtPortError { .invalid("\(at): \(name): \(why)") }
+            switch name {
+            case "database", "paths.database": c.databasePath = try value.path(bad)
+            case "table": c.table = try value.string(bad)
+                guard !c.table.isEmpty, c.table.count < 64,
+                      c.table.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
+                else { throw bad("not a valid table name") }
+            case "paths.libvirt_run_dir": c.libvirtRunDir = try value.path(bad)
+            case "paths.libvirt_config_dir": c.libvirtConfigDir = try value.path(bad)
+            case "paths.libvirt_state_dir": c.libvirtStateDir = try value.path(bad)
+            case "paths.hooks_dir": c.hooksDir = try value.path(bad)
+            case "agent_socket", "paths.agent_socket": c.agentSocket = try value.path(bad)
+            case "libvirt_uri", "paths.libvirt_uri": c.libvirtURI = try value.string(bad)
+            case "policy.host_ports":
+                c.policy.hostPorts = try value.strings(bad).map { (s: String) throws(VirtPortError) -> PortRange in
+                    guard let r = parsePortRange(s) else { throw bad("\"\(s)\" is not a port or port range (1-65535)") }
+                    return r
+                }
+            case "policy.listen_addresses":
+                let list = try value.strings(bad)
+                var addrs: [IPAddress] = []
+                var any = false
+                for s in list {
+                    if s == "any" || s == "*" { any = true; continue }
+                    guard let a = IPAddress(s) else { throw bad("\"\(s)\" is not an IP address") }
+                    addrs.append(a)
+                }
+                c.policy.listenAddresses = any ? nil : addrs
+                c.policy.allowAnyAddress = any
+            case "policy.max_forwards_per_domain": c.policy.maxForwardsPerDomain = try value.int(bad, min: 0)
+            case "policy.max_ports_per_domain": c.policy.maxPortsPerDomain = try value.int(bad, min: 0)
+            case "policy.on_internal_error":
+                let s = try value.string(bad)
+                guard let v = Policy.OnInternalError(rawValue: s) else { throw bad("must be \"warn\" or \"refuse\"") }
+                c.policy.onInternalError = v
+            case "history.retention_days": c.historyRetentionDays = try value.int(bad, min: 0)
+            default: throw .invalid("\(at): unknown key \(name)")
+            }
+        }
+        return c
+    }
+
+    /// Line `bytes[from..<to]` without its comment (a `#` outside double quotes) and blanks.
+    private static func trimmedLine(_ bytes: [UInt8], from: Int, to: Int) -> String {
+        var end = from
+        var inString = false
+        while end < to {
+            let b = bytes[end]
+            if b == UInt8(ascii: "\"") { inString.toggle() }
+            if b == UInt8(ascii: "#") && !inString { break }
+            end += 1
+        }
+        var start = from
+        while start < end && isBlank(bytes[start]) { start += 1 }
+        while end > start && isBlank(bytes[end - 1]) { end -= 1 }
+        return start == end ? "" : String(decoding: bytes[start..<end], as: UTF8.self)
+    }
+
+    /// TOML's whitespace and line ends: space, tab, CR, LF.
+    static func isBlank(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A }
+
+    /// "8080" or "1024-65535".
+    static func parsePortRange(_ s: String) -> PortRange? {
+        let parts = s.split(separator: "-", omittingEmptySubsequences: false).map { String($0).trimmed }
+        func port(_ p: String) -> UInt16? {
+            guard !p.isEmpty, p.allSatisfy(\.isASCII), p.allSatisfy(\.isNumber), let v = UInt16(p), v >= 1 else { return nil }
+            return v
+        }
+        if parts.count == 1, let p = port(parts[0]) { return PortRange(p, p) }
+        if parts.count == 2, let a = port(parts[0]), let b = port(parts[1]), a <= b { return PortRange(a, b) }
+        return nil
+    }
+
+    private enum Value {
+        case string(String), int(Int), bool(Bool), array([Value])
+
+        init(parsing s: String, at: String) throws(VirtPortError) {
+            if s.hasPrefix("\"") {
+                guard s.count >= 2, s.hasSuffix("\"") else { throw .invalid("\(at): unterminated string") }
+                let inner = String(s.dropFirst().dropLast())
+                guard !inner.contains("\"") && !inner.contains("\\") else {
+                    throw .invalid("\(at): escapes are not supported in strings")
+                }
+                self = .string(inner)
+            } else if s.hasPrefix("[") {
+                guard s.hasSuffix("]") else { throw .invalid("\(at): unterminated array (arrays must be on one line)") }
+                let inner = String(s.dropFirst().dropLast()).trimmed
+                var items: [Value] = []
+                if !inner.isEmpty {
+                    for part in inner.split(separator: ",", omittingEmptySubsequences: false) {
+                        let p = String(part).trimmed
+                        if p.isEmpty { continue }  // trailing comma
+                        items.append(try Value(parsing: p, at: at))
+                    }
+                }
+                self = .array(items)
+            } else if s == "true" {
+                self = .bool(true)
+            } else if s == "false" {
+                self = .bool(false)
+            } else if let i = Int(s) {
+                self = .int(i)
+            } else {
+                throw .invalid("\(at): cannot read value \(s) (strings need double quotes)")
+            }
+        }
+
+        func string(_ bad: (String) -> VirtPortError) throws(VirtPortError) -> String {
+            guard case .string(let s) = self else { throw bad("expected a string") }
+            return s
+        }
+        func path(_ bad: (String) -> VirtPortError) throws(VirtPortError) -> String {
+            let s = try string(bad)
+            guard s.hasPrefix("/") else { throw bad("must be an absolute path") }
+            return s
+        }
+        func int(_ bad: (String) -> VirtPortError, min: Int) throws(VirtPortError) -> Int {
+            guard case .int(let i) = self, i >= min else { throw bad("expected an integer >= \(min)") }
+            return i
+        }
+        func strings(_ bad: (String) -> VirtPortError) throws(VirtPortError) -> [String] {
+            guard case .array(let items) = self else { throw bad("expected an array of strings") }
+            return try items.map { (v: Value) throws(VirtPortError) -> String in try v.string(bad) }
+        }
+    }
+}
+
+extension StringProtocol {
+    /// Without leading and trailing blanks (space, tab, CR, LF: TOML's whitespace and line ends).
+    public var trimmed: String {
+        let bytes = Substring(self).utf8
+        var start = bytes.startIndex, end = bytes.endIndex
+        while start < end, Config.isBlank(bytes[start]) { start = bytes.index(after: start) }
+        while end > start, Config.isBlank(bytes[bytes.index(before: end)]) { end = bytes.index(before: end) }
+        return String(decoding: bytes[start..<end], as: UTF8.self)
+    }
+}

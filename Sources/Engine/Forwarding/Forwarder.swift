@@ -1,0 +1,159 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import Journal
+import Netfilter
+import POSIX
+public import VirtPortCore
+
+/// The plan → journal intent → one netlink batch → mark applied protocol (README "Journal"), for
+/// one domain at a time. A crash between any two steps leaves `adding`/`removing` rows that
+/// `virtport reconcile` finishes. Works with whatever `Resources` it is given: a hook's own or the
+/// agent's warm ones.
+public struct Forwarder {
+    public let resources: Resources
+    var config: Config { resources.config }
+    /// Test-only fault injection (README "Crash tests"): `VIRTPORT_FAULT=after-intent|after-kernel`
+    /// makes the process die right there, as a crash would.
+    let fault = Environment.get("VIRTPORT_FAULT")
+
+    public init(resources: Resources) { self.resources = resources }
+
+    /// Read-only conflict check (qemu `prepare`): a host socket or another running domain already
+    /// holds a port.
+    public func checkConflicts(_ plan: Plan) throws(VirtPortError) {
+        try HostSockets.checkNotBound(plan.mappings)
+        guard let db = try resources.existingJournal(readOnly: true) else { return }
+        try db.checkConflicts(domain: DomainRef(name: plan.domainName, uuid: plan.domainUUID), desired: plan.mappings)
+    }
+
+    /// Installs `plan` (qemu `start`/`reconnect`): idempotent, so re-running it repairs flushed elements.
+    public func apply(_ plan: Plan, reason: String) throws(VirtPortError) {
+        let domain = DomainRef(name: plan.domainName, uuid: plan.domainUUID)
+        let db = try resources.journal()
+        let lock = try resources.changeLock()
+        try lock.withShared { () throws(VirtPortError) in
+            let delta = try db.beginApply(domain: domain, desired: plan.mappings, reason: reason, now: nowMicros())
+            crashPoint("after-intent")
+            // Unchanged rows are re-added too: cheap (no NLM_F_EXCL) and it heals a flushed table.
+            let keep = (delta.adding + delta.unchanged).map(\.mapping)
+            let gone = delta.removing.map(\.mapping)
+            // Nothing for the kernel (no forwards, or only pending ones): no table is created.
+            if !(keep.allSatisfy(\.isPending) && gone.allSatisfy(\.isPending)) {
+                let needs = try NetworkNeeds.forChange(keeping: keep, removing: delta.removing, db: db, resolver: resolver())
+                try program(db: db, lock: lock, adding: keep.flatMap(\.elements), removing: gone.flatMap(\.elements),
+                            networks: needs)
+                crashPoint("after-kernel")
+            }
+            try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
+        }
+    }
+
+    /// Removes every mapping of a domain (qemu `stopped`/`release`); a no-op when there is none.
+    public func remove(domainUUID: String, reason: String) throws(VirtPortError) {
+        guard let db = try resources.existingJournal(readOnly: false) else { return }
+        let lock = try resources.changeLock()
+        try lock.withShared { () throws(VirtPortError) in
+            let rows = try db.beginRemoveAll(domainUUID: domainUUID, reason: reason, now: nowMicros())
+            if rows.isEmpty { return }
+            crashPoint("after-intent")
+            let needs = try NetworkNeeds.forChange(keeping: [], removing: rows, db: db, resolver: resolver())
+            try program(db: db, lock: lock, adding: [], removing: rows.flatMap(\.mapping.elements), networks: needs)
+            crashPoint("after-kernel")
+            try db.commitRemove(rows, reason: reason, now: nowMicros())
+        }
+    }
+
+    /// Network `started`: libvirt has just rebuilt its own rules, often because the firewall was
+    /// reloaded (which may have flushed ours too). Rebuilds virtport's table from the journal in one
+    /// batch and puts libvirt's accept rule for this network back in front of libvirt's reject.
+    /// Rare, so thoroughness beats the cost of a table replace here.
+    public func reapply(network: NetworkDefinition, reason: String) throws(VirtPortError) {
+        guard let db = try resources.existingJournal(readOnly: false) else { return }
+        try resources.changeLock().withExclusive { () throws(VirtPortError) in
+            let rows = try db.activeMappings().filter(\.isInKernel)
+            if rows.isEmpty { return }
+            let needs = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver(overrides: [network]))
+            let nf = try resources.kernel()
+            do {
+                try nf.replaceAll(elements: rows.flatMap(\.mapping.elements), hairpin: needs.hairpin(needs.families.keys))
+            } catch {
+                throw .operational("cannot rebuild table inet \(config.table)", cause: error)
+            }
+            if let families = needs.families[network.name] {
+                try LibvirtFirewall(nf: nf).ensure(network, families: families)
+            }
+        }
+    }
+
+    /// Removes every forward virtport holds (`virtport uninstall`): the journal's mappings are
+    /// closed with history, the table is deleted and libvirt's accept rules go with them.
+    public func removeEverything(reason: String) throws(VirtPortError) -> Int {
+        guard let db = try resources.existingJournal(readOnly: false) else { return 0 }
+        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> Int in
+            let rows = try db.activeMappings()
+            var intents: [[ActiveMapping]] = []
+            for uuid in Set(rows.map(\.domain.uuid)).sorted() {
+                intents.append(try db.beginRemoveAll(domainUUID: uuid, reason: reason, now: nowMicros()))
+            }
+            let nf = try resources.kernel()
+            do { try nf.deleteTable() } catch {
+                throw .operational("cannot delete table inet \(config.table)", cause: error)
+            }
+            try NetworkSync(nf: nf, resolver: resolver()).sync(db: db, others: Set(rows.compactMap(\.mapping.network)))
+            for rows in intents { try db.commitRemove(rows, reason: reason, now: nowMicros()) }
+            nf.closeInBackground()
+            return rows.count
+        }
+    }
+
+    /// One netlink batch for the elements and hairpin subnets, then libvirt's accept rule. If part of
+    /// virtport's table is missing (someone deleted a map or chain), the table is rebuilt in one
+    /// batch from the journal plus this change, with `lock` converted to exclusive (the caller
+    /// holds it shared).
+    func program(db: JournalDB, lock: ChangeLock, adding: [ForwardElement], removing: [ForwardElement],
+                 networks: NetworkNeeds) throws(VirtPortError) {
+        let nf = try resources.kernel()
+        let hairpinAdd = networks.hairpin(networks.families.keys)
+        let hairpinDel = networks.hairpin(networks.unneeded)
+        var rebuild = false
+        var created = false
+        do throws(NetfilterError) {
+            created = try nf.apply(adding: adding, removing: removing, hairpinAdding: hairpinAdd,
+                                   hairpinRemoving: hairpinDel)
+            // One whose chains were flushed or deleted behind our back accepts elements but
+            // forwards nothing: rebuild it.
+            if !created && !adding.isEmpty { rebuild = try !nf.skeletonIsIntact() }
+        } catch where error.isMissingObject {
+            rebuild = true
+        } catch {
+            throw .operational("nftables batch failed", cause: error)
+        }
+        // A table this call created holds only this change: add the journal's other forwards.
+        if created { rebuild = try db.hasAppliedMappings() }
+        if rebuild {
+            try lock.convertToExclusive()
+            let rows = try db.activeMappings().filter(\.isInKernel)
+            let others = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver())
+            var all = Set(rows.flatMap(\.mapping.elements))
+            all.subtract(removing)
+            all.formUnion(adding)
+            var hairpin = Set(hairpinAdd).union(others.hairpin(others.families.keys))
+            hairpin.subtract(hairpinDel)
+            do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin)) } catch {
+                throw .operational("cannot rebuild table inet \(config.table)", cause: error)
+            }
+        }
+        // A hook exits right after: let a child pay the socket's slow release after deletes.
+        if rebuild || !removing.isEmpty || !hairpinDel.isEmpty { nf.closeInBackground() }
+        try NetworkSync(nf: nf, resolver: resolver()).syncFirewall(networks)
+    }
+
+    func resolver(overrides: [NetworkDefinition] = []) -> LibvirtFiles {
+        LibvirtFiles(config: config, overrides: overrides)
+    }
+
+    func crashPoint(_ name: String) {
+        if fault == name { _exit(86) }
+    }
+}

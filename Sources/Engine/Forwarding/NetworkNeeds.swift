@@ -1,0 +1,87 @@
+import Journal
+import Netfilter
+import VirtPortCore
+
+/// What the libvirt networks of a change need: hairpin subnets and libvirt's accept rule for the
+/// networks that have forwards, their removal for networks that no longer do.
+struct NetworkNeeds {
+    var definitions: [String: NetworkDefinition] = [:]
+    /// Networks with forwards after this change, and the families they use.
+    var families: [String: Set<Family>] = [:]
+    /// Networks whose last forward goes away.
+    var unneeded: Set<String> = []
+
+    /// The subnets of `names` (for the hairpin sets).
+    func hairpin(_ names: some Sequence<String>) -> [Subnet] {
+        names.flatMap { name in
+            (definitions[name]?.ips ?? []).map { Subnet(address: $0.subnet.network, prefix: UInt8($0.subnet.prefix)) }
+        }
+    }
+
+    /// The one builder: the networks `mappings` forward into (pending ones forward nowhere), plus
+    /// `unneeded`, each with its definition where `resolver` finds one.
+    static func of(_ mappings: [Mapping], unneeded: Set<String> = [], resolver: LibvirtFiles) -> NetworkNeeds {
+        var needs = NetworkNeeds()
+        for m in mappings where !m.isPending {
+            guard let name = m.network, let family = m.family else { continue }
+            needs.families[name, default: []].insert(family)
+        }
+        needs.unneeded = unneeded.subtracting(needs.families.keys)
+        for name in Set(needs.families.keys).union(needs.unneeded) {
+            if let def = resolver.network(name) { needs.definitions[name] = def }
+        }
+        return needs
+    }
+
+    /// For one domain's change: the networks it keeps forwarding into, and those of `removing`
+    /// that no other row of the journal still uses.
+    static func forChange(keeping: [Mapping], removing: [ActiveMapping], db: JournalDB,
+                          resolver: LibvirtFiles) throws(VirtPortError) -> NetworkNeeds {
+        let kept = Set(keeping.filter { !$0.isPending }.compactMap(\.network))
+        let ids = removing.map(\.id)
+        var unneeded = Set<String>()
+        for name in Set(removing.compactMap(\.mapping.network)).subtracting(kept)
+        where try !db.networkHasForwards(name, excluding: ids) {
+            unneeded.insert(name)
+        }
+        return of(keeping, unneeded: unneeded, resolver: resolver)
+    }
+}
+
+/// Keeps the hairpin sets and libvirt's accept rules in step with the forwards.
+struct NetworkSync {
+    let nf: NetfilterSession
+    let resolver: LibvirtFiles
+
+    /// libvirt's accept rule in front of its reject for every network of `needs` that has forwards,
+    /// removed from those it names as unneeded.
+    func syncFirewall(_ needs: NetworkNeeds) throws(VirtPortError) {
+        let firewall = LibvirtFirewall(nf: nf)
+        for (name, families) in needs.families.sorted(by: { $0.key < $1.key }) {
+            if let def = needs.definitions[name] { try firewall.ensure(def, families: families) }
+        }
+        for name in needs.unneeded.sorted() {
+            if let def = needs.definitions[name] { try firewall.remove(def) }
+        }
+    }
+
+    /// Makes the hairpin sets and libvirt's accept rules match the forwards the journal has in the
+    /// kernel: subnets and rules for every network that has one, none for `others` that no longer
+    /// do. Reconcile's last step (the hooks keep both in step with each change).
+    func sync(db: JournalDB, others: Set<String>) throws(VirtPortError) {
+        let needs = NetworkNeeds.of(try db.activeMappings().filter(\.isInKernel).map(\.mapping), unneeded: others,
+                                    resolver: resolver)
+        do throws(NetfilterError) {
+            let current: [Subnet]
+            do { current = try nf.listHairpin() } catch where error.isMissingTable { current = [] }
+            let wanted = Set(needs.hairpin(needs.families.keys))
+            let add = wanted.subtracting(current), del = Set(current).subtracting(wanted)
+            if !add.isEmpty || !del.isEmpty {
+                try nf.apply(adding: [], removing: [], hairpinAdding: Array(add), hairpinRemoving: Array(del))
+            }
+        } catch {
+            throw .operational("cannot update the hairpin sets", cause: error)
+        }
+        try syncFirewall(needs)
+    }
+}

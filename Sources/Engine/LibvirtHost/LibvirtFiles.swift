@@ -1,0 +1,78 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import POSIX
+public import VirtPortCore
+
+/// Guest addresses from the files libvirt keeps on disk. A hook must never call the libvirt API
+/// (deadlock), so this reads: the live network XML (`/run/libvirt/network/NAME.xml`, falling back to
+/// the definition `/etc/libvirt/qemu/networks/NAME.xml`) for static `<host mac ip>` reservations, and
+/// dnsmasq's status file (`/var/lib/libvirt/dnsmasq/BRIDGE.status`) for current leases.
+public struct LibvirtFiles: GuestAddressResolver {
+    public let config: Config
+    /// `virtport plan --network-xml FILE`: these win over what is on disk.
+    public let overrides: [NetworkDefinition]
+
+    public init(config: Config, overrides: [NetworkDefinition]) {
+        self.config = config
+        self.overrides = overrides
+    }
+
+    public func network(_ name: String) -> NetworkDefinition? {
+        if let n = overrides.first(where: { $0.name == name }) { return n }
+        for path in ["\(config.libvirtRunDir)/network/\(name).xml", "\(config.libvirtConfigDir)/qemu/networks/\(name).xml"] {
+            if let bytes = (try? IO.readFile(path)) ?? nil, let n = try? NetworkXML.parse(bytes) { return n }
+        }
+        return nil
+    }
+
+    public func reservation(network name: String, mac: MACAddress, family: Family?) -> IPAddress? {
+        network(name)?.reservation(for: mac, family: family)
+    }
+
+    public func lease(network name: String, mac: MACAddress, family: Family?) -> IPAddress? {
+        guard let bridge = network(name)?.bridge,
+              let bytes = (try? IO.readFile("\(config.libvirtStateDir)/dnsmasq/\(bridge).status")) ?? nil
+        else { return nil }
+        let now = Int64(time(nil))
+        // Newest lease wins when dnsmasq still lists an old one for the same MAC.
+        return DnsmasqStatus.leases(bytes)
+            .filter { $0.mac == mac && (family == nil || $0.address.family == family) && ($0.expiry == 0 || $0.expiry > now) }
+            .max(by: { $0.expiry < $1.expiry })?.address
+    }
+}
+
+/// libvirt's leaseshelper status file: a JSON array of flat objects
+/// `{"ip-address": "…", "mac-address": "…", "hostname": "…", "expiry-time": N}`.
+enum DnsmasqStatus {
+    struct Lease: Equatable {
+        var address: IPAddress
+        var mac: MACAddress
+        var expiry: Int64
+    }
+
+    static func leases(_ bytes: [UInt8]) -> [Lease] {
+        var out: [Lease] = []
+        let text = String(decoding: bytes, as: UTF8.self)
+        for object in text.split(separator: "{").dropFirst() {
+            let body = object.split(separator: "}", maxSplits: 1).first ?? object
+            var fields: [String: String] = [:]
+            for pair in body.split(separator: ",") {
+                let kv = pair.split(separator: ":", maxSplits: 1)
+                guard kv.count == 2 else { continue }
+                fields[unquote(kv[0])] = unquote(kv[1])
+            }
+            guard let ip = fields["ip-address"].flatMap(IPAddress.init),
+                  let mac = fields["mac-address"].flatMap(MACAddress.init) else { continue }
+            out.append(Lease(address: ip, mac: mac, expiry: fields["expiry-time"].flatMap { Int64($0) } ?? 0))
+        }
+        return out
+    }
+
+    private static func unquote(_ s: Substring) -> String {
+        var t = s.trimmed
+        t = String(t.filter { $0 != "\n" && $0 != "\r" }).trimmed
+        if t.hasPrefix("\"") && t.hasSuffix("\"") && t.count >= 2 { t = String(t.dropFirst().dropLast()) }
+        return t.lowercased()
+    }
+}

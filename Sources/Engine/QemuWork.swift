@@ -1,0 +1,86 @@
+public import VirtPortCore
+
+/// The qemu hook operations virtport acts on (libvirt's others — started, migrate, restore,
+/// attach… — are accepted and ignored).
+public enum QemuOperation: String, Sendable, CaseIterable {
+    case prepare, start, reconnect, stopped, release
+
+    /// Whether the domain XML at this operation still describes a VM about to run (plan it) or
+    /// one that is gone (tear down from the journal by UUID: the XML no longer names tap or bridge).
+    public var isTeardown: Bool { self == .stopped || self == .release }
+}
+
+/// The work of one qemu hook call whose input mentions virtport's namespace, wherever it runs: in
+/// the hook process, or in the agent on the hook's behalf. The same messages and exit status
+/// either way (README "Hook behaviour").
+public enum QemuWork {
+    /// Plans, checks and applies (or removes) the domain's forwards; returns the hook's exit status.
+    /// - Parameters:
+    ///   - resources: the hook's own (`Resources.perProcess`) or the agent's warm ones.
+    ///   - diagnostics: where the one line about a failure goes.
+    public static func run(_ op: QemuOperation, domainName: String, input: [UInt8], resources: Resources,
+                           diagnostics: any Diagnostics) -> Int32 {
+        let reason = "hook qemu \(op.rawValue)"
+        let forwarder = Forwarder(resources: resources)
+        do throws(VirtPortError) {
+            switch op {
+            case .prepare, .start, .reconnect:
+                let domain = try DomainXML.parse(input)
+                let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
+                if op == .prepare {
+                    try forwarder.checkConflicts(plan)
+                } else {
+                    try forwarder.apply(plan, reason: reason)
+                }
+            case .stopped, .release:
+                guard let uuid = HookInput.domainUUID(input) else {
+                    throw VirtPortError.invalid("domain XML on stdin has no <uuid>")
+                }
+                try forwarder.remove(domainUUID: uuid, reason: reason)
+            }
+            return 0
+        } catch {
+            return report(error, op: op.rawValue, domain: domainName, policy: resources.config.policy,
+                          diagnostics: diagnostics)
+        }
+    }
+
+    /// One line about `error`; the exit status follows the hook contract and the policy:
+    /// invalid input 2 (libvirt refuses the start and shows the line); `reconnect` always 0 (a
+    /// failing reconnect makes libvirt kill the VM); internal trouble 1 at teardown or when
+    /// `on_internal_error = "refuse"`, else 0 with the line saying the VM start continues.
+    public static func report(_ error: VirtPortError, op: String, domain: String, policy: Policy,
+                              diagnostics: any Diagnostics) -> Int32 {
+        let prefix = "domain '\(domain)' \(op)"
+        if op == QemuOperation.reconnect.rawValue {
+            diagnostics.emit("\(prefix): \(error) (ignored: reconnect never fails; run 'virtport reconcile')")
+            return 0
+        }
+        if error.code == .invalidInput {
+            diagnostics.emit("\(prefix): \(error)")
+            return 2
+        }
+        let teardown = QemuOperation(rawValue: op)?.isTeardown ?? false
+        if policy.onInternalError == .refuse || teardown {
+            diagnostics.emit("\(prefix): \(error)")
+            return 1
+        }
+        diagnostics.emit("\(prefix): \(error) (VM start continues: policy on_internal_error = \"warn\"; run 'virtport reconcile')")
+        return 0
+    }
+}
+
+/// The network hook's one job.
+public enum NetworkWork {
+    /// Network `started`: libvirt has just rebuilt its own firewall; re-apply everything this
+    /// network needs. Never fails (a non-zero exit would make libvirt tear the network down).
+    public static func started(name: String, input: [UInt8], resources: Resources, diagnostics: any Diagnostics) -> Int32 {
+        do throws(VirtPortError) {
+            let net = try NetworkXML.parse(input)
+            try Forwarder(resources: resources).reapply(network: net, reason: "hook network started")
+        } catch {
+            diagnostics.emit("network \(name) started: \(error) (run 'virtport reconcile')")
+        }
+        return 0
+    }
+}

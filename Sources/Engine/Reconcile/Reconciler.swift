@@ -1,0 +1,132 @@
+public import Journal
+import Netfilter
+public import VirtPortCore
+
+/// `virtport reconcile`: makes the journal, the kernel (read back over netlink) and the running
+/// domains agree, and says what it fixed. Idempotent: a second run finds nothing to do.
+///
+/// Running domains with metadata get exactly their planned mappings (half-done intents finished);
+/// mappings of domains that are not running are removed; kernel elements nobody owns are deleted;
+/// missing ones are re-added; a damaged or missing table is rebuilt in one batch. Two steps:
+/// `plan` reads everything and decides (`ReconcilePlan`, all a dry run prints), `apply` writes
+/// the journal intents, sends one batch and confirms.
+public struct Reconciler {
+    public let resources: Resources
+    /// The running domains by uuid (from libvirt or its status files: the caller's business).
+    public let running: [String: RunningDomain]
+    let diagnostics: any Diagnostics
+    var config: Config { resources.config }
+
+    public init(resources: Resources, running: [String: RunningDomain],
+                diagnostics: any Diagnostics = StandardErrorDiagnostics()) {
+        self.resources = resources
+        self.running = running
+        self.diagnostics = diagnostics
+    }
+
+    /// Plans, and applies unless `dryRun`; returns what it did (would do).
+    public func run(dryRun: Bool, reason: String) throws(VirtPortError) -> [Fix] {
+        if dryRun {
+            var journalFixes: [Fix] = []
+            let db = try openJournal(dryRun: true, fixes: &journalFixes)
+            return try journalFixes + plan(db: db, reason: reason).fixes
+        }
+        // Alone against hooks mid-change from reading the journal to the last kernel batch.
+        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> [Fix] in
+            var journalFixes: [Fix] = []
+            let db = try openJournal(dryRun: false, fixes: &journalFixes)
+            let plan = try plan(db: db, reason: reason)
+            guard let db else { return journalFixes + plan.fixes }
+            return try journalFixes + apply(plan, db: db, reason: reason)
+        }
+    }
+
+    /// Reads the journal's rows and the kernel's table and decides; changes nothing.
+    public func plan(db: JournalDB?, reason: String) throws(VirtPortError) -> ReconcilePlan {
+        let rows = try db?.activeMappings() ?? []
+        let resolver = LibvirtFiles(config: config, overrides: [])
+        let policy = config.policy
+        return ReconcilePlan.make(rows: rows, running: running, kernel: try readKernel(), table: config.table,
+                                  reason: reason) { (d) throws(VirtPortError) -> [Mapping] in
+            try Planner.plan(domain: d, resolver: resolver, policy: policy).mappings
+        }
+    }
+
+    /// Writes the plan's journal intents, brings the kernel to the target in one batch, confirms
+    /// the intents, syncs hairpin subnets and libvirt's accept rules, and prunes old history.
+    public func apply(_ plan: ReconcilePlan, db: JournalDB, reason: String) throws(VirtPortError) -> [Fix] {
+        var plan = plan
+        var applies: [(DomainRef, ApplyDelta, String)] = []
+        var removals: [([ActiveMapping], String)] = []
+        var refused = false
+        for (uuid, want) in plan.desired.sorted(by: { $0.value.domain.name < $1.value.domain.name }) {
+            do {
+                if want.mappings.isEmpty {
+                    removals.append((try db.beginRemoveAll(domainUUID: uuid, reason: want.reason, now: nowMicros()), want.reason))
+                } else {
+                    let delta = try db.beginApply(domain: want.domain, desired: want.mappings, reason: want.reason, now: nowMicros())
+                    applies.append((want.domain, delta, want.reason))
+                }
+            } catch {
+                refused = true
+                plan.fixes.append(Fix(.skip, domain: want.domain.name, what: "journal refused the mappings", reason: error.message))
+            }
+        }
+        let rows = try db.activeMappings()
+        if refused {
+            // The kernel follows what the journal now says, not the prediction.
+            plan.target = Set(rows.filter(\.isInKernel).flatMap(\.mapping.elements))
+            plan.planKernel(try readKernel(), table: config.table, rows: rows, reason: reason)
+        }
+        let nf = try resources.kernel()
+        do {
+            if plan.rebuildTable {
+                try nf.replaceAll(elements: Array(plan.target), hairpin: [])
+            } else if !plan.kernelAdd.isEmpty || !plan.kernelDelete.isEmpty {
+                try nf.apply(adding: Array(plan.kernelAdd), removing: Array(plan.kernelDelete))
+            }
+        } catch {
+            throw .operational("reconcile: nftables batch failed", cause: error)
+        }
+        for (ref, delta, why) in applies { try db.commitApply(domain: ref, delta: delta, reason: why, now: nowMicros()) }
+        for (rows, why) in removals { try db.commitRemove(rows, reason: why, now: nowMicros()) }
+        try NetworkSync(nf: nf, resolver: LibvirtFiles(config: config, overrides: [])).sync(db: db, others: plan.networks)
+        if config.historyRetentionDays > 0 {
+            _ = try db.pruneHistory(olderThan: nowMicros() - Int64(config.historyRetentionDays) * 86_400_000_000)
+        }
+        return plan.fixes
+    }
+
+    /// virtport's table as it is: elements, and whether its chains and rules are all there.
+    func readKernel() throws(VirtPortError) -> KernelState {
+        let nf = try resources.kernel()
+        do throws(NetfilterError) {
+            let elements = Set(try nf.listElements())
+            return KernelState(elements: elements, skeletonIntact: try nf.skeletonIsIntact())
+        } catch where error.isMissingTable {
+            return KernelState(tableMissing: true)
+        } catch {
+            return KernelState(readError: "\(error)")
+        }
+    }
+
+    /// Opens (or, when missing or corrupt, rebuilds) the journal. Dry runs never create one.
+    func openJournal(dryRun: Bool, fixes: inout [Fix]) throws(VirtPortError) -> JournalDB? {
+        let path = config.databasePath
+        if !JournalDB.exists(path: path) {
+            if dryRun { return nil }
+            fixes.append(Fix(.rebuildJournal, domain: nil, what: path, reason: "database missing: rebuilt from running domains"))
+            return try resources.journal()
+        }
+        do {
+            let db = dryRun ? try JournalDB(path: path, readOnly: true) : try resources.journal()
+            try db.quickCheck()
+            return db
+        } catch where error.code == .corruptJournal && !dryRun {
+            let aside = try JournalDB.moveAside(path: path)
+            diagnostics.emit("\(error.message): moved aside to \(aside); rebuilding from running domains")
+            fixes.append(Fix(.rebuildJournal, domain: nil, what: path, reason: "corrupt database moved to \(aside)"))
+            return try JournalDB(path: path)
+        }
+    }
+}

@@ -1,0 +1,81 @@
+public import Journal
+public import Netfilter
+public import POSIX
+public import VirtPortCore
+
+/// What an operation works with: the journal, the change lock beside it and a netlink session to
+/// nf_tables. One type, two lifetimes:
+/// - `perProcess`: a hook or command opens each on first use; the process exit closes them.
+/// - `warm`: the agent opens the journal once (statements stay prepared, no auto-checkpoint: its
+///   checkpoint thread does that) and keeps its netlink socket across requests.
+public final class Resources {
+    public let config: Config
+    /// True for the agent's long-lived resources.
+    public let isWarm: Bool
+    /// (device, inode) of the journal when the warm resources opened it: replaced or removed → reopen.
+    public let journalIdentity: FileIdentity?
+    private var db: JournalDB?
+    private var lock: ChangeLock?
+    private var session: NetfilterSession?
+
+    private init(config: Config, warm: Bool, db: JournalDB?, lock: ChangeLock?) {
+        self.config = config
+        isWarm = warm
+        self.db = db
+        self.lock = lock
+        journalIdentity = warm ? JournalDB.fileIdentity(path: config.databasePath) : nil
+    }
+
+    /// A hook's or command's: everything opened lazily, on first use.
+    public static func perProcess(_ config: Config) -> Resources {
+        Resources(config: config, warm: false, db: nil, lock: nil)
+    }
+
+    /// The agent's: the journal (created if absent) and the lock file are opened now.
+    public static func warm(_ config: Config) throws(VirtPortError) -> Resources {
+        let db = try JournalDB(path: config.databasePath)
+        try db.disableAutoCheckpoint()
+        return Resources(config: config, warm: true, db: db, lock: try ChangeLock(databasePath: config.databasePath))
+    }
+
+    /// The journal, opened read-write (created and migrated) on first use.
+    public func journal() throws(VirtPortError) -> JournalDB {
+        if let db { return db }
+        let opened = try JournalDB(path: config.databasePath)
+        db = opened
+        return opened
+    }
+
+    /// For reads that must not create a journal (qemu `prepare`, network `started`): nil when no
+    /// journal file exists yet; a process's own connection is read-only.
+    public func existingJournal(readOnly: Bool) throws(VirtPortError) -> JournalDB? {
+        if let db { return db }
+        guard JournalDB.exists(path: config.databasePath) else { return nil }
+        if !readOnly { return try journal() }
+        return try JournalDB(path: config.databasePath, readOnly: true)
+    }
+
+    /// The lock that keeps journal-to-kernel rebuilds apart from hooks mid-change (`ChangeLock`).
+    public func changeLock() throws(VirtPortError) -> ChangeLock {
+        if let lock { return lock }
+        let opened = try ChangeLock(databasePath: config.databasePath)
+        lock = opened
+        return opened
+    }
+
+    /// The netlink session to `table inet <config.table>`, opened on first use. A warm session
+    /// never hands its socket to a child (`closeInBackground` is for processes about to exit).
+    public func kernel() throws(VirtPortError) -> NetfilterSession {
+        if let session { return session }
+        let opened: NetfilterSession
+        do { opened = try NetfilterSession(table: config.table) } catch {
+            throw .operational("cannot open netlink socket", cause: error)
+        }
+        opened.keepsSocketOpen = isWarm
+        session = opened
+        return opened
+    }
+
+    /// After a failed request: the next one starts on a fresh netlink socket.
+    public func dropKernel() { session = nil }
+}

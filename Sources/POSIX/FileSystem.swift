@@ -1,0 +1,113 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Path operations over Glibc (the product binary links no Foundation: hook startup time).
+public enum FileSystem {
+    /// Whether anything exists at `path`. Wraps `lstat(2)` (a dangling symlink exists) or, with
+    /// `followingSymlinks`, `stat(2)`.
+    public static func exists(_ path: String, followingSymlinks: Bool = false) -> Bool {
+        var st = stat()
+        return (followingSymlinks ? stat(path, &st) : lstat(path, &st)) == 0
+    }
+
+    /// Whether `path` is a directory (following symlinks). Wraps `stat(2)`.
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// (device, inode) of the file at `path`, following symlinks; nil when there is none.
+    public static func identity(_ path: String) -> FileIdentity? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return FileIdentity(st)
+    }
+
+    /// Identity, size and modification time of `path`; nil when there is none. Wraps `stat(2)`.
+    public static func stamp(_ path: String) -> FileStamp? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return FileStamp(identity: FileIdentity(st), size: Int64(st.st_size),
+                         modifiedSeconds: Int64(st.st_mtim.tv_sec), modifiedNanoseconds: Int64(st.st_mtim.tv_nsec))
+    }
+
+    /// `mkdir -p`: creates `path` and missing parents with `mode`. An existing non-directory in the
+    /// way is ENOTDIR. Wraps `mkdir(2)`.
+    public static func makeDirectories(_ path: String, mode: UInt32) throws(Errno) {
+        if path.isEmpty { return }
+        var st = stat()
+        if stat(path, &st) == 0 {
+            if st.st_mode & S_IFMT != S_IFDIR { throw Errno(ENOTDIR, "mkdir") }
+            return
+        }
+        let parent = dirname(path)
+        if parent != path { try makeDirectories(parent, mode: mode) }
+        if mkdir(path, mode) != 0 && errno != EEXIST { throw Errno.current("mkdir") }
+    }
+
+    /// The whole file, or nil when it does not exist. Throws `Errno(EFBIG, "read")` past `limit`.
+    public static func readFile(_ path: String, limit: Int = 16 << 20) throws(Errno) -> [UInt8]? {
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(path, O_RDONLY) } catch where error.isNotFound { return nil }
+        defer { fd.close() }
+        return try fd.readAll(limit: limit)
+    }
+
+    /// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename) with `mode`.
+    public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: UInt32) throws(Errno) {
+        let tmp = path + ".tmp.\(getpid())"
+        let fd = try FileDescriptor.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+        do {
+            try fd.writeAll(bytes)
+            _ = fchmod(fd.rawValue, mode)
+            fd.close()
+            _ = try valueOrErrno("rename") { rename(tmp, path) }
+        } catch {
+            fd.close()
+            unlink(tmp)
+            throw error
+        }
+    }
+
+    /// The target of the symlink at `path`; nil when it is not one. Wraps `readlink(2)`.
+    public static func readLink(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buf, buf.count - 1)
+        if n < 0 { return nil }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Names in directory `path` (without `.` and `..`), sorted; [] when it cannot be read.
+    public static func listDirectory(_ path: String) -> [String] {
+        guard let d = opendir(path) else { return [] }
+        defer { closedir(d) }
+        var out: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name != "." && name != ".." { out.append(name) }
+        }
+        return out.sorted()
+    }
+
+    public static func dirname(_ path: String) -> String {
+        guard let i = path.lastIndex(of: "/") else { return "." }
+        if i == path.startIndex { return "/" }
+        return String(path[..<i])
+    }
+
+    public static func basename(_ path: String) -> String {
+        guard let i = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: i)...])
+    }
+}
+
+/// The process environment.
+public enum Environment {
+    public static func get(_ name: String) -> String? {
+        guard let v = getenv(name) else { return nil }
+        return String(cString: v)
+    }
+}
