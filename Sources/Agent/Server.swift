@@ -93,6 +93,7 @@ public final class AgentServer: @unchecked Sendable {
         let summary = "\(request.kind) \(request.args.joined(separator: " "))"
         guard let job = pool.job(for: request) else {
             _ = FrameIO.send(client, AgentFrame.encode(AgentFrame.Reply.declined))
+            if verbose { AgentLog.write("\(summary): not served (another configuration or operation)") }
             return
         }
         guard let worker = pool.checkout(untilMillis: accepted + Self.workerWaitMs) else {

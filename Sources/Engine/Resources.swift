@@ -26,9 +26,12 @@ public final class Resources {
         journalIdentity = warm ? JournalDB.fileIdentity(path: config.databasePath) : nil
     }
 
-    /// A hook's or command's: everything opened lazily, on first use.
-    public static func perProcess(_ config: Config) -> Resources {
-        Resources(config: config, warm: false, db: nil, lock: nil)
+    /// A hook's or command's: everything opened lazily, on first use. `kernel`: a session to use
+    /// instead of opening one (unit tests hand in one over a `RecordingTransport`).
+    public static func perProcess(_ config: Config, kernel: NetfilterSession? = nil) -> Resources {
+        let r = Resources(config: config, warm: false, db: nil, lock: nil)
+        r.session = kernel
+        return r
     }
 
     /// The agent's: the journal (created if absent) and the lock file are opened now.

@@ -27,7 +27,8 @@ public final class NetfilterSession {
         try self.init(table: table, transport: transport, firstSequence: UInt32(truncatingIfNeeded: time(nil)))
     }
 
-    init(table: String, transport: any NetlinkTransport, firstSequence: UInt32) throws(NetfilterError) {
+    /// A session over another transport: `RecordingTransport` in unit tests.
+    public init(table: String, transport: any NetlinkTransport, firstSequence: UInt32) throws(NetfilterError) {
         // NFT_NAME_MAXLEN is 256 including the NUL.
         guard !table.isEmpty, table.utf8.count < 256, !table.utf8.contains(0) else {
             throw NetfilterError(errno: EINVAL, operation: "use table name \"\(table)\"",

@@ -1,6 +1,6 @@
 /// The kernel I/O of a session: whole netlink datagrams out and in. The real one is `MnlSocket`;
 /// unit tests use a fake that records the requests and answers with acks.
-protocol NetlinkTransport: AnyObject {
+public protocol NetlinkTransport: AnyObject {
     /// Sends one datagram (a whole batch, or one request).
     func send(_ datagram: [UInt8]) throws(NetfilterError)
     /// The next datagram for this socket; nil when none arrives within `timeout` milliseconds
@@ -13,5 +13,5 @@ protocol NetlinkTransport: AnyObject {
 }
 
 extension NetlinkTransport {
-    func closeInBackground() {}
+    public func closeInBackground() {}
 }
