@@ -39,7 +39,7 @@ public enum Hook {
 
     static func qemu(domainName: String, op: String, subop: String) -> Int32 {
         switch op {
-        case "prepare", "start", "reconnect", "stopped", "release":
+        case "prepare", "start", "reconnect", "stopped", "release", "migrate", "restore":
             let input: [UInt8]
             do { input = try IO.readStdin(limit: inputLimit) } catch {
                 return report(error, op: op, domain: domainName, policy: Policy())
@@ -57,7 +57,7 @@ public enum Hook {
             }
             return qemu(domainName: domainName, op: op, input: input, config: config, warm: nil)
         default:
-            // started, restore, migrate, attach, … : accepted, nothing to do.
+            // started, attach, … : accepted, nothing to do.
             return 0
         }
     }
@@ -69,19 +69,23 @@ public enum Hook {
         do {
             let forwarder = Forwarder(config: config, warm: warm)
             switch op {
-            case "prepare", "start", "reconnect":
+            case "prepare", "start", "reconnect", "migrate", "restore":
+                // migrate/restore begin: an arriving domain, checked before its guest runs (Arrival).
                 let domain = try DomainXML.parse(input)
                 let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: config.policy)
-                if op == "prepare" {
+                if op == "prepare" || op == "migrate" || op == "restore" {
                     try forwarder.checkConflicts(plan)
+                    if op != "prepare" { Arrival.note(config, uuid: domain.uuid, op: op) }
                 } else {
-                    try forwarder.apply(plan, reason: reason)
+                    let why = op == "start" ? Arrival.reason(config, uuid: domain.uuid, base: reason) : reason
+                    try forwarder.apply(plan, reason: why)
                 }
             case "stopped", "release":
                 // The XML no longer names the tap or bridge: teardown works from the journal (by UUID).
                 guard let uuid = HookInput.domainUUID(input) else {
                     throw VirtPortError.invalid("domain XML on stdin has no <uuid>")
                 }
+                Arrival.drop(config, uuid: uuid)
                 try forwarder.remove(domainUUID: uuid, reason: reason)
             default:
                 break
