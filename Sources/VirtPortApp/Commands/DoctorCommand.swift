@@ -130,7 +130,7 @@ struct Doctor {
             } else {
                 out.append(.fail("daemon \(d.name)", "\(d.name) (pid \(d.pid)) started before the hooks were installed and was not told to rescan since",
                                  why: "libvirt reads hook files only at start or on SIGHUP: VMs started now get no forwards",
-                                 fix: "kill -HUP \(d.pid)   (or: virtport install)"))
+                                 fix: "virtport install   (sends the SIGHUP and records it; a hand-sent kill -HUP \(d.pid) works but doctor cannot see it)"))
             }
         }
     }
