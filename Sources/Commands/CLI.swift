@@ -31,6 +31,7 @@ public enum CLI {
             case "uninstall": return try InstallCommand.uninstall(&args)
             case "reconcile": return try ReconcileCommand.run(&args)
             case "agent": return try AgentCommand.run(&args)
+            case "doctor": return try DoctorCommand.run(&args)
             case "version", "--version":
                 Output.out("virtport \(version)")
                 return 0
@@ -54,6 +55,7 @@ public enum CLI {
           reconcile [--dry-run] [--json]            make kernel, journal and running VMs agree
           install [--hooks-dir DIR] [--no-reconcile] libvirt hooks in place, libvirtd told to rescan
           uninstall [--hooks-dir DIR] [--keep-forwards]  hooks removed; active forwards taken down
+          doctor [--json]                           check hooks, libvirt daemons, AppArmor/SELinux, firewall, journal, agent, forwards
           agent [--verbose]                         serve the qemu hooks from a warm journal (optional; README "Agent")
           hook qemu|network OBJECT OP SUBOP [EXTRA] what libvirt runs (also via argv[0] = hooks/qemu)
           version

@@ -38,7 +38,8 @@ enum InstallCommand {
             try IO.writeFile(Config.defaultPath, ConfigTemplate.text, mode: 0o644)
             Output.out("\(Config.defaultPath): default configuration written")
         }
-        rescan()
+        try AppArmor.install(exe: exe)
+        rescan(config)
         if !noReconcile {
             do { _ = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries).run(dryRun: false, reason: "install") } catch {
                 Output.err("reconcile after install failed: \(error)")
@@ -62,7 +63,9 @@ enum InstallCommand {
             rmdir("\(hooksDir)/\(kind).d")  // only if we left it empty
         }
         if removed == 0 { Output.out("no virtport hooks under \(hooksDir)") }
-        rescan()
+        rescan(config)
+        try AppArmor.uninstall()
+        SystemdUnits.disable()
         // Without the hooks nothing would ever remove the forwards: take them down now, with history.
         if keepForwards {
             Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")
@@ -90,21 +93,9 @@ enum InstallCommand {
         }
     }
 
-    /// libvirtd reads hook files only at start or on SIGHUP.
-    static func rescan() {
-        guard let bytes = (try? IO.readFile("/run/libvirtd.pid")) ?? nil,
-              let pid = Int32(String(decoding: bytes, as: UTF8.self).trimmed), pid > 1,
-              let comm = (try? IO.readFile("/proc/\(pid)/comm")) ?? nil,
-              String(decoding: comm, as: UTF8.self).trimmed == "libvirtd"
-        else {
-            Output.out("libvirtd is not running: it reads the hooks when it starts")
-            return
-        }
-        if kill(pid, SIGHUP) == 0 {
-            Output.out("libvirtd (pid \(pid)) told to rescan its hooks (SIGHUP)")
-        } else {
-            Output.err("cannot signal libvirtd (pid \(pid)): \(Errno.current("kill"))")
-        }
+    /// libvirt's daemons read hook files only at start or on SIGHUP.
+    static func rescan(_ config: Config) {
+        LibvirtDaemons.rescan(stampDir: FileSystem.dirname(config.agentSocket))
     }
 }
 

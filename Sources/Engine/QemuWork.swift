@@ -1,9 +1,15 @@
 public import VirtPortCore
 
-/// The qemu hook operations virtport acts on (libvirt's others — started, migrate, restore,
-/// attach… — are accepted and ignored).
+/// The qemu hook operations virtport acts on (libvirt's others — started, attach… — are
+/// accepted and ignored).
 public enum QemuOperation: String, Sendable, CaseIterable {
     case prepare, start, reconnect, stopped, release
+    /// `migrate begin` (the incoming side of a live migration) and `restore begin` (virsh restore,
+    /// managed save): a domain arriving; checked like `prepare` before its guest runs.
+    case migrate, restore
+
+    /// Read-only checks before the guest runs: prepare, and the arrivals.
+    public var isCheck: Bool { self == .prepare || self == .migrate || self == .restore }
 
     /// Whether the domain XML at this operation still describes a VM about to run (plan it) or
     /// one that is gone (tear down from the journal by UUID: the XML no longer names tap or bridge).
@@ -24,18 +30,22 @@ public enum QemuWork {
         let forwarder = Forwarder(resources: resources)
         do throws(VirtPortError) {
             switch op {
-            case .prepare, .start, .reconnect:
+            case .prepare, .start, .reconnect, .migrate, .restore:
                 let domain = try DomainXML.parse(input)
                 let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
-                if op == .prepare {
+                if op.isCheck {
                     try forwarder.checkConflicts(plan)
+                    // The start that follows an arrival says so in history (`Arrival`).
+                    if op != .prepare { Arrival.note(resources.config, uuid: domain.uuid, op: op) }
                 } else {
-                    try forwarder.apply(plan, reason: reason)
+                    let why = op == .start ? Arrival.reason(resources.config, uuid: domain.uuid, base: reason) : reason
+                    try forwarder.apply(plan, reason: why)
                 }
             case .stopped, .release:
                 guard let uuid = HookInput.domainUUID(input) else {
                     throw VirtPortError.invalid("domain XML on stdin has no <uuid>")
                 }
+                Arrival.drop(resources.config, uuid: uuid)
                 try forwarder.remove(domainUUID: uuid, reason: reason)
             }
             return 0

@@ -63,7 +63,10 @@ struct LibvirtFirewall {
     func ensure(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) {
         guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return }
         for ip in net.ips where families.contains(ip.family) {
-            guard let place = try place(ip.family) else { continue }
+            guard let place = try place(ip.family) else {
+                LegacyIptables.warnIfInUse(bridge: bridge, family: ip.family)
+                continue
+            }
             let rules = try rules(ip.family, place)
             let ours = rules.indices.filter { rules[$0].mentions(Self.tag(bridge)) }
             let blocker = rules.firstIndex { $0.mentions(place.mustPrecede) }

@@ -1,0 +1,16 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import POSIX
+
+/// Host files outside libvirt's own directories (AppArmor profiles and state, SELinux state, the
+/// alternatives links): `VIRTPORT_SYSROOT` prefixes them, so tests can point at a fake tree.
+public enum HostPaths {
+    public static func path(_ p: String) -> String { (Environment.get("VIRTPORT_SYSROOT") ?? "") + p }
+
+    /// The file's text; nil when it is absent or unreadable (these are probes of optional host state).
+    public static func readText(_ p: String) -> String? {
+        guard let b = (try? FileSystem.readFile(p, limit: 1 << 20)) ?? nil else { return nil }
+        return String(decoding: b, as: UTF8.self)
+    }
+}
