@@ -167,3 +167,133 @@ def test_agent_reopens_a_journal_replaced_under_it_and_keeps_no_checkpoint_debt(
     rows = json.loads(lab.virtport("list", "--json", check=True).stdout)
     assert [(r["domain"], r["state"]) for r in rows] == [("agentweb", "applied")]
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == "guest1 22 from 203.0.113.2"
+
+
+# --- Nobody can hold the agent (README "Security": the agent) ------------------------------------
+
+def raw_request(kind, args, xml, config):
+    """A request frame as a hook sends it (AgentFrame: VPA2, config path, kind, args, stdin)."""
+    def s(b):
+        return struct.pack("<I", len(b)) + b
+    body = b"VPA2" + s(config.encode()) + s(kind.encode()) + struct.pack("<I", len(args))
+    body += b"".join(s(a.encode()) for a in args) + s(xml if isinstance(xml, bytes) else xml.encode())
+    return struct.pack("<I", len(body)) + body
+
+
+def timed(fn):
+    t = time.monotonic()
+    r = fn()
+    return r, time.monotonic() - t
+
+
+def test_a_client_dripping_bytes_does_not_hold_the_hooks(lab):
+    agent_socket_config(lab)
+    agent = Agent(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "guest1")
+    drips = []
+    for _ in range(3):  # connected root clients that send one byte now and then
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(agent.socket)
+        s.send(b"\x10")
+        drips.append(s)
+    _, took = timed(lambda: lab.start(WEB))
+    assert took < 1.5, f"prepare+start+started took {took:.2f} s with dripping clients connected"
+    assert [op for op, _ in agent.served()] == ["prepare", "start"]
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == "guest1 22 from 203.0.113.2"
+    # The drippers are cut off once their request deadline (2 s for the whole frame) passes.
+    time.sleep(2.3)
+    for s in drips:
+        s.settimeout(2)
+        try:
+            assert s.recv(10) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        s.close()
+    assert agent.text().count("too slow request") == 3
+
+
+def test_a_slow_request_does_not_delay_the_others(lab):
+    agent_socket_config(lab)
+    agent = Agent(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "guest1")
+    lab.start(WEB)
+    # A rebuild holds the change lock exclusively: a start for another domain waits for it ...
+    import fcntl
+    lock = open(lab.db + ".lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    waiting = subprocess.Popen(["ip", "netns", "exec", lab.host, BIN, "hook", "qemu", "agentrival", "start", "begin", "-"],
+                               env=lab.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lab.procs.append(waiting)
+    waiting.stdin.write(RIVAL.replace("2222", "2223").encode())
+    waiting.stdin.close()
+    time.sleep(0.3)
+    assert waiting.poll() is None
+    # ... while another hook's prepare is answered at once by another worker.
+    r, took = timed(lambda: lab.hook(RIVAL, "prepare"))
+    assert r.returncode == 2 and b"already forwarded to domain 'agentweb'" in r.stderr
+    assert took < 1.0, f"prepare took {took:.2f} s behind a request that waits for the lock"
+    assert agent.served()[-1] == ("prepare", 2)
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    assert waiting.wait(timeout=10) == 0, waiting.stderr.read()
+    assert agent.served()[-1] == ("start", 0)
+
+
+def test_a_request_whose_hook_gave_up_is_never_executed(lab):
+    agent_socket_config(lab)
+    agent = Agent(lab)
+    # A client that sends a start and gives up at once (shuts its socket for reading, as a hook
+    # does when the claim does not come in time): the agent must not run it afterwards.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(agent.socket)
+    s.shutdown(socket.SHUT_RD)
+    s.sendall(raw_request("qemu", ["agentweb", "start", "begin", "-"], WEB, lab.config))
+    deadline = time.time() + 5
+    while "gave up" not in agent.text():
+        assert time.time() < deadline, agent.text()
+        time.sleep(0.05)
+    s.close()
+    time.sleep(0.2)
+    assert agent.served() == []
+    assert json.loads(lab.virtport("list", "--json", check=True).stdout) == []
+    assert json.loads(lab.virtport("history", "--json", check=True).stdout) == []
+    assert lab.elements() == []
+
+
+def test_a_stopped_agent_costs_a_hook_two_seconds_at_most_and_never_runs_it_late(lab):
+    agent_socket_config(lab)
+    agent = Agent(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "guest1")
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Accepted by the kernel, never claimed: the hook gives up after the claim timeout and
+        # does the work itself.
+        r, took = timed(lambda: lab.hook(WEB, "prepare"))
+        assert r.returncode == 0 and took < 3.0, (r.stderr, took)
+        # With the backlog full a connect fails at once: no wait at all.
+        fillers = []
+        for _ in range(300):
+            f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            f.setblocking(False)
+            try:
+                f.connect(agent.socket)
+            except BlockingIOError:
+                f.close()
+                break
+            fillers.append(f)
+        assert len(fillers) < 300, "the backlog never filled"
+        r, took = timed(lambda: lab.hook(WEB, "start"))
+        assert r.returncode == 0 and took < 1.0, (r.stderr, took)
+        for f in fillers:
+            f.close()
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == "guest1 22 from 203.0.113.2"
+    # Resumed, the agent finds the prepare whose hook gave up: it is not executed late.
+    deadline = time.time() + 5
+    while "gave up" not in agent.text():
+        assert time.time() < deadline, agent.text()
+        time.sleep(0.05)
+    assert agent.served() == []
+    history = json.loads(lab.virtport("history", "--json", check=True).stdout)
+    assert [(e["action"], e["reason"]) for e in history] == [("add", "hook qemu start")]
