@@ -22,8 +22,14 @@ public final class ChangeLock {
     public init(databasePath: String) throws(VirtPortError) {
         path = databasePath + ".lock"
         try Files.makeParent(of: path)
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if fd < 0 { throw .operational("cannot open lock file \(path)", cause: Files.errnoText()) }
+        // O_NOFOLLOW: a link planted here (dangling or not) would have root create or lock its target.
+        fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0 {
+            if errno == ELOOP {
+                throw .operational("lock file \(path) is a symbolic link: refused (virtport never follows links for its journal; remove it)")
+            }
+            throw .operational("cannot open lock file \(path)", cause: Files.errnoText())
+        }
     }
 
     deinit { close(fd) }

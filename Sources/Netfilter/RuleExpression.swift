@@ -31,6 +31,24 @@ enum RuleExpression: Equatable {
     /// `accept`: the verdict register set to NF_ACCEPT.
     case accept
 
+    /// The expression's kernel name (`NFTA_EXPR_NAME`), as a rule dump gives it back.
+    var kernelName: String {
+        switch self {
+        case .meta: "meta"
+        case .cmp: "cmp"
+        case .payload: "payload"
+        case .fibDaddrType: "fib"
+        case .ct: "ct"
+        case .bitwise: "bitwise"
+        case .lookup: "lookup"
+        case .dnat: "nat"
+        case .masquerade: "masq"
+        case .match: "match"
+        case .counter: "counter"
+        case .accept: "immediate"
+        }
+    }
+
     /// A fresh libnftnl expression; the caller hands it to a rule (which then owns it).
     func build() -> OpaquePointer {
         switch self {

@@ -40,14 +40,20 @@ public enum Hook {
     static func qemu(domainName: String, op: String, subop: String) -> Int32 {
         switch op {
         case "prepare", "start", "reconnect", "stopped", "release":
-            let input: [UInt8]
-            do { input = try IO.readStdin(limit: inputLimit) } catch {
+            let stdin: HookStdin
+            do { stdin = try HookStdin.read(limit: inputLimit) } catch {
                 return report(error, op: op, domain: domainName, policy: Policy())
             }
-            // Fast path: no metadata in our namespace, nothing to install or remove.
-            // (Teardown of a domain whose metadata vanished while running is reconcile's job; at
-            // stopped/release the XML is the definition the domain ran with.)
-            if !DomainXML.mentionsVirtPort(input) { return 0 }
+            // Fast path: no metadata in our namespace, nothing to install or remove, whatever
+            // the size. (Teardown of a domain whose metadata vanished while running is
+            // reconcile's job; at stopped/release the XML is the definition the domain ran with.)
+            if !stdin.mentions { return 0 }
+            // Too large to parse: refused at prepare/start; teardown still finds the <uuid>.
+            if stdin.oversize && (op == "prepare" || op == "start" || op == "reconnect") {
+                let e = VirtPortError.invalid("domain XML: input is \(stdin.total) bytes, over the limit of \(inputLimit) bytes for a domain with virtport metadata")
+                return report(e, op: op, domain: domainName, policy: Policy())
+            }
+            let input = stdin.bytes
             let config: Config
             do { config = try Config.load() } catch {
                 return report(error, op: op, domain: domainName, policy: Policy())
@@ -115,7 +121,7 @@ public enum Hook {
     /// One line on stderr; the exit status follows DESIGN.md and the policy.
     static func report(_ error: any Error, op: String, domain: String, policy: Policy) -> Int32 {
         let e = (error as? VirtPortError) ?? VirtPortError.operational("\(error)")
-        let prefix = "domain '\(domain)' \(op)"
+        let prefix = "domain '\(Quoted.message(domain))' \(op)"
         if op == "reconnect" {
             // A failing reconnect makes libvirt kill the running VM: never fail it.
             Output.err("\(prefix): \(e) (ignored: reconnect never fails; run 'virtport reconcile')")

@@ -128,7 +128,10 @@ enum Output {
     nonisolated(unsafe) static var captured: [String]? = nil
 
     static func out(_ s: String) { write(fd: 1, s + "\n") }
+    /// One line on stderr, whatever `s` holds: a line break or other control character that got
+    /// into a message (from a value nobody escaped) is escaped here (`Quoted.cell`).
     static func err(_ s: String) {
+        let s = Quoted.cell(s)
         if captured != nil {
             captured?.append(s)
             return
