@@ -28,9 +28,12 @@ enum HostSockets {
     }
 
     /// Refuses a plan whose forwards would take traffic a host process is listening for: same
-    /// protocol, a port inside the forward's range, the same family, and the same address (or
-    /// either side on every address). Loopback listeners count too: a host service on
-    /// 127.0.0.1:5432 says the port is in use on this host, and virtport does not hand it out.
+    /// protocol, a port inside the forward's range, the same family (an IPv6 socket on `::`
+    /// without IPV6_V6ONLY receives IPv4 too), and the same address or either side on every
+    /// address. Loopback listeners are matched like the others (no longer skipped): only a
+    /// forward on every address passes them, because its rules never match a loopback
+    /// destination (`ip daddr != 127.0.0.0/8`, `ip6 daddr != ::1`; and loopback never arrives
+    /// from outside), so the service keeps its local clients.
     static func checkNotBound(_ mappings: [Mapping], procRoot: String = "/proc") throws(VirtPortError) {
         if mappings.isEmpty { return }
         let listeners = (procRoot == "/proc" ? fromKernel() : nil) ?? read(procRoot: procRoot)
@@ -48,7 +51,7 @@ enum HostSockets {
     static func overlaps(_ m: Mapping, _ endpoint: IPAddress) -> Bool {
         if let family = m.family, family != endpoint.family { return false }
         if let a = m.hostAddress { return endpoint.isUnspecified || endpoint == a }
-        return true
+        return !endpoint.isLoopback
     }
 
     /// From sock_diag (`SocketDiag`); nil when it cannot be used.

@@ -26,9 +26,15 @@ enum HostChecks {
     static func checkGuest(_ guest: IPAddress, nic: Interface, path: String, resolver: some GuestAddressResolver,
                            policy: Policy) throws(VirtPortError) {
         let attr = "\(path): guest=\"\(guest)\""
+        try checkGuestPlace(guest, nic: nic, attr: attr, resolver: resolver, policy: policy)
         if let local = resolver.localAddresses(), local.contains(guest) {
             throw .invalid("\(attr) is an address of this host, not a guest address")
         }
+    }
+
+    /// The network (or allow-list) part of `checkGuest`.
+    static func checkGuestPlace(_ guest: IPAddress, nic: Interface, attr: String, resolver: some GuestAddressResolver,
+                                policy: Policy) throws(VirtPortError) {
         if let name = nic.sourceNetwork {
             guard let network = resolver.network(named: name) else {
                 throw .invalid("\(attr) cannot be checked: libvirt network '\(Quoted.message(name))' of the interface is not defined")
