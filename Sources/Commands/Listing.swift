@@ -28,7 +28,10 @@ enum Listing {
         ]
     }
 
+    /// Cells are escaped (`Quoted.cell`): a domain name with a line break or terminal escape
+    /// cannot add rows or repaint the screen.
     static func printTable(header: [String], rows: [[String]]) {
+        let rows = rows.map { $0.map(Quoted.cell) }
         var widths = header.map(\.count)
         for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
         func line(_ cells: [String]) -> String {
@@ -43,7 +46,9 @@ enum Listing {
         for r in rows { Output.out(line(r)) }
     }
 
+    /// Control characters are escaped first (`Quoted.cell`): a record is always one line.
     static func csvField(_ s: String) -> String {
+        let s = Quoted.cell(s)
         if s.contains(",") || s.contains("\"") || s.contains("\n") {
             return "\"" + s.replacingQuotes() + "\""
         }

@@ -101,6 +101,11 @@ public struct Config: Sendable {
                 }
                 c.policy.listenAddresses = any ? nil : addrs
                 c.policy.allowAnyAddress = any
+            case "policy.guest_networks":
+                c.policy.guestNetworks = try value.strings(bad).map { (s: String) throws(VirtPortError) -> IPPrefix in
+                    guard let p = IPPrefix(parsing: s) else { throw bad("\"\(s)\" is not an address prefix (192.168.1.0/24, 2001:db8::/64)") }
+                    return p
+                }
             case "policy.max_forwards_per_domain": c.policy.maxForwardsPerDomain = try value.int(bad, min: 0)
             case "policy.max_ports_per_domain": c.policy.maxPortsPerDomain = try value.int(bad, min: 0)
             case "policy.on_internal_error":

@@ -1,4 +1,5 @@
-import VirtPortCore
+import POSIX
+public import VirtPortCore
 
 /// Cheap scans of a hook's stdin that run before (or instead of) a full XML parse.
 public enum HookInput {
@@ -13,5 +14,42 @@ public enum HookInput {
         let text = String(decoding: bytes[(s + open.count)..<e], as: UTF8.self).trimmed
         guard text.count == 36, text.allSatisfy({ $0.isHexDigit || $0 == "-" }) else { return nil }
         return text.lowercased()
+    }
+}
+
+/// A hook's stdin, read to its end whatever its size: libvirt writes the whole domain XML and
+/// must never get EPIPE, and a domain without virtport metadata is never refused for its size.
+public struct HookStdin {
+    /// The first `limit` bytes (all of them when `total <= limit`).
+    public var bytes: [UInt8]
+    /// How many bytes stdin held.
+    public var total: Int
+    /// Whether any part mentions `urn:virtport:domain:1` (`DomainXML.mentionsVirtPort`).
+    public var mentions: Bool
+
+    public var oversize: Bool { total > bytes.count }
+
+    /// Reads fd 0 to EOF in 64 KiB chunks, keeping the first `limit` bytes and scanning every
+    /// chunk (with the tail of the one before, so a URI split across two is found) for our
+    /// namespace.
+    public static func read(limit: Int) throws(VirtPortError) -> HookStdin {
+        var result = HookStdin(bytes: [], total: 0, mentions: false)
+        var tail: [UInt8] = []
+        let overlap = DomainXML.needleLength - 1
+        while true {
+            let piece: [UInt8]
+            do { piece = try FileDescriptor.standardInput.read(upTo: 65536) } catch {
+                throw .operational("cannot read standard input", cause: error)
+            }
+            if piece.isEmpty { break }
+            if result.total < limit { result.bytes.append(contentsOf: piece.prefix(limit - result.total)) }
+            result.total += piece.count
+            if !result.mentions {
+                let window = tail + piece
+                result.mentions = DomainXML.mentionsVirtPort(window)
+                tail = Array(window.suffix(overlap))
+            }
+        }
+        return result
     }
 }

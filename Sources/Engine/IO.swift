@@ -44,8 +44,9 @@ public enum IO {
 /// Where a command's output goes. Hook mode has none: stdout is closed off for the whole process.
 public enum Output {
     public static func out(_ s: String) { write(.standardOutput, s + "\n") }
-    /// One line on stderr, prefixed "virtport: ".
-    public static func err(_ s: String) { write(.standardError, "virtport: " + s + "\n") }
+    /// One line on stderr, prefixed "virtport: ", whatever `s` holds: a line break or other control
+    /// character that got into a message (from a value nobody escaped) is escaped here (`Quoted.cell`).
+    public static func err(_ s: String) { write(.standardError, "virtport: " + Quoted.cell(s) + "\n") }
 
     /// Best effort: a closed stderr or stdout is nothing to report anywhere.
     public static func write(_ fd: FileDescriptor, _ s: String) {

@@ -61,7 +61,7 @@ public enum QemuWork {
     /// `on_internal_error = "refuse"`, else 0 with the line saying the VM start continues.
     public static func report(_ error: VirtPortError, op: String, domain: String, policy: Policy,
                               diagnostics: any Diagnostics) -> Int32 {
-        let prefix = "domain '\(domain)' \(op)"
+        let prefix = "domain '\(Quoted.message(domain))' \(op)"
         if op == QemuOperation.reconnect.rawValue {
             diagnostics.emit("\(prefix): \(error) (ignored: reconnect never fails; run 'virtport reconcile')")
             return 0

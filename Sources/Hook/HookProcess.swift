@@ -48,14 +48,20 @@ public enum HookProcess {
     static func qemu(domainName: String, op: String, subop: String, diagnostics: any Diagnostics) -> Int32 {
         // started, restore, migrate, attach, … : accepted, nothing to do.
         guard let operation = QemuOperation(rawValue: op) else { return 0 }
-        let input: [UInt8]
-        do { input = try IO.readStdin(limit: HookInput.limit) } catch {
+        let stdin: HookStdin
+        do { stdin = try HookStdin.read(limit: HookInput.limit) } catch {
             return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics)
         }
-        // Fast path: no metadata in our namespace, nothing to install or remove.
+        // Fast path: no metadata in our namespace, nothing to install or remove, whatever the size.
         // (Teardown of a domain whose metadata vanished while running is reconcile's job; at
         // stopped/release the XML is the definition the domain ran with.)
-        if !DomainXML.mentionsVirtPort(input) { return 0 }
+        if !stdin.mentions { return 0 }
+        // Too large to parse: refused before the guest runs; teardown still finds the <uuid>.
+        if stdin.oversize && !operation.isTeardown {
+            let e = VirtPortError.invalid("domain XML: input is \(stdin.total) bytes, over the limit of \(HookInput.limit) bytes for a domain with virtport metadata")
+            return QemuWork.report(e, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics)
+        }
+        let input = stdin.bytes
         let config: Config
         do { config = try Config.load() } catch {
             return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics)

@@ -23,7 +23,10 @@ public final class ChangeLock {
     public init(databasePath: String) throws(VirtPortError) {
         path = databasePath + ".lock"
         try Files.makeParent(of: path)
-        do { fd = try FileDescriptor.open(path, O_RDWR | O_CREAT, mode: 0o600) } catch {
+        // O_NOFOLLOW: a link planted here (dangling or not) would have root create or lock its target.
+        do { fd = try FileDescriptor.open(path, O_RDWR | O_CREAT | O_NOFOLLOW, mode: 0o600) } catch where error.code == ELOOP {
+            throw .operational("lock file \(path) is a symbolic link: refused (virtport never follows links for its journal; remove it)")
+        } catch {
             throw .operational("cannot open lock file \(path)", cause: error)
         }
     }

@@ -17,28 +17,64 @@ enum Files {
         }
     }
 
-    /// Creates `path` with mode 0600 if it does not exist (whatever the umask); leaves an existing
-    /// file alone. SQLite gives its -wal and -shm files the main file's mode.
+    /// Creates `path` with mode 0600 if it does not exist (whatever the umask). SQLite gives its
+    /// -wal and -shm files the main file's mode. Then `checkPrivate`.
     static func createPrivate(_ path: String) throws(VirtPortError) {
-        let fd: FileDescriptor
-        do { fd = try FileDescriptor.open(path, O_RDWR | O_CREAT | O_EXCL, mode: 0o600) } catch where error.code == EEXIST {
-            return
+        // O_EXCL: never through a symbolic link, dangling or not.
+        let created: FileDescriptor?
+        do { created = try FileDescriptor.open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600) } catch where error.code == EEXIST {
+            created = nil  // there already: checked below
         } catch {
             throw .operational("cannot create database \(path)", cause: error)
         }
-        defer { fd.close() }
-        if fchmod(fd.rawValue, 0o600) != 0 { throw .operational("cannot chmod \(path)", cause: Errno.current("fchmod")) }
+        if let fd = created {
+            defer { fd.close() }
+            if fchmod(fd.rawValue, 0o600) != 0 { throw .operational("cannot chmod \(path)", cause: Errno.current("fchmod")) }
+        }
+        try checkPrivate(path, fix: true)
+    }
+
+    /// The journal's files (`path`, `-wal`, `-shm`) that exist must be regular files, not
+    /// symbolic links: someone who could plant a link there would have virtport's SQLite write
+    /// (as root) wherever it points, or read a file of their choosing as the journal. With `fix`,
+    /// a file readable or writable by others is set to 0600 (SQLite copies the main file's mode
+    /// to -wal and -shm, so one loose file makes them all loose).
+    static func checkPrivate(_ path: String, fix: Bool) throws(VirtPortError) {
+        for file in [path, path + "-wal", path + "-shm"] {
+            var st = stat()
+            if lstat(file, &st) != 0 {
+                if errno == ENOENT { continue }
+                throw .operational("cannot stat \(file)", cause: Errno.current("lstat"))
+            }
+            if st.st_mode & S_IFMT == S_IFLNK {
+                throw .operational("journal file \(file) is a symbolic link: refused (virtport never follows links for its journal; remove it)")
+            }
+            if st.st_mode & S_IFMT != S_IFREG {
+                throw .operational("journal file \(file) is not a regular file: refused")
+            }
+            if fix && st.st_mode & 0o077 != 0 {
+                let fd: FileDescriptor
+                do { fd = try FileDescriptor.open(file, O_RDONLY | O_NOFOLLOW) } catch {
+                    throw .operational("cannot open \(file)", cause: error)
+                }
+                defer { fd.close() }
+                if fchmod(fd.rawValue, 0o600) != 0 { throw .operational("cannot chmod \(file)", cause: Errno.current("fchmod")) }
+            }
+        }
     }
 
     /// For read-only opens: "does not exist" and "permission denied" are different stories.
     static func checkReadable(_ path: String) throws(VirtPortError) {
+        try checkPrivate(path, fix: false)
         if access(path, R_OK) == 0 { return }
         let e = Errno.current("access")
         if e.isNotFound { throw .operational("database \(path) does not exist") }
         throw .operational("cannot read database \(path)", cause: e)
     }
 
-    static func exists(_ path: String) -> Bool { FileSystem.exists(path, followingSymlinks: true) }
+    /// Whether something is at `path` (a symbolic link too, dangling or not: opening then
+    /// refuses it with a message rather than acting as if there were no journal).
+    static func exists(_ path: String) -> Bool { FileSystem.exists(path) }
 
     /// Renames `path` and its -wal/-shm companions to `path.corrupt-<suffix>…`; returns the new name.
     static func moveAside(_ path: String, suffix: String) throws(VirtPortError) -> String {

@@ -60,9 +60,38 @@ extension NetfilterSession {
     /// Whether virtport's own chains exist with all their rules: a table whose rules were flushed
     /// (`nft flush table`, a firewall reload) or whose chain was deleted while its maps survived
     /// still accepts elements, so only this check finds it. One rule dump of the whole table.
+    ///
+    /// Compares each rule's chain and expression kinds with this version's skeleton, so a table
+    /// an older virtport built (its `_addr` rules without `fib daddr type local`) counts as damaged
+    /// and the caller rebuilds it in the current shape.
     public func skeletonIsIntact() throws(NetfilterError) -> Bool {
         let rules = try dumpRules(nfproto: UInt16(NFPROTO_INET), table: table, chain: nil) ?? []
-        return rules.count == TableSkeleton.chains.reduce(0) { $0 + $1.rules.count }
+        let expected = TableSkeleton.chains.flatMap { chain in
+            chain.rules.map { chain.name + ":" + $0.map(\.kernelName).sorted().joined(separator: ",") }
+        }
+        guard rules.count == expected.count else { return false }
+        return rules.map(Self.shape).sorted() == expected.sorted()
+    }
+
+    /// "CHAIN:expr,expr,…" of a dumped rule, the expression names sorted: a table saved with
+    /// `nft list ruleset` and loaded back with `nft -f` holds the same expressions, but nft puts
+    /// its `meta nfproto` dependency where it likes.
+    static func shape(_ rule: ForeignRule) -> String {
+        let parsed = nftnl_rule_alloc()!
+        defer { nftnl_rule_free(parsed) }
+        let ok = rule.message.withUnsafeBytes { raw in
+            nftnl_rule_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress!)
+                .assumingMemoryBound(to: nlmsghdr.self), parsed)
+        }
+        guard ok >= 0 else { return "?" }
+        let chain = nftnl_rule_get_str(parsed, UInt16(NFTNL_RULE_CHAIN.rawValue)).map { String(cString: $0) } ?? "?"
+        var names: [String] = []
+        guard let iterator = nftnl_expr_iter_create(parsed) else { return chain + ":" }
+        defer { nftnl_expr_iter_destroy(iterator) }
+        while let e = nftnl_expr_iter_next(iterator) {
+            names.append(nftnl_expr_get_str(e, UInt16(NFTNL_EXPR_NAME)).map { String(cString: $0) } ?? "?")
+        }
+        return chain + ":" + names.sorted().joined(separator: ",")
     }
 
     /// NFT_MSG_GETRULE dump of one chain (or, with `chain` nil, of every chain of the table) of any

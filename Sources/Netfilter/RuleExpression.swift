@@ -31,6 +31,24 @@ enum RuleExpression: Equatable {
     /// `accept`: the verdict register set to NF_ACCEPT.
     case accept
 
+    /// The expression's kernel name (`NFTA_EXPR_NAME`), as a rule dump gives it back.
+    var kernelName: String {
+        switch self {
+        case .meta: "meta"
+        case .cmp: "cmp"
+        case .payload: "payload"
+        case .fibDaddrType: "fib"
+        case .ct: "ct"
+        case .bitwise: "bitwise"
+        case .lookup: "lookup"
+        case .dnat: "nat"
+        case .masquerade: "masq"
+        case .match: "match"
+        case .counter: "counter"
+        case .accept: "immediate"
+        }
+    }
+
     /// A fresh libnftnl expression; the caller hands it to a rule (which then owns it).
     func build() -> OpaquePointer {
         switch self {
@@ -120,9 +138,10 @@ extension RuleExpression {
         let reg = register(word: 0)
         switch family {
         case .ipv4:
-            return [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 16, length: 4, dreg: reg),
-                    .bitwise(reg: reg, mask: [255, 0, 0, 0], xor: [0, 0, 0, 0]),
-                    .cmp(sreg: reg, op: NFT_CMP_NEQ, data: [127, 0, 0, 0])]
+            // The first byte only, as nft itself encodes `!= 127.0.0.0/8`: a ruleset saved with
+            // `nft list` and loaded back holds the same expressions (`skeletonIsIntact`).
+            return [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 16, length: 1, dreg: reg),
+                    .cmp(sreg: reg, op: NFT_CMP_NEQ, data: [127])]
         case .ipv6:
             return [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 24, length: 16, dreg: reg),
                     .cmp(sreg: reg, op: NFT_CMP_NEQ, data: [UInt8](repeating: 0, count: 15) + [1])]

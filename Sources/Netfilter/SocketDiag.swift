@@ -18,7 +18,12 @@ public enum SocketDiag {
         public var address: IPAddress
         public var port: UInt16
         public var inode: UInt32
+        /// IPV6_V6ONLY of an IPv6 socket (from INET_DIAG_SKV6ONLY); nil for IPv4 or when the
+        /// kernel did not say. An IPv6 socket on `::` without it receives IPv4 too.
+        public var v6only: Bool? = nil
     }
+
+    static let skV6Only: UInt16 = 11  // INET_DIAG_SKV6ONLY
 
     static let netlinkSockDiag: Int32 = 4  // NETLINK_SOCK_DIAG
     static let sockDiagByFamily: UInt16 = 20  // SOCK_DIAG_BY_FAMILY
@@ -81,7 +86,20 @@ public enum SocketDiag {
                 let port = UInt16(buffer[m + 4]) << 8 | UInt16(buffer[m + 5])
                 let width = buffer[m] == UInt8(AF_INET6) ? 16 : 4
                 guard let address = IPAddress(bytes: Array(buffer[(m + 8)..<(m + 8 + width)])) else { continue }
-                out.append(Bound(proto: proto, address: address, port: port, inode: buffer.u32(m + 68)))
+                var bound = Bound(proto: proto, address: address, port: port, inode: buffer.u32(m + 68))
+                if width == 16 {
+                    // Attributes after the inet_diag_msg: 2-byte length, 2-byte type, value, 4-aligned.
+                    var a = m + 72
+                    let end = message.offset + message.length
+                    while a + 4 <= end {
+                        let length = Int(UInt16(buffer[a]) | UInt16(buffer[a + 1]) << 8)
+                        let type = UInt16(buffer[a + 2]) | UInt16(buffer[a + 3]) << 8
+                        if length < 4 || a + length > end { break }
+                        if type == skV6Only && length >= 5 { bound.v6only = buffer[a + 4] != 0 }
+                        a += (length + 3) & ~3
+                    }
+                }
+                out.append(bound)
             }
         }
     }

@@ -6,8 +6,8 @@ import VirtPortCore
 /// many forwards there are.
 ///
 ///     chain prerouting  { type nat hook prerouting priority -100
-///         dnat ip to iifname . ip daddr . meta l4proto . th dport map @fwd4_dev_addr
-///         dnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
+///         fib daddr type local dnat ip to iifname . ip daddr . meta l4proto . th dport map @fwd4_dev_addr
+///         fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
 ///         fib daddr type local dnat ip to iifname . meta l4proto . th dport map @fwd4_dev
 ///         fib daddr type local dnat ip to meta l4proto . th dport map @fwd4
 ///         … the same for ip6 }
@@ -16,7 +16,11 @@ import VirtPortCore
 ///         ct status dnat ip saddr @hairpin4 masquerade
 ///         ct status dnat ip6 saddr @hairpin6 masquerade }
 ///
-/// Every rule starts with `meta nfproto ipv4|ipv6`, as nft itself adds in an inet table.
+/// Every rule starts with `meta nfproto ipv4|ipv6`, as nft itself adds in an inet table. Every
+/// DNAT rule requires `fib daddr type local`, the `_addr` ones too: `address=` is checked to be
+/// one of the host's addresses when a VM starts, and an address that stops being local later
+/// (removed, moved to another host) must stop matching rather than take connections that pass
+/// through the host or leave it for that address.
 enum TableSkeleton {
     struct Chain {
         var name: String
@@ -46,7 +50,7 @@ enum TableSkeleton {
         ]
     }
 
-    /// `[fib daddr type local] dnat ip to KEY map @MAP`: loads the key fields into consecutive
+    /// `fib daddr type local dnat ip to KEY map @MAP`: loads the key fields into consecutive
     /// registers, looks them up, and DNATs to the address . port the map returns.
     /// With `skipLoopback` (the output chain's any-address rules), `ip daddr != 127.0.0.0/8` /
     /// `ip6 daddr != ::1` first: a local client of a host service on 127.0.0.1:PORT must keep
@@ -54,7 +58,7 @@ enum TableSkeleton {
     static func dnatRule(_ map: ForwardMap, skipLoopback: Bool = false) -> [RuleExpression] {
         var rule = RuleExpression.nfproto(map.family)
         if skipLoopback { rule += RuleExpression.notLoopback(map.family) }
-        if !map.hasAddress { rule += RuleExpression.fibLocal }
+        rule += RuleExpression.fibLocal
         var word = 0
         for field in map.keyFields {
             let dreg = register(word: word)

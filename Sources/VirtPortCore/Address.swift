@@ -47,6 +47,20 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
     public var isLoopback: Bool {
         family == .ipv4 ? bytes[0] == 127 : bytes == [UInt8](repeating: 0, count: 15) + [1]
     }
+    /// 0.0.0.0/8 ("this network": no host can be reached there), or for IPv6 `::` and the
+    /// deprecated IPv4-compatible `::a.b.c.d` (`::/96`, which also holds `::` and `::1`).
+    public var isUnspecifiedLike: Bool {
+        family == .ipv4 ? bytes[0] == 0 : bytes.prefix(12).allSatisfy { $0 == 0 }
+    }
+    /// `::ffff:a.b.c.d`: an IPv4 address in IPv6 clothing. nftables would match it in the ip6
+    /// maps, where no IPv4 packet ever looks, and a guest never has one.
+    public var isIPv4Mapped: Bool {
+        family == .ipv6 && bytes.prefix(10).allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
+    }
+    /// `fe80::/10` or `169.254.0.0/16`.
+    public var isLinkLocal: Bool {
+        family == .ipv4 ? bytes[0] == 169 && bytes[1] == 254 : bytes[0] == 0xfe && bytes[1] & 0xc0 == 0x80
+    }
 
     public static func < (a: IPAddress, b: IPAddress) -> Bool {
         a.bytes.count != b.bytes.count ? a.bytes.count < b.bytes.count : a.bytes.lexicographicallyPrecedes(b.bytes)

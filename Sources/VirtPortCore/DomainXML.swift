@@ -4,17 +4,37 @@ public enum DomainXML {
     /// The namespace URI of our metadata. Matched by URI, never by prefix.
     public static let namespace = "urn:virtport:domain:1"
 
+    /// The namespace URI as bytes in UTF-8, UTF-16LE and UTF-16BE.
+    static let needles: [[UInt8]] = {
+        let utf8 = Array(namespace.utf8)
+        return [utf8, utf8.flatMap { [$0, 0] }, utf8.flatMap { [0, $0] }]
+    }()
+
+    /// The longest needle: a scan over chunks keeps this many bytes minus one from the last chunk.
+    public static let needleLength = namespace.utf8.count * 2
+
     /// Whether the input mentions our namespace at all: a substring search, so the hook can skip
     /// parsing for the many domains without virtport metadata. False positives are harmless
     /// (the parse then finds no metadata); libvirt writes the URI literally, so no false negatives.
-    public static func mentionsVirtPort(_ bytes: [UInt8]) -> Bool {
-        Bytes.find(Array(namespace.utf8), in: bytes) != nil
+    /// UTF-16 spellings count too: such a document is refused (`parse`) rather than skipped.
+    public static func mentionsVirtPort(_ bytes: some Collection<UInt8>) -> Bool {
+        let array = Array(bytes)
+        return needles.contains { Bytes.find($0, in: array) != nil }
     }
 
     /// Parses domain XML into a `Domain`, including our metadata.
+    ///
+    /// The metadata counts only where the namespace URI is written literally in UTF-8 (what
+    /// libvirt writes, and what the hook's substring search sees): a document that spells it
+    /// with character references is read as having none, as the hook reads it. A document in
+    /// another encoding that mentions the namespace is refused, in `plan` as in the hook.
     /// - Throws: `VirtPortError.invalid` with one line naming the element and attribute.
     public static func parse(_ bytes: [UInt8]) throws(VirtPortError) -> Domain {
-        let root = try SecureXML.parse(bytes, what: "domain XML", keep: reads)
+        let literal = Bytes.find(needles[0], in: bytes) != nil
+        if !literal && mentionsVirtPort(bytes) {
+            throw .invalid("domain XML: not UTF-8 (it spells \(namespace) in UTF-16); virtport reads metadata only from UTF-8 domain XML, as libvirt writes it")
+        }
+        let root = try SecureXML.parse(bytes, what: "domain XML", keep: literal ? reads : readsWithoutMetadata)
         let domain: ParsedElement
         switch (root.name, root.namespace) {
         case ("domain", nil):
@@ -25,20 +45,31 @@ public enum DomainXML {
             }
             domain = inner
         default:
-            throw .invalid("domain XML: root element is <\(root.qualifiedName)>, expected <domain> or <domstatus>")
+            throw .invalid("domain XML: root element is <\(Quoted.message(root.qualifiedName))>, expected <domain> or <domstatus>")
         }
         return try parseDomain(domain)
     }
 
-    /// The libvirt elements `parseDomain` reads (a status file's `<domstatus>` wraps the `<domain>`);
-    /// the rest of the tree is not copied out of libxml2.
-    static func reads(parent: String, child: String) -> Bool {
-        switch parent {
-        case "domstatus": child == "domain"
-        case "domain": child == "name" || child == "uuid" || child == "metadata" || child == "devices"
-        case "devices": child == "interface"
-        default: true
+    /// The elements `parseDomain` reads (a status file's `<domstatus>` wraps the `<domain>`): the
+    /// rest of the tree, other applications' metadata included, is never copied out of libxml2.
+    static func reads(parent: SecureXML.Name, child: SecureXML.Name) -> Bool {
+        if child.namespace == namespace {
+            return parent.namespace == namespace || (parent.namespace == nil && parent.local == "metadata")
         }
+        if child.namespace != nil || parent.namespace != nil { return false }
+        return switch parent.local {
+        case "domstatus": child.local == "domain"
+        case "domain": child.local == "name" || child.local == "uuid" || child.local == "metadata" || child.local == "devices"
+        case "devices": child.local == "interface"
+        case "interface": child.local == "mac" || child.local == "source" || child.local == "target" || child.local == "actual"
+        case "actual": child.local == "source"
+        default: false
+        }
+    }
+
+    /// `reads` without our metadata (a document that does not spell the namespace literally).
+    static func readsWithoutMetadata(parent: SecureXML.Name, child: SecureXML.Name) -> Bool {
+        child.namespace != namespace && reads(parent: parent, child: child)
     }
 
     static func parseDomain(_ e: ParsedElement) throws(VirtPortError) -> Domain {
@@ -46,7 +77,7 @@ public enum DomainXML {
             throw .invalid("domain XML: <domain> has no <name>")
         }
         guard let uuid = e.child("uuid")?.trimmedText, !uuid.isEmpty else {
-            throw .invalid("domain XML: <domain> \(name) has no <uuid>")
+            throw .invalid("domain XML: <domain> \(Quoted.message(name)) has no <uuid>")
         }
         var interfaces: [Interface] = []
         for (i, nic) in (e.child("devices")?.children("interface") ?? []).enumerated() {
@@ -56,7 +87,7 @@ public enum DomainXML {
         if let meta = e.child("metadata") {
             let ours = meta.children.filter { $0.namespace == namespace }
             for other in ours where other.name != "virtport" {
-                throw .invalid("metadata: unknown element <\(other.name)> in namespace \(namespace), expected <virtport>")
+                throw .invalid("metadata: unknown element <\(Quoted.message(other.name))> in namespace \(namespace), expected <virtport>")
             }
             if ours.count > 1 {
                 throw .invalid("metadata: \(ours.count) <virtport> elements in namespace \(namespace), expected one")
@@ -70,7 +101,7 @@ public enum DomainXML {
         var nic = Interface(type: e.attribute("type") ?? "")
         if let text = e.child("mac")?.attribute("address") {
             guard let mac = MACAddress(text) else {
-                throw .invalid("\(path)/mac: address=\"\(text)\" is not a MAC address")
+                throw .invalid("\(path)/mac: address=\"\(Quoted.message(text))\" is not a MAC address")
             }
             nic.mac = mac
         }
@@ -92,6 +123,12 @@ public enum DomainXML {
 /// can tell on its own; the planner checks what needs the whole domain.
 enum MetadataXML {
     static let ns = DomainXML.namespace
+    /// Most `<range>` elements (includes and excludes) in one `<portForward>`: each exclude is
+    /// applied to every run before it, so the planning work grows with the square of this.
+    static let maxRangesPerForward = 256
+    /// Most `<portForward>` and `<guard>` elements, counted while reading (the policy's
+    /// `max_forwards_per_domain` is checked right after, before any range is planned).
+    static let maxElements = 4096
 
     static func parse(_ e: ParsedElement) throws(VirtPortError) -> VirtPortMetadata {
         try checkAttributes(e, path: "virtport", allowed: [])
@@ -102,9 +139,15 @@ enum MetadataXML {
             switch child.name {
             case "portForward":
                 forwardIndex += 1
+                if forwardIndex + guardIndex > maxElements {
+                    throw .invalid("virtport: more than \(maxElements) <portForward> and <guard> elements")
+                }
                 result.forwards.append(try parseForward(child, path: "portForward[\(forwardIndex)]"))
             case "guard":
                 guardIndex += 1
+                if forwardIndex + guardIndex > maxElements {
+                    throw .invalid("virtport: more than \(maxElements) <portForward> and <guard> elements")
+                }
                 result.guards.append(try parseGuard(child, path: "guard[\(guardIndex)]"))
             default:
                 throw unknownElement(child, in: "virtport", expected: "<portForward> or <guard>")
@@ -119,36 +162,36 @@ enum MetadataXML {
             throw .invalid("\(path): missing proto= (tcp, udp or sctp)")
         }
         guard let proto = IPProto(rawValue: protoText) else {
-            throw .invalid("\(path): proto=\"\(protoText)\" is not tcp, udp or sctp")
+            throw .invalid("\(path): proto=\"\(Quoted.message(protoText))\" is not tcp, udp or sctp")
         }
         var spec = ForwardSpec(proto: proto)
         if let text = e.attribute("address") {
             guard let address = IPAddress(text) else {
-                throw .invalid("\(path): address=\"\(text)\" is not an IP address")
+                throw .invalid("\(path): address=\"\(Quoted.message(text))\" is not an IP address")
             }
-            if address.isUnspecified || address.isMulticast {
-                throw .invalid("\(path): address=\"\(text)\" is not a host listen address (leave address= out for every local address)")
+            if let why = Planner.unusableAddressReason(address) {
+                throw .invalid("\(path): address=\"\(Quoted.message(text))\" is \(why), not a host listen address (leave address= out for every local address)")
             }
             spec.address = address
         }
         if let dev = e.attribute("dev") {
             guard isInterfaceName(dev) else {
-                throw .invalid("\(path): dev=\"\(dev)\" is not a network interface name")
+                throw .invalid("\(path): dev=\"\(Quoted.message(dev))\" is not a network interface name (1-15 of A-Z a-z 0-9 - _ .)")
             }
             spec.dev = dev
         }
         if let text = e.attribute("mac") {
             guard let mac = MACAddress(text) else {
-                throw .invalid("\(path): mac=\"\(text)\" is not a MAC address")
+                throw .invalid("\(path): mac=\"\(Quoted.message(text))\" is not a MAC address")
             }
             spec.mac = mac
         }
         if let text = e.attribute("guest") {
             guard let guest = IPAddress(text) else {
-                throw .invalid("\(path): guest=\"\(text)\" is not an IP address")
+                throw .invalid("\(path): guest=\"\(Quoted.message(text))\" is not an IP address")
             }
             if let why = Planner.unusableGuestReason(guest) {
-                throw .invalid("\(path): guest=\"\(text)\" is \(why), not a guest address")
+                throw .invalid("\(path): guest=\"\(Quoted.message(text))\" is \(why), not a guest address")
             }
             spec.guest = guest
         }
@@ -158,6 +201,9 @@ enum MetadataXML {
                 throw unknownElement(child, in: path, expected: "<range>")
             }
             rangeIndex += 1
+            if rangeIndex > maxRangesPerForward {
+                throw .invalid("\(path): more than \(maxRangesPerForward) <range> elements in one portForward")
+            }
             spec.ranges.append(try parseRange(child, path: "\(path)/range[\(rangeIndex)]"))
         }
         return spec
@@ -172,7 +218,7 @@ enum MetadataXML {
         if let text = e.attribute("end") {
             end = try port(text, path: path, attribute: "end")
             guard end >= start else {
-                throw .invalid("\(path): end=\"\(text)\" is before start=\"\(startText)\"")
+                throw .invalid("\(path): end=\"\(Quoted.message(text))\" is before start=\"\(Quoted.message(startText))\"")
             }
         }
         var spec = RangeSpec(ports: PortRange(start, end))
@@ -180,7 +226,7 @@ enum MetadataXML {
             switch text {
             case "yes": spec.exclude = true
             case "no": spec.exclude = false
-            default: throw .invalid("\(path): exclude=\"\(text)\" is not yes or no")
+            default: throw .invalid("\(path): exclude=\"\(Quoted.message(text))\" is not yes or no")
             }
         }
         if let text = e.attribute("to") {
@@ -197,7 +243,7 @@ enum MetadataXML {
         var spec = GuardSpec()
         if let text = e.attribute("mac") {
             guard let mac = MACAddress(text) else {
-                throw .invalid("\(path): mac=\"\(text)\" is not a MAC address")
+                throw .invalid("\(path): mac=\"\(Quoted.message(text))\" is not a MAC address")
             }
             spec.mac = mac
         }
@@ -205,14 +251,14 @@ enum MetadataXML {
             switch text {
             case "on": spec.spoofing = true
             case "off": spec.spoofing = false
-            default: throw .invalid("\(path): spoofing=\"\(text)\" is not on or off")
+            default: throw .invalid("\(path): spoofing=\"\(Quoted.message(text))\" is not on or off")
             }
         }
         if let text = e.attribute("isolated") {
             switch text {
             case "yes": spec.isolated = true
             case "no": spec.isolated = false
-            default: throw .invalid("\(path): isolated=\"\(text)\" is not yes or no")
+            default: throw .invalid("\(path): isolated=\"\(Quoted.message(text))\" is not yes or no")
             }
         }
         return spec
@@ -224,7 +270,7 @@ enum MetadataXML {
         guard (1...5).contains(utf8.count), utf8[0] != UInt8(ascii: "0"),
               utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
               let value = Int(text), value <= 65535 else {
-            throw .invalid("\(path): \(attribute)=\"\(text)\" is not a port (1-65535)")
+            throw .invalid("\(path): \(attribute)=\"\(Quoted.message(text))\" is not a port (1-65535)")
         }
         return UInt16(value)
     }
@@ -236,10 +282,10 @@ enum MetadataXML {
         for a in e.attributes {
             if a.namespace == nil && !allowed.contains(a.name) {
                 let known = allowed.sorted().map { "\($0)=" }.joined(separator: " ")
-                throw .invalid("\(path): unknown attribute \(a.name)=" + (known.isEmpty ? "" : " (known: \(known))"))
+                throw .invalid("\(path): unknown attribute \(Quoted.message(a.name))=" + (known.isEmpty ? "" : " (known: \(known))"))
             }
             if a.namespace == ns {
-                throw .invalid("\(path): unknown attribute \(a.name)= in namespace \(ns) (attributes of virtport elements take no prefix)")
+                throw .invalid("\(path): unknown attribute \(Quoted.message(a.name))= in namespace \(ns) (attributes of virtport elements take no prefix)")
             }
         }
     }
@@ -251,13 +297,22 @@ enum MetadataXML {
     }
 
     static func unknownElement(_ e: ParsedElement, in path: String, expected: String) -> VirtPortError {
-        .invalid("\(path): unknown element <\(e.name)> in namespace \(ns) (expected \(expected))")
+        .invalid("\(path): unknown element <\(Quoted.message(e.name))> in namespace \(ns) (expected \(expected))")
     }
 
-    /// Linux interface names: 1-15 bytes, no '/', ':', white space, not "." or "..".
-    static func isInterfaceName(_ name: String) -> Bool {
+    /// An interface name virtport puts into its maps: 1-15 bytes (IFNAMSIZ - 1) of ASCII letters,
+    /// digits, `-`, `_` and `.`, not "." or "..". The kernel itself accepts more (anything but
+    /// '/', ':', white space), but `nft list ruleset` prints the name between double quotes
+    /// without escaping and reads a trailing `*` as a wildcard, so a quote, `*`, a backslash or a
+    /// control character would make the saved ruleset (nftables.service, `nft -f`) fail to load.
+    /// Names udev and the usual tools create (`enp3s0`, `br-lan`, `vlan.10`, `virbr0_nic`) pass.
+    public static func isInterfaceName(_ name: String) -> Bool {
         let bytes = Array(name.utf8)
         guard (1...15).contains(bytes.count), name != ".", name != ".." else { return false }
-        return bytes.allSatisfy { $0 > 0x20 && $0 != 0x7f && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: ":") }
+        return bytes.allSatisfy { b in
+            (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
+                || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9"))
+                || b == UInt8(ascii: "-") || b == UInt8(ascii: "_") || b == UInt8(ascii: ".")
+        }
     }
 }

@@ -83,6 +83,17 @@ public struct IPPrefix: Sendable, Hashable, CustomStringConvertible {
 
     public var family: Family { network.family }
 
+    /// "192.168.1.0/24" or "2001:db8::/64" (host bits must be zero, the prefix length plain
+    /// decimal and in range); nil otherwise.
+    public init?(parsing text: String) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let address = IPAddress(String(parts[0])),
+              (1...3).contains(parts[1].utf8.count), parts[1].utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+              let length = Int(parts[1]), length <= address.bytes.count * 8 else { return nil }
+        self.init(address, prefix: length)
+        guard network == address else { return nil }
+    }
+
     public func contains(_ ip: IPAddress) -> Bool {
         ip.family == family && IPPrefix(ip, prefix: prefix).network == network
     }

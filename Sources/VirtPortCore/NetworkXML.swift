@@ -15,7 +15,7 @@ public enum NetworkXML {
             if let port = root.child("networkport") { result.port = try parsePort(port) }
             return result
         default:
-            throw .invalid("network XML: root element is <\(root.qualifiedName)>, expected <network>, <hookData> or <networkstatus>")
+            throw .invalid("network XML: root element is <\(Quoted.message(root.qualifiedName))>, expected <network>, <hookData> or <networkstatus>")
         }
     }
 
@@ -27,7 +27,7 @@ public enum NetworkXML {
         net.bridge = e.child("bridge")?.attribute("name")
         if let forward = e.child("forward") { net.forwardMode = forward.attribute("mode") ?? "nat" }
         for (i, ip) in e.children("ip").enumerated() {
-            net.ips.append(try parseIP(ip, path: "network \(name): ip[\(i + 1)]"))
+            net.ips.append(try parseIP(ip, path: "network \(Quoted.message(name)): ip[\(i + 1)]"))
         }
         return net
     }
@@ -35,24 +35,24 @@ public enum NetworkXML {
     static func parseIP(_ e: ParsedElement, path: String) throws(VirtPortError) -> NetworkIP {
         guard let text = e.attribute("address") else { throw .invalid("\(path): missing address=") }
         guard let address = IPAddress(text) else {
-            throw .invalid("\(path): address=\"\(text)\" is not an IP address")
+            throw .invalid("\(path): address=\"\(Quoted.message(text))\" is not an IP address")
         }
         if let family = e.attribute("family") {
             guard family == (address.family == .ipv4 ? "ipv4" : "ipv6") else {
-                throw .invalid("\(path): family=\"\(family)\" does not match address=\"\(text)\"")
+                throw .invalid("\(path): family=\"\(Quoted.message(family))\" does not match address=\"\(Quoted.message(text))\"")
             }
         }
         let prefix: Int
         if let p = e.attribute("prefix") {
             guard let value = Int(p), value >= 0, value <= address.bytes.count * 8,
                   p.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
-                throw .invalid("\(path): prefix=\"\(p)\" is not a prefix length")
+                throw .invalid("\(path): prefix=\"\(Quoted.message(p))\" is not a prefix length")
             }
             prefix = value
         } else if let mask = e.attribute("netmask") {
             guard let m = IPAddress(mask), m.family == .ipv4, address.family == .ipv4,
                   let length = prefixLength(m) else {
-                throw .invalid("\(path): netmask=\"\(mask)\" is not an IPv4 netmask")
+                throw .invalid("\(path): netmask=\"\(Quoted.message(mask))\" is not an IPv4 netmask")
             }
             prefix = length
         } else if address.family == .ipv6 {
@@ -66,11 +66,11 @@ public enum NetworkXML {
             let hostPath = "\(path)/dhcp/host[\(j + 1)]"
             guard let macText = host.attribute("mac") else { continue }  // IPv6 id=/name= hosts
             guard let mac = MACAddress(macText) else {
-                throw .invalid("\(hostPath): mac=\"\(macText)\" is not a MAC address")
+                throw .invalid("\(hostPath): mac=\"\(Quoted.message(macText))\" is not a MAC address")
             }
             guard let ipText = host.attribute("ip") else { continue }  // name-only entry: no address
             guard let hostIP = IPAddress(ipText) else {
-                throw .invalid("\(hostPath): ip=\"\(ipText)\" is not an IP address")
+                throw .invalid("\(hostPath): ip=\"\(Quoted.message(ipText))\" is not an IP address")
             }
             ip.hosts.append(DHCPHost(mac: mac, ip: hostIP, name: host.attribute("name")))
         }
@@ -85,7 +85,7 @@ public enum NetworkXML {
         }
         if let text = e.child("mac")?.attribute("address") {
             guard let mac = MACAddress(text) else {
-                throw .invalid("networkport/mac: address=\"\(text)\" is not a MAC address")
+                throw .invalid("networkport/mac: address=\"\(Quoted.message(text))\" is not a MAC address")
             }
             port.mac = mac
         }

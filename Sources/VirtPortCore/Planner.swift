@@ -13,6 +13,11 @@ public enum Planner {
         guard let metadata = domain.metadata else {
             return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: [])
         }
+        // Every portForward yields at least one mapping (runs merge only inside one forward), so
+        // this refuses before any range is planned exactly what the check below would.
+        if metadata.forwards.count > policy.maxForwardsPerDomain {
+            throw .invalid("domain \(Quoted.message(domain.name)): \(metadata.forwards.count) portForward elements exceed the limit of \(policy.maxForwardsPerDomain) forwards per domain (policy)")
+        }
         var segments: [Segment] = []
         for (i, forward) in metadata.forwards.enumerated() {
             segments += try planForward(forward, index: i + 1, domain: domain,
@@ -26,11 +31,11 @@ public enum Planner {
 
         let mappings = merged(segments).sorted(by: mappingOrder)
         if mappings.count > policy.maxForwardsPerDomain {
-            throw .invalid("domain \(domain.name): \(mappings.count) forwards exceed the limit of \(policy.maxForwardsPerDomain) per domain (policy)")
+            throw .invalid("domain \(Quoted.message(domain.name)): \(mappings.count) forwards exceed the limit of \(policy.maxForwardsPerDomain) per domain (policy)")
         }
         let ports = mappings.reduce(0) { $0 + $1.hostPorts.count }
         if ports > policy.maxPortsPerDomain {
-            throw .invalid("domain \(domain.name): \(ports) host ports exceed the limit of \(policy.maxPortsPerDomain) per domain (policy)")
+            throw .invalid("domain \(Quoted.message(domain.name)): \(ports) host ports exceed the limit of \(policy.maxPortsPerDomain) per domain (policy)")
         }
         return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: mappings)
     }
@@ -58,6 +63,10 @@ public enum Planner {
             throw .invalid("\(path): dev=\"\(dev)\" is not a network interface name")
         }
         try checkAddressPolicy(f, path: path, policy: policy)
+        if let address = f.address { try HostChecks.checkLocal(address, path: path, resolver: resolver) }
+        if let guest = f.guest {
+            try HostChecks.checkGuest(guest, nic: nic, path: path, resolver: resolver, policy: policy)
+        }
 
         // Ranges in order; an exclude cuts the runs collected so far.
         var runs: [(ports: PortRange, guestStart: UInt16, path: String)] = []
@@ -119,12 +128,12 @@ public enum Planner {
                           domain: Domain) throws(VirtPortError) -> Interface {
         if let mac {
             guard let nic = domain.interfaces.first(where: { $0.mac == mac }) else {
-                throw .invalid("\(path): mac=\"\(mac)\" matches no interface of domain \(domain.name)")
+                throw .invalid("\(path): mac=\"\(mac)\" matches no interface of domain \(Quoted.message(domain.name))")
             }
             return nic
         }
         switch domain.interfaces.count {
-        case 0: throw .invalid("\(path): domain \(domain.name) has no network interface")
+        case 0: throw .invalid("\(path): domain \(Quoted.message(domain.name)) has no network interface")
         case 1: return domain.interfaces[0]
         case let n: throw .invalid("\(path): \(element) needs mac= because domain has \(n) interfaces")
         }
@@ -173,6 +182,21 @@ public enum Planner {
         if ip.isMulticast { return "a multicast address" }
         if ip.isLoopback { return "a loopback address" }
         if ip.family == .ipv4 && ip.bytes == [255, 255, 255, 255] { return "the broadcast address" }
+        if ip.isUnspecifiedLike { return ip.family == .ipv4 ? "in 0.0.0.0/8 (this network)" : "an IPv4-compatible address (::/96)" }
+        if ip.isIPv4Mapped { return "an IPv4-mapped IPv6 address (write the IPv4 address)" }
+        return nil
+    }
+
+    /// Why `ip` cannot be a host listen address (`address=`) whatever the host has, or nil.
+    /// Loopback is refused: a DNAT of 127.0.0.1:PORT (or ::1) takes the host's own local
+    /// connections to a service listening there (a database, say) and hands them to the VM.
+    static func unusableAddressReason(_ ip: IPAddress) -> String? {
+        if ip.isUnspecified { return "the unspecified address" }
+        if ip.isMulticast { return "a multicast address" }
+        if ip.isLoopback { return "a loopback address" }
+        if ip.family == .ipv4 && ip.bytes == [255, 255, 255, 255] { return "the broadcast address" }
+        if ip.isUnspecifiedLike { return ip.family == .ipv4 ? "in 0.0.0.0/8 (this network)" : "an IPv4-compatible address (::/96)" }
+        if ip.isIPv4Mapped { return "an IPv4-mapped IPv6 address (write the IPv4 address)" }
         return nil
     }
 

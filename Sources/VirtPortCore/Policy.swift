@@ -16,6 +16,9 @@ public struct Policy: Sendable, Equatable {
     /// What a start hook does on internal trouble (journal, kernel, files): keep the VM starting
     /// (warn) or refuse it. Config key `on_internal_error`.
     public var onInternalError: OnInternalError
+    /// Where `guest=` may point for a NIC that is not on a libvirt network with addresses (a
+    /// plain host bridge, macvtap, a bridge-mode libvirt network): nothing unless configured.
+    public var guestNetworks: [IPPrefix] = []
 
     public init(hostPorts: [PortRange] = [PortRange(1024, 65535)], listenAddresses: [IPAddress]? = nil,
                 allowAnyAddress: Bool = true, maxForwardsPerDomain: Int = 64, maxPortsPerDomain: Int = 4096,
@@ -29,16 +32,30 @@ public struct Policy: Sendable, Equatable {
     }
 }
 
-/// Answers "what is the guest address of this NIC" from sources that need I/O (network XML on
-/// disk, dnsmasq lease file). The planner stays pure; the app supplies a file-backed resolver.
+/// Answers "what is the guest address of this NIC" and "what does the host have" from sources
+/// that need I/O (network XML on disk, dnsmasq lease file, the kernel's address list). The
+/// planner stays pure; the app supplies a file-backed resolver.
 public protocol GuestAddressResolver {
     /// The static `<dhcp><host mac= ip=>` reservation of `network` for `mac`, for `family`.
     func reservation(network: String, mac: MACAddress, family: Family?) -> IPAddress?
     /// A current DHCP lease of `network` for `mac`, for `family`.
     func lease(network: String, mac: MACAddress, family: Family?) -> IPAddress?
+    /// The definition of libvirt network `name` (its subnets and reservations); nil when unknown.
+    func network(named name: String) -> NetworkDefinition?
+    /// The MACs holding a current DHCP lease of `address` in network `name`.
+    func leaseHolders(network name: String, address: IPAddress) -> [MACAddress]
+    /// Every address configured on the host's interfaces; nil when they cannot be read.
+    func localAddresses() -> [IPAddress]?
 }
 
-/// A resolver that knows nothing: every forward without `guest=` is pending.
+extension GuestAddressResolver {
+    public func network(named name: String) -> NetworkDefinition? { nil }
+    public func leaseHolders(network name: String, address: IPAddress) -> [MACAddress] { [] }
+    public func localAddresses() -> [IPAddress]? { nil }
+}
+
+/// A resolver that knows nothing: every forward without `guest=` is pending, and what needs the
+/// host's facts (`address=`, `guest=` on a libvirt network) is refused.
 public struct NoGuestAddresses: GuestAddressResolver {
     public init() {}
     public func reservation(network: String, mac: MACAddress, family: Family?) -> IPAddress? { nil }

@@ -52,21 +52,34 @@ struct ParsedElement: Sendable {
 enum SecureXML {
     /// Largest input accepted. libvirt domain XML is a few KiB; its status file some tens.
     static let maxInputBytes = 4 << 20
+    /// Most attributes (namespace declarations included) on one element. libvirt's elements have
+    /// a dozen at most; libxml2 2.9 checks each new attribute against all earlier ones of the
+    /// element, so 100,000 attributes on one element cost it ~100 s.
+    static let maxAttributesPerElement = 256
+    /// Most namespace declarations (`xmlns`, `xmlns:p`) in a document: libxml2 looks a prefix up
+    /// by walking every declaration in scope, for every prefixed element and attribute.
+    static let maxNamespaceDeclarations = 256
+    /// Most elements and attributes copied out of libxml2's tree (only the parts a caller keeps
+    /// are copied; this bounds what the Swift side can be made to allocate and walk).
+    static let maxCopiedNodes = 100_000
 
     /// Parses `bytes` and returns the root element.
     /// - Parameters:
     ///   - what: names the input in messages ("domain XML", "network XML").
-    ///   - keep: whether to copy element `child` (local name) of element `parent`, when both are in
-    ///     no namespace; elements in a namespace and everything below a kept element are copied.
-    ///     The whole document is parsed (and checked) either way: this only spares copying the
-    ///     parts the caller never reads (a domain's disks, controllers, CPU model, …).
-    /// - Throws: `VirtPortError.invalid` with one line: empty, oversize, DOCTYPE, first parse error.
+    ///   - keep: whether to copy element `child` of element `parent` (local names and namespace
+    ///     URIs); what is not kept is not copied, nor anything below it. The whole document is
+    ///     parsed (and checked) either way: this only spares copying the parts the caller never
+    ///     reads (a domain's disks, CPU model, other applications' metadata, …).
+    /// - Throws: `VirtPortError.invalid` with one line: empty, oversize, too many attributes or
+    ///   namespace declarations, DOCTYPE, first parse error, too many nodes kept.
     static func parse(_ bytes: [UInt8], what: String,
-                      keep: (_ parent: String, _ child: String) -> Bool = { _, _ in true }) throws(VirtPortError) -> ParsedElement {
+                      keep: (_ parent: Name, _ child: Name) -> Bool = { _, _ in true }) throws(VirtPortError) -> ParsedElement {
         guard !bytes.isEmpty else { throw .invalid("\(what): input is empty") }
         guard bytes.count <= maxInputBytes else {
             throw .invalid("\(what): input is \(bytes.count) bytes, over the limit of \(maxInputBytes) bytes")
         }
+        try MarkupScan.check(bytes, what: what, maxAttributes: maxAttributesPerElement,
+                             maxNamespaceDeclarations: maxNamespaceDeclarations)
         _ = libxmlReady
         vp_xml_silence_generic_errors()
 
@@ -81,8 +94,14 @@ enum SecureXML {
         return try result.get()
     }
 
+    /// An element's local name and namespace URI, for `keep`.
+    struct Name {
+        var local: String
+        var namespace: String?
+    }
+
     private static func parse(_ chars: UnsafeBufferPointer<CChar>, state: ParseState, what: String,
-                              keep: (String, String) -> Bool) -> Result<ParsedElement, VirtPortError> {
+                              keep: (Name, Name) -> Bool) -> Result<ParsedElement, VirtPortError> {
         guard let ctxt = xmlCreateMemoryParserCtxt(chars.baseAddress, Int32(chars.count)) else {
             return .failure(.operational("\(what): libxml2 could not create a parser context"))
         }
@@ -112,17 +131,28 @@ enum SecureXML {
         guard wellFormed, let doc, let root = xmlDocGetRootElement(doc) else {
             return .failure(.invalid("\(what): malformed XML: no root element"))
         }
-        return .success(copy(root, name: root.pointee.name.map { String(cString: $0) } ?? "", keep: keep))
+        var budget = maxCopiedNodes
+        let element = copy(root, name: root.pointee.name.map { String(cString: $0) } ?? "", keep: keep, budget: &budget)
+        if budget < 0 {
+            return .failure(.invalid("\(what): more than \(maxCopiedNodes) elements and attributes where virtport reads (its metadata, the interfaces)"))
+        }
+        return .success(element)
     }
 
-    private static func copy(_ node: xmlNodePtr, name: String, keep: (String, String) -> Bool) -> ParsedElement {
+    /// Copies `node`; `budget` counts down per element and attribute, and once below zero
+    /// nothing more is copied (the caller then refuses the document).
+    private static func copy(_ node: xmlNodePtr, name: String, keep: (Name, Name) -> Bool,
+                             budget: inout Int) -> ParsedElement {
         var element = ParsedElement(
             name: name,
             namespace: node.pointee.ns?.pointee.href.map { String(cString: $0) },
             prefix: node.pointee.ns?.pointee.prefix.map { String(cString: $0) },
             attributes: [], children: [], text: "", line: Int(xmlGetLineNo(node)))
+        budget -= 1
         var attr = node.pointee.properties
         while let a = attr {
+            budget -= 1
+            if budget < 0 { return element }
             let value = xmlNodeGetContent(UnsafeMutableRawPointer(a).assumingMemoryBound(to: xmlNode.self))
             element.attributes.append(.init(
                 name: a.pointee.name.map { String(cString: $0) } ?? "",
@@ -135,9 +165,14 @@ enum SecureXML {
         while let c = child {
             switch c.pointee.type {
             case XML_ELEMENT_NODE:
+                // Children looked at count too, kept or not: 900,000 <x/> inside an <interface>
+                // would otherwise cost a name copy each.
+                budget -= 1
+                if budget < 0 { return element }
                 let childName = c.pointee.name.map { String(cString: $0) } ?? ""
-                if node.pointee.ns != nil || c.pointee.ns != nil || keep(name, childName) {
-                    element.children.append(copy(c, name: childName, keep: keep))
+                let child = Name(local: childName, namespace: c.pointee.ns?.pointee.href.map { String(cString: $0) })
+                if keep(Name(local: name, namespace: element.namespace), child) {
+                    element.children.append(copy(c, name: childName, keep: keep, budget: &budget))
                 }
             case XML_TEXT_NODE, XML_CDATA_SECTION_NODE:
                 // Indentation between elements is dropped (no reader wants it; it was most of the copy).
@@ -186,8 +221,9 @@ private func recordError(_ ctx: UnsafeMutableRawPointer?, _ error: xmlErrorPtr?)
     guard let error, error.pointee.level.rawValue >= XML_ERR_ERROR.rawValue,
           let (state, _) = ParseState.of(ctx), state.firstError == nil else { return }
     var message = error.pointee.message.map { String(cString: $0) } ?? "error \(error.pointee.code)"
-    message = String(message.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
-    while message.last == " " { message.removeLast() }
+    while message.last == "\n" || message.last == " " { message.removeLast() }
+    // libxml2 quotes names and text from the input in its messages.
+    message = Quoted.message(message, limit: 200)
     state.firstError = .init(line: Int(error.pointee.line), message: message)
 }
 

@@ -6,12 +6,15 @@ import VirtPortCore
 
 /// Reconcile's decisions as a pure function of the journal's rows, the running domains and the
 /// kernel's state.
-@Suite struct ReconcilePlanTests {
+@Suite final class ReconcilePlanTests {
     static let a = DomainRef(name: "a", uuid: uuidA)
     static let b = DomainRef(name: "b", uuid: uuidB)
 
+    let box = Sandbox()
+    deinit { box.cleanup() }
+
     func mappings(_ xml: [UInt8]) throws -> [Mapping] {
-        try Planner.plan(domain: try DomainXML.parse(xml), resolver: NoGuestAddresses(), policy: Policy()).mappings
+        try Planner.plan(domain: try DomainXML.parse(xml), resolver: box.resolver, policy: Policy()).mappings
     }
 
     func row(_ id: Int64, _ d: DomainRef, _ m: Mapping, _ state: MappingState = .applied) -> ActiveMapping {
@@ -19,9 +22,10 @@ import VirtPortCore
     }
 
     func make(rows: [ActiveMapping], running: [String: RunningDomain], kernel: KernelState) -> ReconcilePlan {
-        ReconcilePlan.make(rows: rows, running: running, kernel: kernel, table: "virtport", reason: "reconcile") {
+        let resolver = box.resolver
+        return ReconcilePlan.make(rows: rows, running: running, kernel: kernel, table: "virtport", reason: "reconcile") {
             (d) throws(VirtPortError) -> [Mapping] in
-            try Planner.plan(domain: d, resolver: NoGuestAddresses(), policy: Policy()).mappings
+            try Planner.plan(domain: d, resolver: resolver, policy: Policy()).mappings
         }
     }
 

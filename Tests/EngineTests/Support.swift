@@ -22,7 +22,22 @@ struct Sandbox {
         c.agentSocket = dir + "/agent.sock"
         policy(&c.policy)
         config = c
+        // libvirt's live XML of network `default` (guest= is checked against its subnet).
+        try? FileManager.default.createDirectory(atPath: dir + "/run/network", withIntermediateDirectories: true)
+        try? Self.defaultNetwork.write(toFile: dir + "/run/network/default.xml", atomically: true, encoding: .utf8)
     }
+
+    static let defaultNetwork = """
+        <network>
+          <name>default</name>
+          <forward mode='nat'/>
+          <bridge name='virbr0'/>
+          <ip address='192.168.122.1' netmask='255.255.255.0'/>
+        </network>
+        """
+
+    /// The resolver a hook would use in this sandbox.
+    var resolver: LibvirtFiles { LibvirtFiles(config: config, overrides: []) }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: dir) }
 

@@ -71,21 +71,21 @@ struct KernelTableTests {
 
                 \tchain prerouting {
                 \t\ttype nat hook prerouting priority dstnat; policy accept;
-                \t\tdnat ip to iifname . ip daddr . meta l4proto . th dport map @fwd4_dev_addr
-                \t\tdnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
+                \t\tfib daddr type local dnat ip to iifname . ip daddr . meta l4proto . th dport map @fwd4_dev_addr
+                \t\tfib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
                 \t\tmeta nfproto ipv4 fib daddr type local dnat ip to iifname . meta l4proto . th dport map @fwd4_dev
                 \t\tmeta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @fwd4
-                \t\tdnat ip6 to iifname . ip6 daddr . meta l4proto . th dport map @fwd6_dev_addr
-                \t\tdnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6_addr
+                \t\tfib daddr type local dnat ip6 to iifname . ip6 daddr . meta l4proto . th dport map @fwd6_dev_addr
+                \t\tfib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6_addr
                 \t\tmeta nfproto ipv6 fib daddr type local dnat ip6 to iifname . meta l4proto . th dport map @fwd6_dev
                 \t\tmeta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @fwd6
                 \t}
 
                 \tchain output {
                 \t\ttype nat hook output priority -100; policy accept;
-                \t\tdnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
+                \t\tfib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
                 \t\tip daddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @fwd4
-                \t\tdnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6_addr
+                \t\tfib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6_addr
                 \t\tip6 daddr != ::1 fib daddr type local dnat ip6 to meta l4proto . th dport map @fwd6
                 \t}
 

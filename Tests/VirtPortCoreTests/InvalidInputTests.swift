@@ -90,7 +90,7 @@ let invalidCases: [InvalidCase] = [
     .forward("bad address", "proto='tcp' address='203.0.113.256'", web,
              #"portForward[1]: address="203.0.113.256" is not an IP address"#),
     .forward("unspecified address", "proto='tcp' address='0.0.0.0'", web,
-             #"portForward[1]: address="0.0.0.0" is not a host listen address"#),
+             #"portForward[1]: address="0.0.0.0" is the unspecified address, not a host listen address"#),
     .forward("bad mac", "proto='tcp' mac='52:54:00:aa:bb'", web, #"portForward[1]: mac="52:54:00:aa:bb" is not a MAC address"#),
     .forward("bad guest", "proto='tcp' guest='guest.example'", web, #"portForward[1]: guest="guest.example" is not an IP address"#),
     .forward("loopback guest", "proto='tcp' guest='127.0.0.1'", web,
@@ -185,7 +185,7 @@ let invalidCases: [InvalidCase] = [
     func refused(_ c: InvalidCase) {
         do {
             let domain = try DomainXML.parse(c.bytes)
-            let plan = try Planner.plan(domain: domain, resolver: NoGuestAddresses(), policy: c.policy)
+            let plan = try Planner.plan(domain: domain, resolver: FakeResolver(), policy: c.policy)
             Issue.record("accepted, planned \(summary(plan))")
         } catch {
             #expect(error.code == .invalidInput)

@@ -49,7 +49,9 @@ import Testing
         <vp:portForward proto='tcp' mac='\(mac2.uppercased())' guest='10.0.0.5'><vp:range start='8082' to='80'/></vp:portForward>
         """)
         let r = FakeResolver()
-        let p = try plan(xml, interfaces: nic1 + nic2, resolver: r)
+        var policy = Policy()
+        policy.guestNetworks = [IPPrefix(parsing: "10.0.0.0/8")!]  // nic2 is on a plain bridge
+        let p = try plan(xml, interfaces: nic1 + nic2, policy: policy, resolver: r)
         #expect(summary(p) == ["tcp *:8080 -> ?:80 (pending)", "tcp *:8081 -> ?:80 (pending)",
                                "tcp *:8082 -> 10.0.0.5:80 (guest-attribute)"])
         #expect(p.mappings.map { $0.mac?.description } == [mac2, mac1, mac2])
@@ -97,14 +99,14 @@ import Testing
         <vp:portForward proto='udp'><vp:range start='8080'/></vp:portForward>
         <vp:portForward proto='sctp' dev='eth0'><vp:range start='8080'/></vp:portForward>
         <vp:portForward proto='sctp' dev='eth1'><vp:range start='8080'/></vp:portForward>
-        <vp:portForward proto='tcp' guest='fd00::10'><vp:range start='9090'/></vp:portForward>
+        <vp:portForward proto='tcp' guest='fd00:122::10'><vp:range start='9090'/></vp:portForward>
         <vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='9090'/></vp:portForward>
         """)
         #expect(summary(try plan(xml)) == [
             "tcp 192.0.2.1:8080 -> ?:8080 (pending)",
             "tcp 192.0.2.2:8080 -> ?:8080 (pending)",
             "tcp *:9090 -> 192.168.122.10:9090 (guest-attribute)",
-            "tcp *:9090 -> fd00::10:9090 (guest-attribute)",
+            "tcp *:9090 -> fd00:122::10:9090 (guest-attribute)",
             "udp *:8080 -> ?:8080 (pending)",
             "sctp *%eth0:8080 -> ?:8080 (pending)",
             "sctp *%eth1:8080 -> ?:8080 (pending)",

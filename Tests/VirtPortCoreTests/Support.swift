@@ -53,11 +53,27 @@ func virtport(_ body: String) -> String {
     "<vp:virtport xmlns:vp='urn:virtport:domain:1'>\n\(body)\n</vp:virtport>"
 }
 
-/// A resolver with canned answers, recording what it was asked.
+/// libvirt's `default` network as the tests' domains see it.
+let defaultNetwork = NetworkDefinition(
+    name: "default", uuid: "", bridge: "virbr0", forwardMode: "nat",
+    ips: [NetworkIP(address: ip("192.168.122.1"), prefix: 24), NetworkIP(address: ip("fd00:122::1"), prefix: 64)])
+
+/// The host addresses the tests' `address=` values name.
+let testHostAddresses = ["127.0.0.1", "::1", "203.0.113.5", "192.0.2.1", "192.0.2.2", "198.51.100.7", "2001:db8::5",
+                         "192.168.122.1", "fd00:122::1"].map(ip)
+
+/// A resolver with canned answers, recording what it was asked (reservations and leases only).
 final class FakeResolver: GuestAddressResolver, @unchecked Sendable {
     var reservations: [String: IPAddress] = [:]  // "network mac" → ip
     var leases: [String: IPAddress] = [:]
     var asked: [String] = []
+    var networks: [String: NetworkDefinition] = ["default": defaultNetwork]
+    var local: [IPAddress]? = testHostAddresses
+    var leaseHoldersByAddress: [IPAddress: [MACAddress]] = [:]
+
+    func network(named name: String) -> NetworkDefinition? { networks[name] }
+    func localAddresses() -> [IPAddress]? { local }
+    func leaseHolders(network name: String, address: IPAddress) -> [MACAddress] { leaseHoldersByAddress[address] ?? [] }
 
     func reservation(network: String, mac: MACAddress, family: Family?) -> IPAddress? {
         asked.append("reservation \(network) \(mac) \(family.map(\.rawValue) ?? "any")")
@@ -71,7 +87,7 @@ final class FakeResolver: GuestAddressResolver, @unchecked Sendable {
 }
 
 func plan(_ metadata: String, interfaces: String = nic1, policy: Policy = Policy(),
-          resolver: some GuestAddressResolver = NoGuestAddresses()) throws -> Plan {
+          resolver: some GuestAddressResolver = FakeResolver()) throws -> Plan {
     let domain = try DomainXML.parse(domainXML(metadata: metadata, interfaces: interfaces))
     return try Planner.plan(domain: domain, resolver: resolver, policy: policy)
 }

@@ -59,6 +59,15 @@ class Lab:
         (self.run_dir / "qemu").mkdir(parents=True)
         self.config = str(tmp_path / "virtport.conf")
         self.write_config()
+        self.write_default_network()
+
+    def write_default_network(self, hosts=""):
+        """libvirt's live XML of network `default` on br0 (guest= is checked against its subnets)."""
+        with open(self.run_dir / "network" / "default.xml", "w") as f:
+            f.write("<networkstatus><network><name>default</name><uuid>3f86f7d7-e967-45ae-9648-18fd73be9c4b</uuid>"
+                    "<forward mode='nat'/><bridge name='br0'/>"
+                    f"<ip address='192.168.122.1' netmask='255.255.255.0'><dhcp>{hosts}</dhcp></ip>"
+                    "<ip family='ipv6' address='fd00:122::1' prefix='64'/></network></networkstatus>")
 
     def write_config(self, policy=""):
         with open(self.config, "w") as f:

@@ -14,25 +14,51 @@ enum HostSockets {
         var address: IPAddress
         var port: UInt16
         var inode: String
+        /// IPV6_V6ONLY of an IPv6 socket; nil when unknown (/proc/net): then a socket on `::`
+        /// is taken to receive IPv4 too, as Linux's default (`net.ipv6.bindv6only = 0`) makes it.
+        var v6only: Bool? = nil
+
+        /// The (family, address) pairs this socket receives on: an IPv6 socket on `::` without
+        /// IPV6_V6ONLY also receives IPv4 (on 0.0.0.0), one on `::ffff:a.b.c.d` only that IPv4.
+        var endpoints: [IPAddress] {
+            guard address.family == .ipv6 else { return [address] }
+            if address.isIPv4Mapped { return [IPAddress(bytes: Array(address.bytes.suffix(4)))!] }
+            if address.isUnspecified && v6only != true { return [address, IPAddress(bytes: [0, 0, 0, 0])!] }
+            return [address]
+        }
     }
 
+    /// Refuses a plan whose forwards would take traffic a host process is listening for: same
+    /// protocol, a port inside the forward's range, the same family (an IPv6 socket on `::`
+    /// without IPV6_V6ONLY receives IPv4 too), and the same address or either side on every
+    /// address. Loopback listeners are matched like the others (no longer skipped): only a
+    /// forward on every address passes them, because its rules never match a loopback
+    /// destination (`ip daddr != 127.0.0.0/8`, `ip6 daddr != ::1`; and loopback never arrives
+    /// from outside), so the service keeps its local clients.
     static func checkNotBound(_ mappings: [Mapping], procRoot: String = "/proc") throws(VirtPortError) {
         if mappings.isEmpty { return }
         let listeners = (procRoot == "/proc" ? fromKernel() : nil) ?? read(procRoot: procRoot)
         for m in mappings {
-            // Loopback listeners keep their traffic: forwards never apply to 127.0.0.0/8 or ::1.
-            for l in listeners where l.proto == m.proto && m.hostPorts.contains(l.port) && !l.address.isLoopback {
-                if let a = m.hostAddress, !l.address.isUnspecified, a != l.address { continue }
+            for l in listeners where l.proto == m.proto && m.hostPorts.contains(l.port) {
+                guard l.endpoints.contains(where: { overlaps(m, $0) }) else { continue }
                 let who = owner(inode: l.inode, procRoot: procRoot).map { " by process \($0)" } ?? ""
                 throw .invalid("host port \(m.proto.rawValue)/\(l.port) is already bound on \(l.address)\(who)")
             }
         }
     }
 
+    /// Whether mapping `m` (family from its addresses; a pending one without `address=` may end
+    /// up in either) would take packets for a socket bound on `endpoint`.
+    static func overlaps(_ m: Mapping, _ endpoint: IPAddress) -> Bool {
+        if let family = m.family, family != endpoint.family { return false }
+        if let a = m.hostAddress { return endpoint.isUnspecified || endpoint == a }
+        return !endpoint.isLoopback
+    }
+
     /// From sock_diag (`SocketDiag`); nil when it cannot be used.
     static func fromKernel() -> [Listener]? {
         SocketDiag.bound().map { found in
-            found.map { Listener(proto: $0.proto, address: $0.address, port: $0.port, inode: "\($0.inode)") }
+            found.map { Listener(proto: $0.proto, address: $0.address, port: $0.port, inode: "\($0.inode)", v6only: $0.v6only) }
         }
     }
 

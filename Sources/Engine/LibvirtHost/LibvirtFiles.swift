@@ -26,6 +26,21 @@ public struct LibvirtFiles: GuestAddressResolver {
         return nil
     }
 
+    /// What the checks of `address=`/`guest=` ask more than once per plan (`HostFacts`).
+    let facts = HostFacts()
+
+    public func network(named name: String) -> NetworkDefinition? { network(name) }
+
+    public func localAddresses() -> [IPAddress]? { facts.localAddresses }
+
+    public func leaseHolders(network name: String, address: IPAddress) -> [MACAddress] {
+        guard let bridge = network(name)?.bridge,
+              let bytes = (try? IO.readFile("\(config.libvirtStateDir)/dnsmasq/\(bridge).status")) ?? nil
+        else { return [] }
+        let now = Int64(time(nil))
+        return DnsmasqStatus.leases(bytes).filter { $0.address == address && ($0.expiry == 0 || $0.expiry > now) }.map(\.mac)
+    }
+
     public func reservation(network name: String, mac: MACAddress, family: Family?) -> IPAddress? {
         network(name)?.reservation(for: mac, family: family)
     }

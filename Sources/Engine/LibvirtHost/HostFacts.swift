@@ -1,0 +1,46 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import POSIX
+import VirtPortCore
+
+/// The host's own addresses, read once per plan (`getifaddrs`: one rtnetlink address dump,
+/// ~40 µs here) and only when a forward names `address=` or `guest=`.
+final class HostFacts {
+    private var cached: [IPAddress]??
+
+    var localAddresses: [IPAddress]? {
+        if let cached { return cached }
+        let read = Self.readLocalAddresses()
+        cached = .some(read)
+        return read
+    }
+
+    /// Every IPv4 and IPv6 address on any interface (any state); nil when getifaddrs fails.
+    static func readLocalAddresses() -> [IPAddress]? {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return nil }
+        defer { freeifaddrs(list) }
+        var out: [IPAddress] = []
+        var next = list
+        while let entry = next {
+            next = entry.pointee.ifa_next
+            guard let sa = entry.pointee.ifa_addr else { continue }
+            switch Int32(sa.pointee.sa_family) {
+            case AF_INET:
+                let bytes = UnsafeRawPointer(sa).withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                    withUnsafeBytes(of: sin.pointee.sin_addr) { Array($0) }
+                }
+                if let ip = IPAddress(bytes: bytes) { out.append(ip) }
+            case AF_INET6:
+                let bytes = UnsafeRawPointer(sa).withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
+                    withUnsafeBytes(of: sin6.pointee.sin6_addr) { Array($0) }
+                }
+                if let ip = IPAddress(bytes: bytes) { out.append(ip) }
+            default:
+                continue
+            }
+        }
+        return out
+    }
+}
