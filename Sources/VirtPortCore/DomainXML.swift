@@ -169,7 +169,7 @@ enum MetadataXML {
             guard let address = IPAddress(text) else {
                 throw .invalid("\(path): address=\"\(Quoted.message(text))\" is not an IP address")
             }
-            if let why = Planner.unusableAddressReason(address) {
+            if let why = Planner.unusableReason(address) {
                 throw .invalid("\(path): address=\"\(Quoted.message(text))\" is \(why), not a host listen address (leave address= out for every local address)")
             }
             spec.address = address
@@ -190,7 +190,7 @@ enum MetadataXML {
             guard let guest = IPAddress(text) else {
                 throw .invalid("\(path): guest=\"\(Quoted.message(text))\" is not an IP address")
             }
-            if let why = Planner.unusableGuestReason(guest) {
+            if let why = Planner.unusableReason(guest) {
                 throw .invalid("\(path): guest=\"\(Quoted.message(text))\" is \(why), not a guest address")
             }
             spec.guest = guest

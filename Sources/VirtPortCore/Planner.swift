@@ -56,7 +56,7 @@ public enum Planner {
         if let address = f.address, let guest = f.guest, address.family != guest.family {
             throw .invalid("\(path): address=\"\(address)\" is \(name(address.family)) but guest=\"\(guest)\" is \(name(guest.family))")
         }
-        if let guest = f.guest, let why = unusableGuestReason(guest) {
+        if let guest = f.guest, let why = unusableReason(guest) {
             throw .invalid("\(path): guest=\"\(guest)\" is \(why), not a guest address")
         }
         if let dev = f.dev, !MetadataXML.isInterfaceName(dev) {
@@ -147,7 +147,7 @@ public enum Planner {
         guard let network = nic.sourceNetwork, let mac = nic.mac else { return (nil, .pending) }
         let family = f.address?.family
         let usable: (IPAddress?) -> IPAddress? = { answer in
-            guard let answer, family == nil || answer.family == family, unusableGuestReason(answer) == nil else { return nil }
+            guard let answer, family == nil || answer.family == family, unusableReason(answer) == nil else { return nil }
             return answer
         }
         if let ip = usable(resolver.reservation(network: network, mac: mac, family: family)) {
@@ -176,21 +176,10 @@ public enum Planner {
         }
     }
 
-    /// Why `ip` cannot be a guest address, or nil when it can.
-    static func unusableGuestReason(_ ip: IPAddress) -> String? {
-        if ip.isUnspecified { return "the unspecified address" }
-        if ip.isMulticast { return "a multicast address" }
-        if ip.isLoopback { return "a loopback address" }
-        if ip.family == .ipv4 && ip.bytes == [255, 255, 255, 255] { return "the broadcast address" }
-        if ip.isUnspecifiedLike { return ip.family == .ipv4 ? "in 0.0.0.0/8 (this network)" : "an IPv4-compatible address (::/96)" }
-        if ip.isIPv4Mapped { return "an IPv4-mapped IPv6 address (write the IPv4 address)" }
-        return nil
-    }
-
-    /// Why `ip` cannot be a host listen address (`address=`) whatever the host has, or nil.
-    /// Loopback is refused: a DNAT of 127.0.0.1:PORT (or ::1) takes the host's own local
-    /// connections to a service listening there (a database, say) and hands them to the VM.
-    static func unusableAddressReason(_ ip: IPAddress) -> String? {
+    /// Why `ip` can be neither a guest address nor a host listen address (`address=`), whatever
+    /// the host has, or nil. Loopback is refused for both: a DNAT of 127.0.0.1:PORT (or ::1) takes
+    /// the host's own local connections to a service listening there and hands them to the VM.
+    static func unusableReason(_ ip: IPAddress) -> String? {
         if ip.isUnspecified { return "the unspecified address" }
         if ip.isMulticast { return "a multicast address" }
         if ip.isLoopback { return "a loopback address" }

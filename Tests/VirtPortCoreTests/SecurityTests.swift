@@ -25,10 +25,9 @@ import Foundation
     @Test func unspecifiedLikeAndMappedAddressesAreRefused() {
         for (text, fragment) in [("0.1.2.3", "0.0.0.0/8"), ("::ffff:192.168.122.10", "IPv4-mapped"),
                                  ("::192.168.122.10", "IPv4-compatible"), ("127.0.0.1", "loopback")] {
-            #expect(Planner.unusableGuestReason(ip(text))?.contains(fragment) == true, "\(text)")
-            #expect(Planner.unusableAddressReason(ip(text))?.contains(fragment) == true, "\(text)")
+            #expect(Planner.unusableReason(ip(text))?.contains(fragment) == true, "\(text)")
         }
-        #expect(Planner.unusableGuestReason(ip("192.168.122.10")) == nil)
+        #expect(Planner.unusableReason(ip("192.168.122.10")) == nil)
     }
 
     @Test func prefixParsingAndEdges() {
