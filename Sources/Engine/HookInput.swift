@@ -36,14 +36,18 @@ public struct HookStdin {
         var result = HookStdin(bytes: [], total: 0, mentions: false)
         var tail: [UInt8] = []
         let overlap = DomainXML.needleLength - 1
+        // Not zero-filled, reused: a hook reads a few KiB, and 64 KiB of memset per read was measurable.
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 1)
+        defer { chunk.deallocate() }
         while true {
-            let piece: [UInt8]
-            do { piece = try FileDescriptor.standardInput.read(upTo: 65536) } catch {
+            let n: Int
+            do { n = try FileDescriptor.standardInput.read(into: chunk) } catch {
                 throw .operational("cannot read standard input", cause: error)
             }
-            if piece.isEmpty { break }
+            if n == 0 { break }
+            let piece = UnsafeRawBufferPointer(rebasing: chunk[0..<n])
             if result.total < limit { result.bytes.append(contentsOf: piece.prefix(limit - result.total)) }
-            result.total += piece.count
+            result.total += n
             if !result.mentions {
                 let window = tail + piece
                 result.mentions = DomainXML.mentionsVirtPort(window)

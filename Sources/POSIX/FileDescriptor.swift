@@ -37,6 +37,12 @@ public struct FileDescriptor: Sendable, Equatable {
         }
     }
 
+    /// Reads at most `buffer.count` bytes into `buffer` (not zero-filled first: the caller reuses
+    /// it); returns how many (0 at end of file). Wraps `read(2)`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try valueOrErrno("read") { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
+    }
+
     /// Reads at most `count` bytes into a new array (fewer at end of file or for a socket).
     /// Wraps `read(2)`.
     public func read(upTo count: Int) throws(Errno) -> [UInt8] {

@@ -8,6 +8,15 @@ import VirtPortCore
 /// ~40 µs here) and only when a forward names `address=` or `guest=`.
 final class HostFacts {
     private var cached: [IPAddress]??
+    private var networks: [String: NetworkDefinition?] = [:]
+
+    /// `read()`'s answer for network `name`, read once.
+    func network(_ name: String, read: () -> NetworkDefinition?) -> NetworkDefinition? {
+        if let known = networks[name] { return known }
+        let n = read()
+        networks[name] = .some(n)
+        return n
+    }
 
     var localAddresses: [IPAddress]? {
         if let cached { return cached }

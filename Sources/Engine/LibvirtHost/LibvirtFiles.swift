@@ -18,15 +18,20 @@ public struct LibvirtFiles: GuestAddressResolver {
         self.overrides = overrides
     }
 
+    /// The network's live XML (else its definition), parsed once per resolver: a plan asks for the
+    /// same network for every forward and check. A file that cannot be read or parsed counts as no
+    /// network (the planner then refuses `guest=` there and leaves the guest address pending).
     public func network(_ name: String) -> NetworkDefinition? {
         if let n = overrides.first(where: { $0.name == name }) { return n }
-        for path in ["\(config.libvirtRunDir)/network/\(name).xml", "\(config.libvirtConfigDir)/qemu/networks/\(name).xml"] {
-            if let bytes = (try? IO.readFile(path)) ?? nil, let n = try? NetworkXML.parse(bytes) { return n }
+        return facts.network(name) {
+            for path in ["\(config.libvirtRunDir)/network/\(name).xml", "\(config.libvirtConfigDir)/qemu/networks/\(name).xml"] {
+                if let bytes = (try? IO.readFile(path)) ?? nil, let n = try? NetworkXML.parse(bytes) { return n }
+            }
+            return nil
         }
-        return nil
     }
 
-    /// What the checks of `address=`/`guest=` ask more than once per plan (`HostFacts`).
+    /// What a plan asks more than once (`HostFacts`): host addresses, parsed networks.
     let facts = HostFacts()
 
     public func network(named name: String) -> NetworkDefinition? { network(name) }
