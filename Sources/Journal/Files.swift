@@ -5,7 +5,7 @@ import VirtPortCore
 
 /// The database file and its directory, created with private permissions before SQLite opens them.
 enum Files {
-    static func errnoText(_ e: Int32 = errno) -> String { String(cString: strerror(e)) }
+    static func errnoText(_ e: Int32 = errno) -> String { VirtPortError.errnoText(e) }
 
     /// `mkdir -p` for the parent of `path`; directories it creates get mode 0700.
     static func makeParent(of path: String) throws(VirtPortError) {

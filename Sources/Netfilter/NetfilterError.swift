@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import VirtPortCore
 
 /// The one error of the Netfilter module: the errno the kernel (or a system call) answered,
 /// what virtport was doing, and details when there are any.
@@ -57,7 +58,6 @@ public struct NetfilterError: Error, Sendable, Equatable, CustomStringConvertibl
     }
 
     static func errorText(_ code: Int32) -> String {
-        guard let text = strerror(code) else { return "errno \(code)" }
-        return String(cString: text)
+        VirtPortError.errnoText(code)
     }
 }

@@ -118,7 +118,7 @@ enum IO {
         return String(cString: v)
     }
 
-    static func errnoText(_ e: Int32 = errno) -> String { String(cString: strerror(e)) }
+    static func errnoText(_ e: Int32 = errno) -> String { VirtPortError.errnoText(e) }
 }
 
 /// Where a command's output goes. Hook mode has none: stdout is closed off for the whole process.

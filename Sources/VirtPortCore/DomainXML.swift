@@ -12,8 +12,11 @@ public enum DomainXML {
     }
 
     /// Parses domain XML into a `Domain`, including our metadata.
+    /// - Parameter requireUUID: the hook needs the `<uuid>` (the journal's key); `virtport plan`
+    ///   does not (libvirt adds one at define time, so hand-written XML often has none): its
+    ///   domain's `uuid` is then "".
     /// - Throws: `VirtPortError.invalid` with one line naming the element and attribute.
-    public static func parse(_ bytes: [UInt8]) throws(VirtPortError) -> Domain {
+    public static func parse(_ bytes: [UInt8], requireUUID: Bool = true) throws(VirtPortError) -> Domain {
         let root = try SecureXML.parse(bytes, what: "domain XML", keep: reads)
         let domain: ParsedElement
         switch (root.name, root.namespace) {
@@ -27,7 +30,7 @@ public enum DomainXML {
         default:
             throw .invalid("domain XML: root element is <\(root.qualifiedName)>, expected <domain> or <domstatus>")
         }
-        return try parseDomain(domain)
+        return try parseDomain(domain, requireUUID: requireUUID)
     }
 
     /// The libvirt elements `parseDomain` reads (a status file's `<domstatus>` wraps the `<domain>`);
@@ -41,11 +44,12 @@ public enum DomainXML {
         }
     }
 
-    static func parseDomain(_ e: ParsedElement) throws(VirtPortError) -> Domain {
+    static func parseDomain(_ e: ParsedElement, requireUUID: Bool = true) throws(VirtPortError) -> Domain {
         guard let name = e.child("name")?.trimmedText, !name.isEmpty else {
             throw .invalid("domain XML: <domain> has no <name>")
         }
-        guard let uuid = e.child("uuid")?.trimmedText, !uuid.isEmpty else {
+        let uuid = e.child("uuid")?.trimmedText ?? ""
+        if uuid.isEmpty && requireUUID {
             throw .invalid("domain XML: <domain> \(name) has no <uuid>")
         }
         var interfaces: [Interface] = []

@@ -97,7 +97,7 @@ extension Plan {
     /// The plan as `virtport plan` prints it (DESIGN.md; README "plan JSON").
     public var json: JSONValue {
         .object([
-            ("domain", .object([("name", .string(domainName)), ("uuid", .string(domainUUID))])),
+            ("domain", .object([("name", .string(domainName)), ("uuid", .optional(domainUUID.isEmpty ? nil : domainUUID))])),
             ("forwards", .array(mappings.map(\.json))),
         ])
     }
