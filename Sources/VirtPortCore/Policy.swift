@@ -53,7 +53,7 @@ extension Policy {
         switch key {
         case .hostPorts: value = list(hostPorts.map(\.description))
         case .listenAddresses:
-            value = list((allowAnyAddress ? ["any"] : []) + (listenAddresses ?? []).map(\.description))
+            value = list((listenAddresses == nil && allowAnyAddress ? ["any"] : []) + (listenAddresses ?? []).map(\.description))
         case .maxForwardsPerDomain: value = "\(maxForwardsPerDomain)"
         case .maxPortsPerDomain: value = "\(maxPortsPerDomain)"
         }
