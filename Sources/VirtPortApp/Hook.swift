@@ -4,7 +4,7 @@ import Glibc
 import Journal
 import VirtPortCore
 
-/// libvirt hook entry points (DESIGN.md "Hook lifecycle").
+/// libvirt hook entry points (docs/DESIGN.md "Hook behaviour").
 ///
 /// Exit status: 0 ok (or internal trouble that the policy says must not block the VM);
 /// 2 invalid metadata / policy / conflict (libvirt aborts the start and shows our one line);
@@ -112,7 +112,7 @@ public enum Hook {
         }
     }
 
-    /// One line on stderr; the exit status follows DESIGN.md and the policy.
+    /// One line on stderr; the exit status follows docs/DESIGN.md and the policy.
     static func report(_ error: any Error, op: String, domain: String, policy: Policy) -> Int32 {
         let e = (error as? VirtPortError) ?? VirtPortError.operational("\(error)")
         let prefix = "domain '\(domain)' \(op)"

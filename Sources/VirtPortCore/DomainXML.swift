@@ -92,7 +92,7 @@ public enum DomainXML {
     }
 }
 
-/// The grammar of `<virtport xmlns="urn:virtport:domain:1">` (DESIGN.md). Checks what one element
+/// The grammar of `<virtport xmlns="urn:virtport:domain:1">` (docs/DESIGN.md "Metadata grammar"). Checks what one element
 /// can tell on its own; the planner checks what needs the whole domain.
 enum MetadataXML {
     static let ns = DomainXML.namespace

@@ -205,3 +205,52 @@ func tempFile(_ name: String, _ text: String) throws -> String {
         }
     }
 }
+
+/// A clone builds, tests and explains itself with nothing beside it: no file refers to a path
+/// outside the repository, and the design document it cites is in it.
+@Suite struct SelfContainedTests {
+    static let root: String = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)  // Tests/VirtPortAppTests/UsageTests.swift
+        return parts.joined(separator: "/")
+    }()
+
+    /// Text files of the repository (sources, tests, scripts, documents), without build output.
+    static func files() -> [String] {
+        var out: [String] = []
+        let skip: Set<String> = [".git", "__pycache__", "results"]
+        let fm = FileManager.default
+        guard let e = fm.enumerator(atPath: root) else { return [] }
+        while let rel = e.nextObject() as? String {
+            let name = (rel as NSString).lastPathComponent
+            if skip.contains(name) || name.hasPrefix(".build") { e.skipDescendants(); continue }
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: "\(root)/\(rel)", isDirectory: &isDir), !isDir.boolValue else { continue }
+            let ext = (name as NSString).pathExtension
+            if ["swift", "py", "md", "sh", "toml", "service", "nft", "h", "modulemap", "c", ""].contains(ext) { out.append(rel) }
+        }
+        return out
+    }
+
+    @Test func noPathOutsideTheRepository() throws {
+        let forbidden = ["../" + "shared", "/work" + "/", "shared/" + "fixtures", "shared/" + "LIBVIRT"]
+        let files = Self.files()
+        #expect(files.count > 50 && files.contains("README.md") && files.contains("scripts/test.sh"))
+        for rel in files {
+            guard let text = try? String(contentsOfFile: "\(Self.root)/\(rel)", encoding: .utf8) else { continue }
+            for f in forbidden { #expect(!text.contains(f), "\(rel) mentions \(f)") }
+            // Every mention of the design document names the one in the repository.
+            var rest = Substring(text)
+            let design = "DESIGN" + ".md"
+            while let r = rest.range(of: design) {
+                let before = rest[..<r.lowerBound].suffix(5)
+                #expect(before == "docs/" || rel == "docs/DESIGN.md", "\(rel): \(design) without docs/")
+                rest = rest[r.upperBound...]
+            }
+        }
+        for needed in ["docs/DESIGN.md", "tests/fixtures/libvirt-10.4-nftables-nat-default.nft",
+                       "Tests/VirtPortCoreTests/Fixtures/libvirt-9.0/qemu-prepare.xml", "scripts/install-docs.sh"] {
+            #expect(FileManager.default.fileExists(atPath: "\(Self.root)/\(needed)"), "\(needed)")
+        }
+    }
+}
