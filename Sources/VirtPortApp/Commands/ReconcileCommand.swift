@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import VirtPortCore
 
 /// `virtport reconcile [--dry-run] [--json]`.
@@ -6,6 +9,10 @@ enum ReconcileCommand {
         let dryRun = args.flag("--dry-run")
         let json = args.flag("--json")
         try args.finish("reconcile")
+        // Without CAP_NET_ADMIN the kernel's table cannot even be read: a "nothing to do" would be a lie.
+        guard geteuid() == 0 else {
+            throw .operational("reconcile reads and changes nftables and the journal (run as root)")
+        }
         let config = try Config.load()
         let fixes = try Reconciler(config: config).run(dryRun: dryRun, reason: "reconcile")
         if json {
