@@ -339,7 +339,7 @@ final class AgentServer {
         if stamp != configStamp {
             configStamp = stamp
             do {
-                let fresh = try Config.load()
+                let fresh = try Config.load(warn: false)
                 let socket = config.agentSocket
                 config = fresh
                 config.agentSocket = socket  // the socket it listens on stays

@@ -34,17 +34,19 @@ public struct Config: Sendable {
     public init() {}
 
     /// Loads `$VIRTPORT_CONFIG` or the default path; a missing default file means all defaults.
-    public static func load() throws(VirtPortError) -> Config {
+    /// - Parameter warn: print the deprecated-spelling warnings on stderr. Hooks pass false: libvirt
+    ///   shows a hook's whole stderr when it refuses a start, and that must stay one line.
+    public static func load(warn: Bool = true) throws(VirtPortError) -> Config {
         if let p = IO.env("VIRTPORT_CONFIG"), !p.isEmpty {
             guard let bytes = try IO.readFile(p) else { throw .invalid("config file \(p) (VIRTPORT_CONFIG) does not exist") }
             var c = try parse(String(decoding: bytes, as: UTF8.self), path: p)
             c.sourcePath = p
-            for w in c.warnings { Output.err(w) }
+            if warn { for w in c.warnings { Output.err(w) } }
             return c
         }
         guard let bytes = try IO.readFile(defaultPath) else { return Config() }
         let c = try parse(String(decoding: bytes, as: UTF8.self), path: defaultPath)
-        for w in c.warnings { Output.err(w) }
+        if warn { for w in c.warnings { Output.err(w) } }
         return c
     }
 

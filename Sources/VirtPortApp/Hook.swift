@@ -49,7 +49,7 @@ public enum Hook {
             // stopped/release the XML is the definition the domain ran with.)
             if !DomainXML.mentionsVirtPort(input) { return 0 }
             let config: Config
-            do { config = try Config.load() } catch {
+            do { config = try Config.load(warn: false) } catch {
                 return report(error, op: op, domain: domainName, policy: Policy())
             }
             if let code = AgentClient.handOver(config: config, kind: .qemu, args: [domainName, op, subop], input: input) {
@@ -99,7 +99,7 @@ public enum Hook {
             // Never fail: a non-zero exit here would make libvirt tear the network down.
             do {
                 let input = try IO.readStdin(limit: inputLimit)
-                let config = try Config.load()
+                let config = try Config.load(warn: false)
                 guard JournalDB.exists(path: config.databasePath) else { return 0 }
                 let net = try NetworkXML.parse(input)
                 try Forwarder(config: config).reapply(network: net, reason: "hook network started")

@@ -126,6 +126,13 @@ def test_deprecated_spelling_warns_and_still_works(binary, tmp_path):
     assert r.returncode == 0
     assert r.stderr.decode() == (f"virtport: {conf}:1: agent_socket is a deprecated spelling: "
                                  "write [paths] agent_socket\n")
+    # A hook stays silent about it: libvirt shows a refusing hook's whole stderr, and that is one line.
+    conf.write_text(f'agent_socket = "{tmp_path}/agent.sock"\ndatabase = "{tmp_path}/vp.db"\n'
+                    '[policy]\nhost_ports = ["2000-2999"]\n')
+    env = {"VIRTPORT_CONFIG": str(conf), "VIRTPORT_NO_AGENT": "1"}
+    h = vp("hook", "qemu", "cli1", "prepare", "begin", "-", input=forward_xml(22), env=env)
+    assert h.returncode == 2 and h.stdout == b"", h.stderr
+    assert h.stderr.decode().count("\n") == 1 and '[policy] host_ports = ["2000-2999"]' in h.stderr.decode(), h.stderr
 
 
 @pytest.fixture
