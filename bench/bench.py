@@ -711,6 +711,14 @@ class Bench:
 # ------------------------------------------------------------------------------------------------
 # Report
 
+def shown_path(path):
+    """The binary's path as the results show it: relative to the repository when inside it (a
+    results file must not name the machine's directories)."""
+    full = os.path.realpath(path)
+    root = os.path.realpath(ROOT)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else os.path.basename(full)
+
+
 def sha256(path):
     import hashlib
     with open(path, "rb") as f:
@@ -741,7 +749,7 @@ def machine_facts(a):
         "memory": f"{int(mem) // 1024} MiB",
         "kernel": platform.release(),
         "os": out("sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"),
-        "virtport": f"{out(a.bin, 'version')}, {a.bin} (sha256 {sha256(a.bin)[:12]}); "
+        "virtport": f"{out(a.bin, 'version')}, {shown_path(a.bin)} (sha256 {sha256(a.bin)[:12]}); "
                     + (f"built by bench/run from repo HEAD {git}{' + uncommitted changes in Sources' if dirty else ''}"
                        if os.environ.get("BENCH_BUILT") else f"given as VIRTPORT_BIN (repo HEAD is {git})"),
         "swift": out("swift", "--version").splitlines()[0] if out("swift", "--version") else "?",

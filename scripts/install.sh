@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs virtport on a Debian 12 libvirt host: build deps, release build, binary in
-# /usr/local/bin, libvirt hooks in place (`virtport install`), boot-time reconcile unit, agent unit.
+# /usr/local/bin, man pages and shell completions (scripts/install-docs.sh), libvirt hooks in place
+# (`virtport install`), boot-time reconcile unit, agent unit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
 bash scripts/deps.sh "${1:-}"
 swift build -c release
 install -D -m 0755 .build/release/virtport /usr/local/bin/virtport
+bash scripts/install-docs.sh /usr/local/bin/virtport
 if [ -d /etc/systemd/system ]; then
   install -m 0644 packaging/virtport-reconcile.service /etc/systemd/system/virtport-reconcile.service
   install -m 0644 packaging/virtport-agent.service /etc/systemd/system/virtport-agent.service

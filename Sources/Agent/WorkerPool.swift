@@ -74,7 +74,7 @@ final class WorkerPool: @unchecked Sendable {
             if stamp != configStamp {
                 configStamp = stamp
                 do {
-                    var fresh = try Config.load()
+                    var fresh = try Config.load(warn: false)
                     fresh.agentSocket = config.agentSocket  // the socket it listens on stays
                     config = fresh
                     generation += 1

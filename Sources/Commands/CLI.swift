@@ -17,6 +17,7 @@ public enum CLI {
             Output.err("missing command\n" + usage)
             return 2
         }
+        if let code = Usage.answerHelp(command: command, args: args.rest) { return code }
         do throws(VirtPortError) {
             switch command {
             case "hook":
@@ -35,7 +36,9 @@ public enum CLI {
             case "version", "--version":
                 Output.out("virtport \(version)")
                 return 0
-            case "help", "--help", "-h":
+            case "help": return try Usage.helpCommand(&args)
+            case "completion": return try Usage.completionCommand(&args)
+            case "--help", "-h":
                 Output.out(usage)
                 return 0
             default:
@@ -47,20 +50,8 @@ public enum CLI {
         }
     }
 
-    static let usage = """
-        usage: virtport COMMAND [OPTIONS]
-          plan [--network-xml FILE]… < domain.xml   print the forwards a domain declares, as JSON; touches nothing
-          list [--json|--csv] [--domain D]          active mappings
-          history [--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv]
-          reconcile [--dry-run] [--json]            make kernel, journal and running VMs agree
-          install [--hooks-dir DIR] [--no-reconcile] libvirt hooks in place, libvirtd told to rescan
-          uninstall [--hooks-dir DIR] [--keep-forwards]  hooks removed; active forwards taken down
-          doctor [--json]                           check hooks, libvirt daemons, AppArmor/SELinux, firewall, journal, agent, forwards
-          agent [--verbose]                         serve the qemu hooks from a warm journal (optional; README "Agent")
-          hook qemu|network OBJECT OP SUBOP [EXTRA] what libvirt runs (also via argv[0] = hooks/qemu)
-          version
-        config: /etc/virtport/virtport.conf, or $VIRTPORT_CONFIG
-        """
+    /// The command list (generated from the usage table, Commands/Usage.swift).
+    static var usage: String { Usage.globalText }
 }
 
 /// A tiny argument reader: no argument-parser dependency (it pulls Foundation into the hook).

@@ -16,7 +16,7 @@ enum HistoryCommand {
         func time(_ name: String) throws(VirtPortError) -> Int64? {
             guard let t = try args.option(name) else { return nil }
             guard let v = parseTime(t) else {
-                throw .invalid("\(name) \(t): not a time (use 2026-11-24, 2026-11-24T10:00, …Z, +01:00, or -2h / -7d)")
+                throw .invalid("\(name) \(t): not a time (use \(Usage.timeFormats))")
             }
             return v
         }
@@ -26,7 +26,7 @@ enum HistoryCommand {
         try args.finish("history")
         let config = try Config.load()
         var events: [HistoryEvent] = []
-        if FileSystem.exists(config.databasePath) {
+        if Listing.journalPresent(config.databasePath) {
             events = try JournalDB(path: config.databasePath, readOnly: true).history(filter)
         }
         switch format {

@@ -35,7 +35,7 @@ enum InstallCommand {
         try IO.makeDirectories(FileSystem.dirname(config.databasePath), mode: 0o700)
         if Environment.get("VIRTPORT_CONFIG") == nil && !FileSystem.exists(Config.defaultPath) {
             try IO.makeDirectories(FileSystem.dirname(Config.defaultPath), mode: 0o755)
-            try IO.writeFile(Config.defaultPath, ConfigTemplate.text, mode: 0o644)
+            try IO.writeFile(Config.defaultPath, ConfigKeys.template, mode: 0o644)
             Output.out("\(Config.defaultPath): default configuration written")
         }
         try AppArmor.install(exe: exe)
@@ -97,31 +97,4 @@ enum InstallCommand {
     static func rescan(_ config: Config) {
         LibvirtDaemons.rescan(stampDir: FileSystem.dirname(config.agentSocket))
     }
-}
-
-enum ConfigTemplate {
-    static let text = """
-        # virtport configuration (TOML subset). Every key is optional; the values shown are the defaults.
-        # See README.md "Configuration".
-
-        # database = "/var/lib/virtport/virtport.db"
-        # table = "virtport"
-        # Where `virtport agent` listens (hooks hand their work to it when it runs).
-        # agent_socket = "/run/virtport/agent.sock"
-
-        [policy]
-        # Host ports a domain's metadata may forward. Ports below 1024 need an explicit entry here.
-        # host_ports = ["1024-65535"]
-        # Host listen addresses metadata may name; "any" also allows forwards without address=.
-        # listen_addresses = ["any"]
-        # max_forwards_per_domain = 64
-        # max_ports_per_domain = 4096
-        # When the journal or kernel fails inside a hook: "warn" keeps the VM starting, "refuse" stops it.
-        # on_internal_error = "warn"
-
-        [history]
-        # Days of history to keep (pruned by reconcile); 0 keeps everything.
-        # retention_days = 0
-
-        """
 }

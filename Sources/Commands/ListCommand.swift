@@ -11,7 +11,7 @@ enum ListCommand {
         try args.finish("list")
         let config = try Config.load()
         var rows: [ActiveMapping] = []
-        if FileSystem.exists(config.databasePath) {
+        if Listing.journalPresent(config.databasePath) {
             rows = try JournalDB(path: config.databasePath, readOnly: true).activeMappings()
         }
         if let d = domainFilter { rows = rows.filter { $0.domain.name == d || $0.domain.uuid == d } }

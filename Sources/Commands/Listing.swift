@@ -8,6 +8,14 @@ import VirtPortCore
 
 /// Shared rendering of mappings for `list` and `history`: tables for people, JSON/CSV for machines.
 enum Listing {
+    /// Whether the journal is there to read. Not `IO.exists`: for someone who is not root the
+    /// database's 0700 directory hides it, and an empty listing would then be a lie; the open
+    /// that follows says "Permission denied (run as root)" instead.
+    static func journalPresent(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 || (errno != ENOENT && errno != ENOTDIR)
+    }
+
     static func hostText(_ m: Mapping) -> String { MappingText.host(m) }
     static func guestText(_ m: Mapping) -> String { MappingText.guest(m) }
 

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Engine
 import POSIX
 import VirtPortCore
@@ -8,6 +11,10 @@ enum ReconcileCommand {
         let dryRun = args.flag("--dry-run")
         let json = args.flag("--json")
         try args.finish("reconcile")
+        // Without CAP_NET_ADMIN the kernel's table cannot even be read: a "nothing to do" would be a lie.
+        guard geteuid() == 0 else {
+            throw .operational("reconcile reads and changes nftables and the journal (run as root)")
+        }
         let config = try Config.load()
         let running = RunningDomains.list(config: config).entries
         let fixes = try Reconciler(resources: .perProcess(config), running: running).run(dryRun: dryRun, reason: "reconcile")

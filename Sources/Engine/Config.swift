@@ -29,19 +29,26 @@ public struct Config: Sendable {
     public var policy = Policy()
     /// History rows older than this many days are pruned by reconcile; 0 keeps everything.
     public var historyRetentionDays = 0
+    /// Deprecated spellings that were read (`FILE:LINE: … write …`); `load` prints them on stderr.
+    public var warnings: [String] = []
 
     public init() {}
 
     /// Loads `$VIRTPORT_CONFIG` or the default path; a missing default file means all defaults.
-    public static func load() throws(VirtPortError) -> Config {
+    /// - Parameter warn: print the deprecated-spelling warnings on stderr. Hooks pass false: libvirt
+    ///   shows a hook's whole stderr when it refuses a start, and that must stay one line.
+    public static func load(warn: Bool = true) throws(VirtPortError) -> Config {
         if let p = Environment.get("VIRTPORT_CONFIG"), !p.isEmpty {
             guard let bytes = try IO.readFile(p) else { throw .invalid("config file \(p) (VIRTPORT_CONFIG) does not exist") }
             var c = try parse(String(decoding: bytes, as: UTF8.self), path: p)
             c.sourcePath = p
+            if warn { for w in c.warnings { Output.err(w) } }
             return c
         }
         guard let bytes = try IO.readFile(defaultPath) else { return Config() }
-        return try parse(String(decoding: bytes, as: UTF8.self), path: defaultPath)
+        let c = try parse(String(decoding: bytes, as: UTF8.self), path: defaultPath)
+        if warn { for w in c.warnings { Output.err(w) } }
+        return c
     }
 
     public static func parse(_ text: String, path: String = "virtport.conf") throws(VirtPortError) -> Config {
@@ -55,11 +62,24 @@ public struct Config: Sendable {
         while next <= bytes.count {
             var end = next
             while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
-            let line = trimmedLine(bytes, from: next, to: end)
+            var line = trimmedLine(bytes, from: next, to: end)
             next = end + 1
             lineNo += 1
             if line.isEmpty { continue }
             let at = "\(path):\(lineNo)"
+            // An array may span lines (TOML): its lines, comments stripped, are joined until its
+            // brackets close.
+            if !line.hasPrefix("["), let eq = line.firstIndex(of: "="),
+               line[line.index(after: eq)...].trimmed.hasPrefix("["), !bracketsClose(line) {
+                while !bracketsClose(line) {
+                    guard next <= bytes.count else { throw .invalid("\(at): unterminated array (no closing ])") }
+                    end = next
+                    while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
+                    line += " " + trimmedLine(bytes, from: next, to: end)
+                    next = end + 1
+                    lineNo += 1
+                }
+            }
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]") else { throw .invalid("\(at): malformed section header \(line)") }
                 section = String(line.dropFirst().dropLast()).trimmed
@@ -72,7 +92,10 @@ public struct Config: Sendable {
             let key = String(line[..<eq]).trimmed
             let value = try Value(parsing: String(line[line.index(after: eq)...]).trimmed, at: at)
             let name = section.isEmpty ? key : "\(section).\(key)"
-            func bad(_ why: String) -> VirtPortError { .invalid("\(at): \(name): \(why)") }
+            func bad(_ why: String) -> VirtPortError { .invalid("\(at): \(ConfigKeys.display(name)): \(why)") }
+            if let d = ConfigKeys.deprecated.first(where: { $0.old == name }) {
+                c.warnings.append("\(at): \(ConfigKeys.display(name)) is a deprecated spelling: write \(d.new)")
+            }
             switch name {
             case "database", "paths.database": c.databasePath = try value.path(bad)
             case "table": c.table = try value.string(bad)
@@ -113,10 +136,26 @@ public struct Config: Sendable {
                 guard let v = Policy.OnInternalError(rawValue: s) else { throw bad("must be \"warn\" or \"refuse\"") }
                 c.policy.onInternalError = v
             case "history.retention_days": c.historyRetentionDays = try value.int(bad, min: 0)
-            default: throw .invalid("\(at): unknown key \(name)")
+            default:
+                let known = ConfigKeys.keys.filter { $0.section == section }.map(\.name).joined(separator: ", ")
+                throw .invalid("\(at): unknown key \(ConfigKeys.display(name))"
+                    + (known.isEmpty ? "" : " (\(section.isEmpty ? "top level" : "[\(section)]") keys: \(known))"))
             }
         }
         return c
+    }
+
+    /// Whether every `[` of `line` outside double quotes is closed.
+    private static func bracketsClose(_ line: String) -> Bool {
+        var depth = 0
+        var inString = false
+        for b in line.utf8 {
+            if b == UInt8(ascii: "\"") { inString.toggle() }
+            if inString { continue }
+            if b == UInt8(ascii: "[") { depth += 1 }
+            if b == UInt8(ascii: "]") { depth -= 1 }
+        }
+        return depth <= 0
     }
 
     /// Line `bytes[from..<to]` without its comment (a `#` outside double quotes) and blanks.
@@ -162,15 +201,25 @@ public struct Config: Sendable {
                 }
                 self = .string(inner)
             } else if s.hasPrefix("[") {
-                guard s.hasSuffix("]") else { throw .invalid("\(at): unterminated array (arrays must be on one line)") }
-                let inner = String(s.dropFirst().dropLast()).trimmed
+                guard s.hasSuffix("]") else { throw .invalid("\(at): unterminated array (no closing ])") }
+                let inner = Array(s.utf8.dropFirst().dropLast())
                 var items: [Value] = []
-                if !inner.isEmpty {
-                    for part in inner.split(separator: ",", omittingEmptySubsequences: false) {
-                        let p = String(part).trimmed
-                        if p.isEmpty { continue }  // trailing comma
-                        items.append(try Value(parsing: p, at: at))
+                var start = 0
+                var inString = false
+                var i = 0
+                while i <= inner.count {
+                    if i < inner.count && inner[i] == UInt8(ascii: "\"") { inString.toggle() }
+                    if i == inner.count || (inner[i] == UInt8(ascii: ",") && !inString) {
+                        let p = String(decoding: inner[start..<i], as: UTF8.self).trimmed
+                        if p.isEmpty {
+                            // Only a trailing comma (or an empty array) may leave an item empty.
+                            if i < inner.count { throw .invalid("\(at): empty item in array") }
+                        } else {
+                            items.append(try Value(parsing: p, at: at))
+                        }
+                        start = i + 1
                     }
+                    i += 1
                 }
                 self = .array(items)
             } else if s == "true" {

@@ -63,7 +63,7 @@ public enum HookProcess {
         }
         let input = stdin.bytes
         let config: Config
-        do { config = try Config.load() } catch {
+        do { config = try Config.load(warn: false) } catch {
             return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics)
         }
         if let code = AgentClient.handOver(config: config, kind: .qemu, args: [domainName, op, subop], input: input) {
@@ -78,7 +78,7 @@ public enum HookProcess {
         guard op == "started" else { return 0 }
         do throws(VirtPortError) {
             let input = try IO.readStdin(limit: HookInput.limit)
-            let config = try Config.load()
+            let config = try Config.load(warn: false)
             return NetworkWork.started(name: name, input: input, resources: .perProcess(config), diagnostics: diagnostics)
         } catch {
             diagnostics.emit("network \(name) started: \(error) (run 'virtport reconcile')")

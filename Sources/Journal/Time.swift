@@ -30,24 +30,145 @@ public func formatLocal(_ micros: Int64) -> String {
     return strftime(parts, "%Y-%m-%d %H:%M:%S %Z")
 }
 
-/// Parses a time given on the command line; nil when it is none of:
+/// Parses a time given on the command line, as journalctl (systemd.time(7)) takes them; nil when
+/// it is none of:
 ///
 /// - ISO 8601: `2026-11-24`, `2026-11-24T10:00`, `2026-11-24T10:00:30.5`, a space instead of `T`,
 ///   then optionally `Z`, `+01:00`, `+0100` or `+01`. Without a zone the time is local (ISO 8601's
 ///   rule), so `--since 2026-11-24` means local midnight;
-/// - relative to `now`: `-30s`, `-30m`, `-2h`, `-7d`, `-2w`, or the same without `-` followed by
-///   ` ago` (`3d ago`); `now`;
+/// - `now`; `today`, `yesterday`, `tomorrow`: local midnight of that day;
+/// - relative to `now`: `-` or `+` followed by one or more `NUMBER UNIT` (`-1h30m`, `+2d`,
+///   `-1.5h`), or the same without the sign followed by ` ago` (`3d ago`, `1h 30min ago`) or
+///   ` left` (in the future). Units as systemd.time(7): `us`/`usec`, `ms`/`msec`,
+///   `s`/`sec`/`second(s)`, `m`/`min`/`minute(s)`, `h`/`hr`/`hour(s)`, `d`/`day(s)`,
+///   `w`/`week(s)`, `M`/`month(s)` (30.44 days), `y`/`year(s)` (365.25 days); `m` is minutes,
+///   `M` months;
 /// - `@1795943840`: seconds since the epoch.
 public func parseTime(_ text: String, now: Int64 = nowMicros()) -> Int64? {
     let s = text.trimmingWhitespace
-    if s == "now" { return now }
+    switch s {
+    case "now": return now
+    case "today": return localMidnight(now, days: 0)
+    case "yesterday": return localMidnight(now, days: -1)
+    case "tomorrow": return localMidnight(now, days: 1)
+    default: break
+    }
     if s.hasPrefix("@") {
         guard let v = Int64(s.dropFirst()), let us = multiply(v, 1_000_000) else { return nil }
         return us
     }
-    if s.hasPrefix("-") { return relative(s.dropFirst(), now: now) }
-    if s.hasSuffix(" ago") { return relative(String(s.dropLast(4)).trimmingWhitespace[...], now: now) }
+    if let delta = relativeOffset(s) {
+        let (t, overflow) = now.addingReportingOverflow(delta)
+        return overflow ? nil : t
+    }
     return parseISO8601(Array(s.utf8))
+}
+
+/// Local midnight of the day `days` after the one `now` falls on (`mktime` handles month ends and
+/// DST changes).
+private func localMidnight(_ now: Int64, days: Int32) -> Int64? {
+    var t = time_t(splitMicros(now).seconds)
+    var parts = tm()
+    guard localtime_r(&t, &parts) != nil else { return nil }
+    parts.tm_hour = 0
+    parts.tm_min = 0
+    parts.tm_sec = 0
+    parts.tm_mday += days
+    parts.tm_isdst = -1
+    let midnight = mktime(&parts)
+    guard midnight != -1 else { return nil }
+    return Int64(midnight) * 1_000_000
+}
+
+/// The signed offset in µs of `-1h30m`, `+2d`, `1h 30min ago`, `2 weeks left`; nil when `s` is
+/// not relative (no sign, no ` ago`/` left`) or not well formed.
+private func relativeOffset(_ s: String) -> Int64? {
+    var body = Substring(s)
+    let sign: Int64
+    if body.hasPrefix("-") {
+        sign = -1
+        body = body.dropFirst()
+    } else if body.hasPrefix("+") {
+        sign = 1
+        body = body.dropFirst()
+    } else if body.hasSuffix(" ago") {
+        sign = -1
+        body = body.dropLast(4)
+    } else if body.hasSuffix(" left") {
+        sign = 1
+        body = body.dropLast(5)
+    } else {
+        return nil
+    }
+    guard let span = timeSpan(Array(body.utf8)) else { return nil }
+    return sign * span
+}
+
+/// `1h30m`, `1h 30min`, `1.5h`, `3 days` in µs; nil unless every part is NUMBER UNIT.
+private func timeSpan(_ b: [UInt8]) -> Int64? {
+    func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
+    func isLetter(_ c: UInt8) -> Bool { (c >= 65 && c <= 90) || (c >= 97 && c <= 122) }
+    var i = 0
+    var total: Int64 = 0
+    var parts = 0
+    while true {
+        while i < b.count && b[i] == 32 { i += 1 }
+        if i == b.count { break }
+        // NUMBER: digits, optionally a fraction.
+        guard isDigit(b[i]) else { return nil }
+        var whole: Int64 = 0
+        while i < b.count && isDigit(b[i]) {
+            let (w, o1) = whole.multipliedReportingOverflow(by: 10)
+            let (v, o2) = w.addingReportingOverflow(Int64(b[i] - 48))
+            guard !o1 && !o2 else { return nil }
+            whole = v
+            i += 1
+        }
+        var fraction: [UInt8] = []
+        if i < b.count && b[i] == UInt8(ascii: ".") {
+            i += 1
+            while i < b.count && isDigit(b[i]) {
+                fraction.append(b[i] - 48)
+                i += 1
+            }
+            guard !fraction.isEmpty else { return nil }
+        }
+        while i < b.count && b[i] == 32 { i += 1 }
+        // UNIT.
+        let start = i
+        while i < b.count && isLetter(b[i]) { i += 1 }
+        guard let size = unitMicros(String(decoding: b[start..<i], as: UTF8.self)) else { return nil }
+        guard let w = multiply(whole, size) else { return nil }
+        var part = w
+        var scale = size
+        for digit in fraction.prefix(18) {
+            scale /= 10
+            part += Int64(digit) * scale
+        }
+        let (t, overflow) = total.addingReportingOverflow(part)
+        guard !overflow else { return nil }
+        total = t
+        parts += 1
+    }
+    return parts == 0 ? nil : total
+}
+
+/// systemd.time(7)'s time span units, in µs (a month is 30.44 days and a year 365.25 days, as
+/// there: 2 629 800 s and 31 557 600 s).
+private func unitMicros(_ unit: String) -> Int64? {
+    let second: Int64 = 1_000_000
+    switch unit {
+    case "us", "usec": return 1
+    case "ms", "msec": return 1000
+    case "s", "sec", "second", "seconds": return second
+    case "m", "min", "minute", "minutes": return 60 * second
+    case "h", "hr", "hour", "hours": return 3600 * second
+    case "d", "day", "days": return 86400 * second
+    case "w", "week", "weeks": return 7 * 86400 * second
+    case "M", "month", "months": return 2_629_800 * second
+    case "y", "year", "years": return 31_557_600 * second
+    default: return nil
+    }
 }
 
 // MARK: - helpers
@@ -77,22 +198,6 @@ private func pad(_ v: Int, _ width: Int) -> String {
 private func multiply(_ a: Int64, _ b: Int64) -> Int64? {
     let (r, overflow) = a.multipliedReportingOverflow(by: b)
     return overflow ? nil : r
-}
-
-/// `30m`, `2h`, … → `now` minus that.
-private func relative(_ s: Substring, now: Int64) -> Int64? {
-    guard let unit = s.last, let n = Int64(s.dropLast()), n >= 0 else { return nil }
-    let size: Int64
-    switch unit {
-    case "s": size = 1_000_000
-    case "m": size = 60 * 1_000_000
-    case "h": size = 3600 * 1_000_000
-    case "d": size = 86400 * 1_000_000
-    case "w": size = 7 * 86400 * 1_000_000
-    default: return nil
-    }
-    guard let delta = multiply(n, size) else { return nil }
-    return now - delta
 }
 
 private func parseISO8601(_ b: [UInt8]) -> Int64? {

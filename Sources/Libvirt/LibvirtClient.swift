@@ -113,7 +113,50 @@ public final class LibvirtClient {
         }
         return out
     }
+
+    /// One domain's XML by name, as `virsh dumpxml` gives it: the live XML when the domain runs,
+    /// else (or with `inactive`) its persistent definition (`VIR_DOMAIN_XML_INACTIVE`).
+    /// Wraps `virDomainLookupByName`, `virDomainIsActive`, `virDomainGetXMLDesc`.
+    /// - Throws: `.invalid` when no domain has that name (a wrong argument), `.operational` when
+    ///   libvirt fails otherwise.
+    public func domainXML(name domainName: String, inactive: Bool) throws(VirtPortError) -> (xml: [UInt8], running: Bool) {
+        typealias LookupFn = @convention(c) (virConnectPtr?, UnsafePointer<CChar>?) -> virDomainPtr?
+        typealias IsActiveFn = @convention(c) (virDomainPtr?) -> Int32
+        typealias LastErrorFn = @convention(c) () -> UnsafeMutablePointer<virError>?
+        guard let l = dlsym(handle, "virDomainLookupByName"), let a = dlsym(handle, "virDomainIsActive") else {
+            throw .operational("libvirt.so.0 lacks virDomainLookupByName or virDomainIsActive")
+        }
+        let lastError = dlsym(handle, "virGetLastError").map { unsafeBitCast($0, to: LastErrorFn.self) }
+        func failure() -> (code: Int32, message: String) {
+            guard let e = lastError?()?.pointee else { return (0, "unknown error") }
+            return (e.code, e.message.map { String(cString: $0) } ?? "error \(e.code)")
+        }
+        guard let d = unsafeBitCast(l, to: LookupFn.self)(conn, domainName) else {
+            let (code, message) = failure()
+            if code == Int32(VIR_ERR_NO_DOMAIN.rawValue) {
+                throw .invalid("domain '\(domainName)' is not defined (virsh list --all shows the domains)")
+            }
+            throw .operational("libvirt: cannot look up domain '\(domainName)'", cause: LibvirtError(code: code, message: message))
+        }
+        defer { _ = free(d) }
+        let running = unsafeBitCast(a, to: IsActiveFn.self)(d) == 1
+        let flags = inactive || !running ? UInt32(VIR_DOMAIN_XML_INACTIVE.rawValue) : 0
+        guard let x = xml(d, flags) else {
+            let (code, message) = failure()
+            throw .operational("libvirt: cannot read the XML of domain '\(domainName)'", cause: LibvirtError(code: code, message: message))
+        }
+        defer { Glibc.free(x) }
+        let bytes = Array(UnsafeBufferPointer(start: UnsafeRawPointer(x).assumingMemoryBound(to: UInt8.self), count: strlen(x)))
+        return (bytes, running)
+    }
 }
 
 @available(*, unavailable)
 extension LibvirtClient: Sendable {}
+
+/// What libvirt answered (`virGetLastError`): its error code and message.
+public struct LibvirtError: Error, Sendable, CustomStringConvertible {
+    public var code: Int32
+    public var message: String
+    public var description: String { message }
+}

@@ -54,6 +54,9 @@ public struct NetfilterError: Error, Sendable, Equatable, CustomStringConvertibl
             text += "; also \(next.operation): \(Self.errorText(next.errno))"
             if others.count > 1 { text += " and \(others.count - 1) more" }
         }
+        // nf_tables answers a process without CAP_NET_ADMIN with EPERM, or not at all (a timeout):
+        // either way the fix is the same.
+        if geteuid() != 0 && !text.hasSuffix("(run as root)") { text += " (run as root)" }
         return text
     }
 

@@ -21,9 +21,12 @@ public struct Errno: Error, Sendable, Equatable, CustomStringConvertible {
     /// `strerror(3)`'s text: what the messages built on this have always shown.
     public var description: String { Errno.text(code) }
 
+    /// `strerror(code)`, plus "(run as root)" when a process that is not root was refused (EACCES,
+    /// EPERM): the journal, the netlink socket and libvirt's hook directory are root's, and the
+    /// bare "Permission denied" does not say which side has to change.
     public static func text(_ code: Int32) -> String {
-        guard let p = strerror(code) else { return "errno \(code)" }
-        return String(cString: p)
+        let text = strerror(code).map { String(cString: $0) } ?? "errno \(code)"
+        return (code == EACCES || code == EPERM) && geteuid() != 0 ? text + " (run as root)" : text
     }
 
     public var isInterrupted: Bool { code == EINTR }

@@ -28,8 +28,11 @@ public enum DomainXML {
     /// libvirt writes, and what the hook's substring search sees): a document that spells it
     /// with character references is read as having none, as the hook reads it. A document in
     /// another encoding that mentions the namespace is refused, in `plan` as in the hook.
+    /// - Parameter requireUUID: the hook needs the `<uuid>` (the journal's key); `virtport plan`
+    ///   does not (libvirt adds one at define time, so hand-written XML often has none): its
+    ///   domain's `uuid` is then "".
     /// - Throws: `VirtPortError.invalid` with one line naming the element and attribute.
-    public static func parse(_ bytes: [UInt8]) throws(VirtPortError) -> Domain {
+    public static func parse(_ bytes: [UInt8], requireUUID: Bool = true) throws(VirtPortError) -> Domain {
         let literal = Bytes.find(needles[0], in: bytes) != nil
         if !literal && mentionsVirtPort(bytes) {
             throw .invalid("domain XML: not UTF-8 (it spells \(namespace) in UTF-16); virtport reads metadata only from UTF-8 domain XML, as libvirt writes it")
@@ -47,7 +50,7 @@ public enum DomainXML {
         default:
             throw .invalid("domain XML: root element is <\(Quoted.message(root.qualifiedName))>, expected <domain> or <domstatus>")
         }
-        return try parseDomain(domain)
+        return try parseDomain(domain, requireUUID: requireUUID)
     }
 
     /// The elements `parseDomain` reads (a status file's `<domstatus>` wraps the `<domain>`): the
@@ -72,11 +75,12 @@ public enum DomainXML {
         child.namespace != namespace && reads(parent: parent, child: child)
     }
 
-    static func parseDomain(_ e: ParsedElement) throws(VirtPortError) -> Domain {
+    static func parseDomain(_ e: ParsedElement, requireUUID: Bool = true) throws(VirtPortError) -> Domain {
         guard let name = e.child("name")?.trimmedText, !name.isEmpty else {
             throw .invalid("domain XML: <domain> has no <name>")
         }
-        guard let uuid = e.child("uuid")?.trimmedText, !uuid.isEmpty else {
+        let uuid = e.child("uuid")?.trimmedText ?? ""
+        if uuid.isEmpty && requireUUID {
             throw .invalid("domain XML: <domain> \(Quoted.message(name)) has no <uuid>")
         }
         var interfaces: [Interface] = []
@@ -119,7 +123,7 @@ public enum DomainXML {
     }
 }
 
-/// The grammar of `<virtport xmlns="urn:virtport:domain:1">` (DESIGN.md). Checks what one element
+/// The grammar of `<virtport xmlns="urn:virtport:domain:1">` (docs/DESIGN.md "Metadata grammar"). Checks what one element
 /// can tell on its own; the planner checks what needs the whole domain.
 enum MetadataXML {
     static let ns = DomainXML.namespace

@@ -29,7 +29,7 @@ public struct VirtPortError: Error, Sendable, Equatable, CustomStringConvertible
         .init(.operational, message, cause: cause)
     }
 
-    /// Process exit status for this error (1 operational, 2 invalid input).
+    /// Process exit status for this error (docs/DESIGN.md: 1 operational, 2 invalid input).
     public var exitCode: Int32 { code == .invalidInput ? 2 : 1 }
 
     /// The cause as text (its own description), nil when there is none.

@@ -94,10 +94,10 @@ public enum JSONValue: Sendable, Equatable {
 }
 
 extension Plan {
-    /// The plan as `virtport plan` prints it (DESIGN.md; README "plan JSON").
+    /// The plan as `virtport plan` prints it (docs/DESIGN.md "Command line"; README "Seeing what is applied").
     public var json: JSONValue {
         .object([
-            ("domain", .object([("name", .string(domainName)), ("uuid", .string(domainUUID))])),
+            ("domain", .object([("name", .string(domainName)), ("uuid", .optional(domainUUID.isEmpty ? nil : domainUUID))])),
             ("forwards", .array(mappings.map(\.json))),
         ])
     }

@@ -1,4 +1,4 @@
-/// Where a mapping's guest address came from (DESIGN.md: first that answers).
+/// Where a mapping's guest address came from (docs/DESIGN.md: first that answers).
 public enum GuestSource: String, Sendable, Hashable {
     case attribute = "guest-attribute"
     case reservation = "dhcp-reservation"

@@ -31,11 +31,11 @@ public enum Planner {
 
         let mappings = merged(segments).sorted(by: mappingOrder)
         if mappings.count > policy.maxForwardsPerDomain {
-            throw .invalid("domain \(Quoted.message(domain.name)): \(mappings.count) forwards exceed the limit of \(policy.maxForwardsPerDomain) per domain (policy)")
+            throw .invalid("domain \(Quoted.message(domain.name)): \(mappings.count) forwards exceed the limit of \(policy.maxForwardsPerDomain) per domain (\(policy.setting(.maxForwardsPerDomain)))")
         }
         let ports = mappings.reduce(0) { $0 + $1.hostPorts.count }
         if ports > policy.maxPortsPerDomain {
-            throw .invalid("domain \(Quoted.message(domain.name)): \(ports) host ports exceed the limit of \(policy.maxPortsPerDomain) per domain (policy)")
+            throw .invalid("domain \(Quoted.message(domain.name)): \(ports) host ports exceed the limit of \(policy.maxPortsPerDomain) per domain (\(policy.setting(.maxPortsPerDomain)))")
         }
         return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: mappings)
     }
@@ -109,8 +109,7 @@ public enum Planner {
         }
         for run in runs {
             if let outside = firstPortOutside(run.ports, policy.hostPorts) {
-                let allowed = policy.hostPorts.isEmpty ? "none" : policy.hostPorts.map(\.description).joined(separator: ",")
-                throw .invalid("\(run.path): host port \(outside) is outside the allowed host ports \(allowed) (policy)")
+                throw .invalid("\(run.path): host port \(outside) is outside the allowed host ports (\(policy.setting(.hostPorts)))")
             }
         }
 
@@ -192,13 +191,12 @@ public enum Planner {
     static func checkAddressPolicy(_ f: ForwardSpec, path: String, policy: Policy) throws(VirtPortError) {
         guard let address = f.address else {
             if !policy.allowAnyAddress {
-                throw .invalid("\(path): address= is required: forwarding on every host address is not allowed (policy)")
+                throw .invalid("\(path): address= is required: forwarding on every host address is not allowed (\(policy.setting(.listenAddresses)) has no \"any\")")
             }
             return
         }
         if let allowed = policy.listenAddresses, !allowed.contains(address) {
-            let list = allowed.isEmpty ? "none" : allowed.map(\.description).joined(separator: ", ")
-            throw .invalid("\(path): address=\"\(address)\" is not an allowed listen address (policy allows: \(list))")
+            throw .invalid("\(path): address=\"\(address)\" is not an allowed listen address (\(policy.setting(.listenAddresses)))")
         }
     }
 

@@ -61,3 +61,25 @@ public struct NoGuestAddresses: GuestAddressResolver {
     public func reservation(network: String, mac: MACAddress, family: Family?) -> IPAddress? { nil }
     public func lease(network: String, mac: MACAddress, family: Family?) -> IPAddress? { nil }
 }
+
+extension Policy {
+    /// A refusal names the config line that decided it, with its current value, so the admin knows
+    /// what to change: `[policy] host_ports = ["1024-65535"]`.
+    public func setting(_ key: Key) -> String {
+        func list(_ items: [String]) -> String { "[" + items.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
+        let value: String
+        switch key {
+        case .hostPorts: value = list(hostPorts.map(\.description))
+        case .listenAddresses:
+            value = list((listenAddresses == nil && allowAnyAddress ? ["any"] : []) + (listenAddresses ?? []).map(\.description))
+        case .maxForwardsPerDomain: value = "\(maxForwardsPerDomain)"
+        case .maxPortsPerDomain: value = "\(maxPortsPerDomain)"
+        }
+        return "[policy] \(key.rawValue) = \(value)"
+    }
+
+    public enum Key: String, Sendable {
+        case hostPorts = "host_ports", listenAddresses = "listen_addresses"
+        case maxForwardsPerDomain = "max_forwards_per_domain", maxPortsPerDomain = "max_ports_per_domain"
+    }
+}

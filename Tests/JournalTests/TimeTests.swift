@@ -44,7 +44,40 @@ import Testing
         #expect(parseTime("now", now: now) == now)
     }
 
-    @Test(arguments: ["", "yesterday", "2026-13-01", "2026-02-29", "2026-11-31", "2026-11-29T25:00Z",
+    /// systemd.time(7)'s relative forms, compound and with every unit spelling.
+    @Test(arguments: [
+        ("-1h30m", Int64(-5400)), ("-1h 30min", -5400), ("1h 30min ago", -5400), ("+2d", 172_800),
+        ("2 days left", 172_800), ("-1.5h", -5400), ("-90s", -90), ("-2 weeks", -1_209_600), ("-1w2d", -777_600),
+        ("-1M", -2_629_800), ("-1 month", -2_629_800), ("-1y", -31_557_600), ("3 years ago", -94_672_800),
+        ("-5sec", -5), ("-1 hour", -3600), ("-2hr", -7200), ("-3 minutes", -180), ("-1 second", -1),
+        ("-1d 2h 3m 4s", -93784), ("+1 day", 86400),
+    ])
+    func parsesCompoundRelative(_ text: String, _ seconds: Int64) {
+        let now: Int64 = 1_795_943_840_000_000
+        #expect(parseTime(text, now: now) == now + seconds * 1_000_000, "\(text)")
+    }
+
+    @Test func parsesSubSecondUnits() {
+        let now: Int64 = 1_795_943_840_000_000
+        #expect(parseTime("-250ms", now: now) == now - 250_000)
+        #expect(parseTime("-10us", now: now) == now - 10)
+        #expect(parseTime("-1s 500ms", now: now) == now - 1_500_000)
+    }
+
+    /// today, yesterday, tomorrow: local midnight, whatever the time of day and the zone.
+    @Test func namedDaysAreLocalMidnight() throws {
+        let now = try #require(parseTime("2026-11-24T15:42:10"))
+        #expect(parseTime("today", now: now) == parseTime("2026-11-24"))
+        #expect(parseTime("yesterday", now: now) == parseTime("2026-11-23"))
+        #expect(parseTime("tomorrow", now: now) == parseTime("2026-11-25"))
+        // Across a month and a year end.
+        let newYear = try #require(parseTime("2027-01-01T00:30"))
+        #expect(parseTime("yesterday", now: newYear) == parseTime("2026-12-31"))
+        #expect(formatLocal(try #require(parseTime("today"))).contains(" 00:00:00 "))
+    }
+
+    @Test(arguments: ["", "Yesterday", "yesterday 10:00", "-3d ago", "+-2h", "-1h30", "-1hour30x", "-1.h",
+                      "1h30m", "-1H", "-1 d a y", "2 ago", "2026-13-01", "2026-02-29", "2026-11-31", "2026-11-29T25:00Z",
                       "2026-11-29T10:61", "2026-11-29T10", "2026-11-29T10:00:00.Z", "2026-11-29T10:00+1",
                       "26-11-29", "-5x", "-m", "--2h", "-99999999999999999d", "2026-11-29junk", "@x"])
     func rejectsJunk(_ text: String) {

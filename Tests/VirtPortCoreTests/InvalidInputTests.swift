@@ -156,22 +156,22 @@ let invalidCases: [InvalidCase] = [
 
     // Policy
     .forward("host port below policy", tcp, "<vp:range start='22'/>",
-             "portForward[1]/range[1]: host port 22 is outside the allowed host ports 1024-65535 (policy)"),
+             #"portForward[1]/range[1]: host port 22 is outside the allowed host ports ([policy] host_ports = ["1024-65535"])"#),
     .forward("range straddles policy", tcp, "<vp:range start='1000' end='1100'/>",
-             "portForward[1]/range[1]: host port 1000 is outside the allowed host ports 1024-65535 (policy)"),
+             #"portForward[1]/range[1]: host port 1000 is outside the allowed host ports ([policy] host_ports = ["1024-65535"])"#),
     .forward("hole in policy", tcp, "<vp:range start='8000' end='9000'/>",
-             "portForward[1]/range[1]: host port 8443 is outside the allowed host ports 1024-8442,8444-65535 (policy)",
+             #"portForward[1]/range[1]: host port 8443 is outside the allowed host ports ([policy] host_ports = ["1024-8442", "8444-65535"])"#,
              policy: Policy(hostPorts: [PortRange(1024, 8442), PortRange(8444, 65535)])),
     .forward("listen address not allowed", "proto='tcp' address='203.0.113.9'", web,
-             #"portForward[1]: address="203.0.113.9" is not an allowed listen address (policy allows: 203.0.113.5, 2001:db8::1)"#,
+             #"portForward[1]: address="203.0.113.9" is not an allowed listen address ([policy] listen_addresses = ["203.0.113.5", "2001:db8::1"])"#,
              policy: Policy(listenAddresses: [ip("203.0.113.5"), ip("2001:db8::1")])),
     .forward("any address not allowed", tcp, web,
-             "portForward[1]: address= is required: forwarding on every host address is not allowed (policy)",
+             #"portForward[1]: address= is required: forwarding on every host address is not allowed ([policy] listen_addresses = [] has no "any")"#,
              policy: Policy(allowAnyAddress: false)),
     .forward("too many forwards", tcp, "<vp:range start='2000'/><vp:range start='3000'/><vp:range start='4000'/>",
-             "domain web1: 3 forwards exceed the limit of 2 per domain (policy)", policy: Policy(maxForwardsPerDomain: 2)),
+             "domain web1: 3 forwards exceed the limit of 2 per domain ([policy] max_forwards_per_domain = 2)", policy: Policy(maxForwardsPerDomain: 2)),
     .forward("too many ports", tcp, "<vp:range start='2000' end='2100'/>",
-             "domain web1: 101 host ports exceed the limit of 100 per domain (policy)", policy: Policy(maxPortsPerDomain: 100)),
+             "domain web1: 101 host ports exceed the limit of 100 per domain ([policy] max_ports_per_domain = 100)", policy: Policy(maxPortsPerDomain: 100)),
 ]
 
 @Suite struct InvalidInputTests {

@@ -71,9 +71,9 @@ class Lab:
 
     def write_config(self, policy=""):
         with open(self.config, "w") as f:
-            f.write(f'database = "{self.db}"\n[paths]\nlibvirt_run_dir = "{self.run_dir}"\n'
+            f.write(f'database = "{self.db}"\nlibvirt_uri = ""\n[paths]\nlibvirt_run_dir = "{self.run_dir}"\n'
                     f'libvirt_config_dir = "{self.dir}/etc-libvirt"\nlibvirt_state_dir = "{self.dir}/var-lib-libvirt"\n'
-                    f'hooks_dir = "{self.dir}/hooks"\nlibvirt_uri = ""\n')
+                    f'hooks_dir = "{self.dir}/hooks"\n')
             f.write("[policy]\n" + policy + "\n")
 
     # -- topology -------------------------------------------------------------------------------

@@ -55,8 +55,8 @@ def add_libvirt_fwi(lab):
 
 
 def libvirt_nftables(lab):
-    """libvirt >= 10.4's nftables backend, from the shared fixture, on br0."""
-    with open(os.path.join(ROOT, "..", "shared", "fixtures", "libvirt-10.4-nftables-nat-default.nft")) as f:
+    """libvirt >= 10.4's nftables backend, from the fixture in tests/fixtures/, on br0."""
+    with open(os.path.join(ROOT, "tests", "fixtures", "libvirt-10.4-nftables-nat-default.nft")) as f:
         text = f.read().replace("virbr0", "br0")
     path = lab.dir / "libvirt-10.4.nft"
     path.write_text(text)

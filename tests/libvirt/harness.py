@@ -1,6 +1,6 @@
 """A real libvirtd + QEMU inside a network namespace, for virtport's end-to-end tests.
 
-Facts this is built on: ../../../shared/LIBVIRT-LAB.md (Debian 12, libvirt 9.0, no systemd).
+Facts this is built on: tests/libvirt/README.md "Facts" (Debian 12, libvirt 9.0, no systemd).
 
 Topology (every namespace is named vpl-<id>[-suffix] and removed by teardown(), even after a failure):
 

@@ -622,3 +622,47 @@ def test_hooks_run_by_libvirtd_are_served_by_the_agent(lab, installed):
     finally:
         agent.terminate()
         agent.wait(timeout=10)
+
+
+def test_plan_vm_reads_the_live_xml_or_the_definition(lab, vp):
+    """`virtport plan VM` asks libvirt: the definition while the VM is shut off, the live XML while
+    it runs (a `virsh metadata --live` change shows there and not in `--inactive`), the same plan
+    as `virsh dumpxml VM | virtport plan`; an unknown domain is one line, exit 2. A domain XML
+    without <uuid> is planned from stdin, and refused by the hook."""
+    vm = "vpe-plan"
+    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
+
+    def plan(*args, input=None):
+        r = vp.run("plan", *args, input=input)
+        assert r.stderr == b"", r.stderr
+        return json.loads(r.stdout)
+
+    def ports(p):
+        return [(f["proto"], f["host_port_start"], f["guest_address"], f["guest_port_start"], f["guest_source"])
+                for f in p["forwards"]]
+
+    uuid = re.search(r"<uuid>([^<]+)</uuid>", lab.dumpxml(vm)).group(1)
+    off = plan(vm)
+    assert off["domain"] == {"name": vm, "uuid": uuid}
+    assert ports(off) == [("tcp", 2222, G1, 22, "guest-attribute")]
+
+    lab.start_vm(vm)
+    lab.virsh("metadata", vm, "urn:virtport:domain:1", "--key", "vp", "--live", "--set",
+              f"<virtport><portForward proto='udp' guest='{G1}'><range start='5353' to='53'/></portForward></virtport>")
+    live = plan(vm)
+    assert ports(live) == [("udp", 5353, G1, 53, "guest-attribute")], live
+    assert ports(plan(vm, "--inactive")) == [("tcp", 2222, G1, 22, "guest-attribute")]
+    assert plan(input=lab.virsh("dumpxml", vm).stdout) == live
+
+    r = vp.run("plan", "vpe-no-such-domain", check=False)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and r.stdout == b"" and err.count("\n") == 1, err
+    assert "vpe-no-such-domain" in err and "not defined" in err, err
+
+    no_uuid = re.sub(rb"\s*<uuid>[^<]+</uuid>", b"", lab.virsh("dumpxml", "--inactive", vm).stdout)
+    assert b"<uuid>" not in no_uuid
+    planned = plan(input=no_uuid)
+    assert planned["domain"] == {"name": vm, "uuid": None}
+    assert ports(planned) == [("tcp", 2222, G1, 22, "guest-attribute")]
+    r = vp.run("hook", "qemu", vm, "prepare", "begin", "-", input=no_uuid, check=False)
+    assert r.returncode == 2 and b"has no <uuid>" in r.stderr and r.stdout == b"", r.stderr
