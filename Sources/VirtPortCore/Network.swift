@@ -63,7 +63,7 @@ public struct DHCPHost: Sendable, Equatable {
 }
 
 /// An address prefix (`192.168.122.0/24`); host bits are cleared. (Not named `Subnet`: the
-/// Netfilter module has its own `Subnet`, and VirtPortApp imports both.)
+/// Netfilter module has its own `Subnet`, and Engine imports both.)
 public struct IPPrefix: Sendable, Hashable, CustomStringConvertible {
     public let network: IPAddress
     public let prefix: Int

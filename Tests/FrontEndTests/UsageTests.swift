@@ -213,7 +213,7 @@ func tempFile(_ name: String, _ text: String) throws -> String {
 @Suite struct SelfContainedTests {
     static let root: String = {
         var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)  // Tests/VirtPortAppTests/UsageTests.swift
+        parts.removeLast(3)  // Tests/FrontEndTests/UsageTests.swift
         return parts.joined(separator: "/")
     }()
 
