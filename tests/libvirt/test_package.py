@@ -1,20 +1,34 @@
 """Issue 14: the Debian package (packaging/build-deb) installed with apt next to the real libvirtd of
 the lab: a VM started through the packaged hooks gets its forward; an upgrade from the previous
-version with the VM running keeps the forward and the journal; remove takes hooks and forwards
+release with the VM running keeps the forward and the journal; remove takes hooks and forwards
 away and leaves nothing enabled; purge leaves nothing at all.
 
 apt/dpkg run inside the lab's namespace, so the maintainer scripts' `virtport install/uninstall`
 (reconcile, forwards) act on the namespace's kernel, as on a host where libvirtd runs. /etc/virtport
 there is the lab's overlay; the journal is the package's default, /var/lib/virtport.
 
-The previous version: the same release binary packaged as VERSION~prev (319e96c, the last release,
-is this branch's base: its binary and journal schema are those of this one, and it has no
-build-deb). $VIRTPORT_PREV_BIN packages another binary as the previous version instead.
+The previous release is commit 319e96c (PREV_COMMIT), the last one before the package existed. Its
+release binary is built once from a detached `git worktree` of that commit and cached in
+/var/tmp/virtport-prev-319e96c/ (a rerun reuses it; ~1-1.5 min on CI's machine the first time); the
+current packaging/build-deb packages it as the previous version. $VIRTPORT_PREV_BIN names an
+already built binary of that release instead. Without the commit (a shallow clone, a tarball) the
+test is skipped and says so.
+
+Between the two versions the agent's protocol changed (request magic VPA1 → VPA2 and a claim
+byte) and the table's DNAT rules did (`fib daddr type local` on the address-keyed rules too, and a
+shorter loopback test in the output chain): the test runs each binary's hook against the other's
+agent, and checks that the upgrade rebuilds the table for that reason only.
 """
+import fcntl
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
+import textwrap
+import time
 
 import pytest
 
@@ -24,6 +38,60 @@ from test_virtport_libvirt import BIN, CLIENT, G1, HOST, MAC1, answer, meta
 
 UNITS = ("virtport-agent.service", "virtport-reconcile.service")
 APT_ENV = dict(harness.BASE_ENV, DEBIAN_FRONTEND="noninteractive")
+PREV_COMMIT = "319e96c"
+PREV_CACHE = f"/var/tmp/virtport-prev-{PREV_COMMIT}"
+SWIFT_PATH = "/opt/swift/usr/bin"
+
+
+def prev_release_binary():
+    """The release binary of PREV_COMMIT: $VIRTPORT_PREV_BIN, the cached build, or a new build
+    (a detached worktree of the commit, `swift build -c release` there, the binary copied into the
+    cache, the worktree removed). Skips when the commit is not in the clone; fails when it does not
+    build."""
+    given = os.environ.get("VIRTPORT_PREV_BIN")
+    if given:
+        if not os.access(given, os.X_OK):
+            pytest.fail(f"VIRTPORT_PREV_BIN={given} is not an executable")
+        return given
+    cached = os.path.join(PREV_CACHE, "virtport")
+    if os.access(cached, os.X_OK):
+        return cached
+    git = shutil.which("git")
+    if not git or subprocess.run([git, "-C", harness.ROOT, "rev-parse", "--git-dir"], capture_output=True).returncode:
+        pytest.skip(f"the previous release {PREV_COMMIT} cannot be built: {harness.ROOT} is not a git checkout "
+                    "(set VIRTPORT_PREV_BIN to its release binary)")
+    r = subprocess.run([git, "-C", harness.ROOT, "rev-parse", "--verify", "--quiet", f"{PREV_COMMIT}^{{commit}}"],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip(f"the previous release {PREV_COMMIT} is not in this clone (shallow? CI clones the full "
+                    "history; or set VIRTPORT_PREV_BIN to its release binary)")
+    os.makedirs(PREV_CACHE, mode=0o755, exist_ok=True)
+    with open(os.path.join(PREV_CACHE, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)             # two runs at once: one builds, the other waits
+        if os.access(cached, os.X_OK):
+            return cached
+        work = tempfile.mkdtemp(prefix=f"virtport-prev-{PREV_COMMIT}-", dir="/var/tmp")
+        tree = os.path.join(work, "tree")
+        log = os.path.join(PREV_CACHE, "build.log")
+        try:
+            subprocess.run([git, "-C", harness.ROOT, "worktree", "add", "--detach", tree, PREV_COMMIT],
+                           check=True, capture_output=True, timeout=120)
+            env = dict(os.environ, PATH=f"{SWIFT_PATH}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+            t0 = time.monotonic()
+            with open(log, "wb") as f:
+                b = subprocess.run(["swift", "build", "-c", "release"], cwd=tree, env=env, stdout=f,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1800)
+            harness.TIMINGS.append((f"build of {PREV_COMMIT} (release)", time.monotonic() - t0))
+            if b.returncode:
+                with open(log, errors="replace") as f:
+                    tail = "".join(f.readlines()[-30:])
+                pytest.fail(f"swift build -c release of {PREV_COMMIT} failed (exit {b.returncode}; {log}):\n{tail}")
+            shutil.copy2(os.path.join(tree, ".build", "release", "virtport"), cached + ".new")
+            os.rename(cached + ".new", cached)
+        finally:
+            subprocess.run([git, "-C", harness.ROOT, "worktree", "remove", "--force", tree], capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
+    return cached
 
 
 def build_deb(tmp, binary, version):
@@ -35,8 +103,13 @@ def build_deb(tmp, binary, version):
     return deb
 
 
+def binary_version(binary):
+    return out(subprocess.run([binary, "version"], capture_output=True)).split()[1]
+
+
 @pytest.fixture
 def debs(tmp_path_factory):
+    """(previous .deb, its version, current .deb, its version, the previous release's binary)."""
     if not os.access(BIN, os.X_OK):
         pytest.skip(f"no release binary at {BIN}")
     if not shutil.which("dpkg-deb") or not shutil.which("apt-get"):
@@ -45,11 +118,13 @@ def debs(tmp_path_factory):
     installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "virtport"], capture_output=True).stdout
     if b"installed" in installed or os.path.exists("/usr/sbin/virtport") or os.path.exists("/var/lib/virtport"):
         pytest.skip("virtport is installed on this machine (package, /usr/sbin/virtport or /var/lib/virtport)")
+    prev_bin = prev_release_binary()
     tmp = str(tmp_path_factory.mktemp("debs"))
-    version = out(subprocess.run([BIN, "version"], capture_output=True)).split()[1]
-    prev = build_deb(tmp, os.environ.get("VIRTPORT_PREV_BIN") or BIN, f"{version}~prev-1")
-    cur = build_deb(tmp, BIN, f"{version}-1")
-    return prev, cur, f"{version}-1"
+    version = f"{binary_version(BIN)}-1"
+    # Both print 0.1.0: the previous one is the git snapshot before it, as Debian orders "~".
+    prev_version = f"{binary_version(prev_bin)}~git{PREV_COMMIT}-1"
+    assert subprocess.run(["dpkg", "--compare-versions", prev_version, "lt", version]).returncode == 0
+    return build_deb(tmp, prev_bin, prev_version), prev_version, build_deb(tmp, BIN, version), version, prev_bin
 
 
 @pytest.fixture
@@ -73,9 +148,9 @@ def dpkg(lab, *args, check=True):
     return lab.exec("dpkg", *args, env=APT_ENV, check=check, timeout=300)
 
 
-def apt_install(lab, deb):
+def apt_install(lab, deb, *options):
     mark = lab.log_mark()
-    r = lab.exec("apt-get", "install", "-y", "-q", "--no-install-recommends", deb, env=APT_ENV, timeout=300)
+    r = lab.exec("apt-get", "install", "-y", "-q", "--no-install-recommends", *options, deb, env=APT_ENV, timeout=300)
     return out(r) + "\n" + r.stderr.decode(), mark
 
 
@@ -96,24 +171,140 @@ def hooks():
 
 
 def history(lab):
-    import json
     r = lab.exec("/usr/sbin/virtport", "history", "--json")
     return [(e["action"], e["domain"], e["host_port_start"], e["reason"]) for e in json.loads(r.stdout)]
 
 
+def listing(lab):
+    """`virtport list --json` of the installed binary: what both versions print."""
+    keys = ("domain", "uuid", "proto", "host_port_start", "guest_address", "guest_port_start", "state", "since")
+    return [{k: row[k] for k in keys} for row in json.loads(lab.exec("/usr/sbin/virtport", "list", "--json").stdout)]
+
+
 def table_handles(lab):
-    """The handles of table inet virtport's chains and maps: a rebuilt table gets new ones."""
+    """The handles of table inet virtport, its chains, maps and rules. A rebuilt table gets a new
+    table handle (the namespace's counter); the others count from 1 again in each new table, so
+    they tell only a change inside it."""
     r = lab.exec("nft", "-a", "list", "table", "inet", "virtport", check=False)
-    return sorted(re.findall(r"(?:chain|map|set) (\S+) \{ # handle (\d+)", out(r)))
+    return sorted(re.findall(r"(?:table|chain|map|set) (\S+(?: \S+)?) \{ # handle (\d+)", out(r))
+                  + re.findall(r"(dnat .*|masquerade) # handle (\d+)", out(r)))
+
+
+def map_elements(lab):
+    """{map: its elements as nft prints them} of table inet virtport."""
+    text = out(lab.exec("nft", "list", "table", "inet", "virtport"))
+    return {m: " ".join(e.split()) for m, e in re.findall(r"map (\S+) \{[^}]*?elements = \{([^}]*)\}", text)}
+
+
+def dnat_rules(lab):
+    """The table's DNAT rules (prerouting and output chains), one line each."""
+    text = out(lab.exec("nft", "list", "table", "inet", "virtport"))
+    return [l.strip() for l in text.splitlines() if re.search(r"(^|\s)dnat ip6? to ", l)]
+
+
+# The stand-in guest's service: the LISTENER's greeting on connect, then an echo of every line, so a
+# connection can be held open across the upgrade.
+ECHO = textwrap.dedent("""
+    import socket, sys, threading
+    port, tag = int(sys.argv[1]), sys.argv[2]
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64); print("ready", flush=True)
+    def serve(c, peer):
+        with c:
+            c.sendall(f"{tag} {port} from {peer[0]}\\n".encode())
+            for line in c.makefile("rb"):
+                c.sendall(tag.encode() + b" echo " + line)
+    while True:
+        c, peer = s.accept()
+        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+""")
+
+# One TCP connection held open: prints the greeting, then sends each stdin line and prints the answer.
+HELD = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    f = s.makefile("rb")
+    print(f.readline().decode().strip(), flush=True)
+    for line in sys.stdin:
+        s.sendall(line.encode()); print(f.readline().decode().strip(), flush=True)
+""")
+
+
+def echo_service(guest, port, tag):
+    p = subprocess.Popen(["ip", "netns", "exec", guest.ns, sys.executable, "-c", ECHO, str(port), tag],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    guest.procs.append(p)                              # the lab's reset kills it
+    assert p.stdout.readline().decode().strip() == "ready", p.stderr.read().decode() if p.poll() is not None else ""
+    return p
+
+
+def held_connection(client, addr, port):
+    p = subprocess.Popen(["ip", "netns", "exec", client.ns, sys.executable, "-c", HELD, addr, str(port)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client.procs.append(p)
+    return p
+
+
+def say(conn, line):
+    conn.stdin.write(line.encode() + b"\n")
+    conn.stdin.flush()
+    return conn.stdout.readline().decode().strip()
+
+
+class Agent:
+    """`BINARY agent --verbose` started by hand inside the lab's namespace (no systemd here), on a
+    socket of the test's: the lab's /etc/virtport/virtport.conf says `agent_socket` for the hooks
+    libvirtd runs too. Stopped, and the configuration put back, on leaving."""
+
+    def __init__(self, lab, binary, name):
+        self.lab, self.binary = lab, binary
+        self.sock = os.path.join(lab.workdir, f"{name}.sock")
+        self.log = os.path.join(lab.workdir, f"{name}.log")
+        self.conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
+
+    def __enter__(self):
+        with open(self.conf) as f:
+            self.saved = f.read()
+        with open(self.conf, "w") as f:
+            f.write(self.saved + f'\n[paths]\nagent_socket = "{self.sock}"\n')
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen(["ip", "netns", "exec", self.lab.ns, self.binary, "agent", "--verbose"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f)
+        harness.wait_for(lambda: os.path.exists(self.sock) or self.proc.poll() is not None, 10, 0.02,
+                         f"{self.binary} agent's socket")
+        assert self.proc.poll() is None, self.lines()
+        return self
+
+    def lines(self):
+        with open(self.log, errors="replace") as f:
+            return f.read().splitlines()
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        with open(self.conf, "w") as f:
+            f.write(self.saved)
+        return False
+
+
+# The qemu operations whose work a hook of either version hands to an agent (`started` and the
+# others have none).
+HANDED_OVER = ("prepare", "start", "reconnect", "stopped", "release")
+
+
+def handed_over(lab, mark, vm):
+    """libvirtd's calls of the qemu hook for `vm` since `mark` that offer their work to an agent."""
+    return [c for c in lab.hook_calls(mark) if c[0] == "qemu" and c[1] == vm and c[2] in HANDED_OVER]
 
 
 def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     lab = pkg_lab
-    prev, cur, version = debs
+    prev, prev_version, cur, version, prev_bin = debs
     vm = "vpe-pkg"
 
-    # 1. Install the previous version with apt: hooks, rescan, units enabled, no forwards yet.
+    # 1. Install the previous release with apt: hooks, rescan, units enabled, no forwards yet.
     text, mark = apt_install(lab, prev)
+    assert out(dpkg(lab, "-s", "virtport")).count(f"Version: {prev_version}") == 1
     assert hooks() == {"qemu": "/usr/sbin/virtport", "network": "/usr/sbin/virtport"}, text
     harness.wait_for(lambda: any("Found hook script /etc/libvirt/hooks/qemu" in l for l in lab.log_lines(mark)),
                      10, 0.05, "libvirtd to rescan after the postinst's SIGHUP")
@@ -122,34 +313,75 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
     assert open(conf).read() == open(os.path.join(harness.ROOT, "packaging", "virtport.conf")).read()
     assert os.stat("/var/lib/virtport").st_mode & 0o777 == 0o700
+    # The postinst's reconcile (the previous binary) created the journal: the same file to the end.
+    db_inode = os.stat("/var/lib/virtport/virtport.db").st_ino
 
-    # 2. A VM started through the packaged hooks gets its forward (real traffic).
+    # 2. A VM started through the previous release's hooks gets its forward (real traffic), while
+    # the current release's agent runs: the old hook's VPA1 request is dropped by the new agent,
+    # and the old hook does the work itself.
     lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
     guest = lab.stand_in_guest(G1)
-    guest.listen("tcp", 22, "G1")
+    echo_service(guest, 22, "G1")
     client = lab.client()
-    lab.start_vm(vm)
+    with Agent(lab, BIN, "agent-current") as agent:
+        mark = lab.log_mark()
+        lab.start_vm(vm)
+        calls = handed_over(lab, mark, vm)
+        dropped = [l for l in agent.lines() if "dropped a malformed" in l]
+        assert len(dropped) == len(calls) and calls, (calls, agent.lines())
+        assert not [l for l in agent.lines() if ": exit " in l], agent.lines()
     assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
     assert history(lab) == [("add", vm, 2222, "hook qemu start")]
-    db_inode = os.stat("/var/lib/virtport/virtport.db").st_ino
-    handles = table_handles(lab)
-    assert handles
+    listed = listing(lab)
+    assert [(r["domain"], r["host_port_start"], r["state"]) for r in listed] == [(vm, 2222, "applied")]
+    handles, elements, rules = table_handles(lab), map_elements(lab), dnat_rules(lab)
+    assert handles and "2222" in elements.get("fwd4", ""), elements
+    # The previous release's table: its address-keyed DNAT rules do not test `fib daddr type local`.
+    assert len(rules) == 12 and [r for r in rules if "@fwd4_addr" in r and "fib daddr type local" not in r], rules
+    held = held_connection(client, HOST, 2222)
+    assert held.stdout.readline().decode().strip() == answer("G1", 22, CLIENT)
+    assert say(held, "before") == "G1 echo before"
 
-    # 3. Upgrade with the VM running: the forward never goes down, the journal stays.
+    # 3. Upgrade with the VM running: the forward never goes down (a connection held open through it
+    # and new ones), the journal stays and the new binary reads it as the old one did.
     text, _ = apt_install(lab, cur)
     assert out(dpkg(lab, "-s", "virtport")).count(f"Version: {version}") == 1
+    assert say(held, "after") == "G1 echo after", "the connection held across the upgrade broke"
     assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
-    assert table_handles(lab) == handles, "the upgrade rebuilt or removed the table"
     assert history(lab) == [("add", vm, 2222, "hook qemu start")], "the upgrade took the forward down"
+    assert listing(lab) == listed, "the new binary reads the old journal differently"
     assert os.stat("/var/lib/virtport/virtport.db").st_ino == db_inode
     assert hooks() == {"qemu": "/usr/sbin/virtport", "network": "/usr/sbin/virtport"}
     assert {u: unit_state(u) for u in UNITS} == {u: "enabled" for u in UNITS}
-    # The new binary serves the hooks: a restart of the VM goes through them again.
-    lab.destroy_vm(vm)
-    lab.start_vm(vm)
-    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    # The postinst's reconcile rebuilt the table, in one batch, because its rules changed (every
+    # DNAT rule now tests `fib daddr type local`): same elements, new handles, new rules.
+    assert map_elements(lab) == elements
+    assert len(dnat_rules(lab)) == 12 and all("fib daddr type local" in r for r in dnat_rules(lab)), dnat_rules(lab)
+    old_handles, handles = handles, table_handles(lab)
+    assert [h for h in old_handles if h[0] == "inet virtport"] != [h for h in handles if h[0] == "inet virtport"], handles
+    # An upgrade whose rules did not change does not rebuild it: the same .deb again.
+    apt_install(lab, cur, "--reinstall")
+    assert table_handles(lab) == handles, "a reinstall rebuilt the table though its rules had not changed"
+    assert say(held, "reinstalled") == "G1 echo reinstalled"
+    held.stdin.close()
 
-    # 4. Remove with the VM running: hooks out, forward down (history says why), nothing enabled;
+    # 4. The current release's hooks with the previous release's agent running: the new hook's VPA2
+    # request is dropped by the old agent, and the new hook does the work itself — the stop takes
+    # the forward down, the start puts it back (history of both).
+    with Agent(lab, prev_bin, "agent-previous") as agent:
+        mark = lab.log_mark()
+        lab.destroy_vm(vm)
+        assert client.connect("tcp", HOST, 2222).startswith("ERROR")
+        assert "2222" not in map_elements(lab).get("fwd4", "")
+        lab.start_vm(vm)
+        assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+        calls = handed_over(lab, mark, vm)
+        dropped = [l for l in agent.lines() if "dropped a malformed" in l]
+        assert len(dropped) == len(calls) and calls, (calls, agent.lines())
+    assert history(lab) == [("add", vm, 2222, "hook qemu start"), ("remove", vm, 2222, "hook qemu stopped"),
+                            ("add", vm, 2222, "hook qemu start")]
+
+    # 5. Remove with the VM running: hooks out, forward down (history says why), nothing enabled;
     # the conffile and the journal stay until purge.
     mark = lab.log_mark()
     dpkg(lab, "--remove", "virtport")
@@ -170,7 +402,7 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     lab.destroy_vm(vm)
     assert lab.hook_calls(mark) == []
 
-    # 5. Purge: nothing left.
+    # 6. Purge: nothing left.
     dpkg(lab, "--purge", "virtport")
     assert dpkg(lab, "-L", "virtport", check=False).returncode != 0
     assert not os.path.exists("/var/lib/virtport") and not os.path.exists(conf)
