@@ -108,16 +108,35 @@ def binary_version(binary):
 
 
 @pytest.fixture
-def debs(tmp_path_factory):
+def journal_aside():
+    """/var/lib/virtport as it was before the test, moved aside and restored afterwards (the package
+    creates, and purge deletes, the journal there; /etc/virtport is the lab's own, see pkg_lab)."""
+    moved = []
+    for path in ("/var/lib/virtport",):
+        if os.path.lexists(path):
+            aside = f"{path}.before-package-test-{os.getpid()}"
+            os.rename(path, aside)
+            moved.append((path, aside))
+    yield
+    for path, aside in moved:
+        if os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
+        os.rename(aside, path)
+
+
+@pytest.fixture
+def debs(tmp_path_factory, journal_aside):
     """(previous .deb, its version, current .deb, its version, the previous release's binary)."""
     if not os.access(BIN, os.X_OK):
         pytest.skip(f"no release binary at {BIN}")
     if not shutil.which("dpkg-deb") or not shutil.which("apt-get"):
         pytest.skip("dpkg-deb/apt-get not installed")
-    # Never on a machine where virtport is installed for real: purge would delete its journal.
+    # Never on a machine where the package is installed for real: purge would delete its journal.
+    # (A journal a source install or a manual run left in /var/lib/virtport is moved aside for the
+    # test and put back: `journal_aside`.)
     installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "virtport"], capture_output=True).stdout
-    if b"installed" in installed or os.path.exists("/usr/sbin/virtport") or os.path.exists("/var/lib/virtport"):
-        pytest.skip("virtport is installed on this machine (package, /usr/sbin/virtport or /var/lib/virtport)")
+    if b"installed" in installed or os.path.exists("/usr/sbin/virtport"):
+        pytest.skip("virtport is installed on this machine (package or /usr/sbin/virtport)")
     prev_bin = prev_release_binary()
     tmp = str(tmp_path_factory.mktemp("debs"))
     version = f"{binary_version(BIN)}-1"
