@@ -31,10 +31,19 @@ struct SAXBuilder {
     var root: ParsedElement?
     var firstError: (line: Int, message: String)?
     var refused: (line: Int, what: String)?
-    /// libxml2 interns namespace URIs in the context's dictionary: the same pointer is the same
-    /// URI for the whole parse, so consecutive elements of one namespace share one String.
+    /// libxml2 interns local names and namespace URIs in the context's dictionary: for the whole
+    /// parse, the same pointer is the same string. Consecutive elements of one namespace share
+    /// one String, and the `keep` decision for a run of like siblings is made once.
     var lastURI: UnsafePointer<xmlChar>?
     var lastURIString: String?
+    /// The interned local name and URI of each element of `stack`.
+    var keys: [Key] = []
+    var lastDecision: (parent: Key, child: Key, kept: Bool)?
+
+    struct Key: Equatable {
+        var local: UnsafePointer<xmlChar>?
+        var uri: UnsafePointer<xmlChar>?
+    }
 
     /// Parses `chars` with SAX2 callbacks; the caller has checked size and markup counts.
     static func parse(_ chars: UnsafeBufferPointer<CChar>, what: String, budget: Int,
@@ -193,23 +202,31 @@ struct SAXBuilder {
     private mutating func start(_ localname: UnsafePointer<xmlChar>?, _ prefix: UnsafePointer<xmlChar>?,
                                 _ uri: UnsafePointer<xmlChar>?, _ nbAttributes: Int,
                                 _ attributes: UnsafeMutablePointer<UnsafePointer<xmlChar>?>?, line: Int) -> Bool {
-        let name = localname.map { String(cString: $0) } ?? ""
-        let namespace = namespaceString(uri)
-        if let parent = stack.last {
+        let key = Key(local: localname, uri: uri)
+        if let parent = stack.last, let parentKey = keys.last {
             // The parent's text run ends here, kept child or not.
             flush()
             // Children looked at count too, kept or not: 900,000 <x/> inside an <interface>
-            // would otherwise cost a name each.
+            // would otherwise cost a lookup each.
             budget -= 1
             if budget < 0 { return false }
-            guard keep(SecureXML.Name(local: parent.name, namespace: parent.namespace),
-                       SecureXML.Name(local: name, namespace: namespace)) else {
+            let kept: Bool
+            if let last = lastDecision, last.parent == parentKey, last.child == key {
+                kept = last.kept
+            } else {
+                kept = keep(SecureXML.Name(local: parent.name, namespace: parent.namespace),
+                            SecureXML.Name(local: localname.map { String(cString: $0) } ?? "", namespace: namespaceString(uri)))
+                lastDecision = (parentKey, key, kept)
+            }
+            guard kept else {
                 skipDepth = 1
                 return true
             }
         } else if root != nil {
             return true  // a second root element: libxml2 has already reported it
         }
+        let name = localname.map { String(cString: $0) } ?? ""
+        let namespace = namespaceString(uri)
         var element = ParsedElement(name: name, namespace: namespace, prefix: prefix.map { String(cString: $0) },
                                     attributes: [], children: [], text: "", line: line)
         budget -= 1
@@ -228,6 +245,7 @@ struct SAXBuilder {
             }
         }
         stack.append(element)
+        keys.append(key)
         return true
     }
 
@@ -236,6 +254,7 @@ struct SAXBuilder {
         guard !stack.isEmpty else { return }
         flush()
         let element = stack.removeLast()
+        keys.removeLast()
         if stack.isEmpty {
             root = element
         } else {
