@@ -7,7 +7,8 @@ import Glibc
 /// and namespace declarations (a prefix is looked up by walking every declaration in scope).
 /// The scan understands just enough markup to count right (comments, CDATA, processing
 /// instructions, end tags, quoted attribute values); where the bytes stop making sense it stops,
-/// and libxml2 reports that error soon after.
+/// and libxml2 reports that error soon after. It cannot move into the SAX callbacks: libxml2 does
+/// the quadratic work while it reads a start tag, before `startElementNs` reports the tag.
 enum MarkupScan {
     static func check(_ bytes: [UInt8], what: String, maxAttributes: Int,
                       maxNamespaceDeclarations: Int) throws(VirtPortError) {
