@@ -54,7 +54,8 @@ public enum DomainXML {
     }
 
     /// The elements `parseDomain` reads (a status file's `<domstatus>` wraps the `<domain>`): the
-    /// rest of the tree, other applications' metadata included, is never copied out of libxml2.
+    /// rest of the document, other applications' metadata included, is only tokenized (and
+    /// checked) by libxml2, never built.
     static func reads(parent: SecureXML.Name, child: SecureXML.Name) -> Bool {
         if child.namespace == namespace {
             return parent.namespace == namespace || (parent.namespace == nil && parent.local == "metadata")

@@ -7,7 +7,8 @@ import Glibc
 /// and namespace declarations (a prefix is looked up by walking every declaration in scope).
 /// The scan understands just enough markup to count right (comments, CDATA, processing
 /// instructions, end tags, quoted attribute values); where the bytes stop making sense it stops,
-/// and libxml2 reports that error soon after.
+/// and libxml2 reports that error soon after. It cannot move into the SAX callbacks: libxml2 does
+/// the quadratic work while it reads a start tag, before `startElementNs` reports the tag.
 enum MarkupScan {
     static func check(_ bytes: [UInt8], what: String, maxAttributes: Int,
                       maxNamespaceDeclarations: Int) throws(VirtPortError) {
@@ -31,16 +32,27 @@ enum MarkupScan {
         guard let base = b.baseAddress else { return nil }
         var namespaces = 0
         var i = 0
+        /// Index of the first `c` at or after `from`, or nil. Hostile markup is dense (a tag every
+        /// few bytes), where a memchr call per search costs more than the bytes it skips: the first
+        /// bytes are looked at inline, memchr takes the rest.
+        func find(_ c: UInt8, from: Int) -> Int? {
+            var j = from
+            let inline = min(n, from + 16)
+            while j < inline {
+                if base[j] == c { return j }
+                j += 1
+            }
+            guard j < n, let hit = memchr(base + j, Int32(c), n - j) else { return nil }
+            return base.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+        }
         /// Index just after the first occurrence of `pattern` at or after `from`, or n.
         func skip(past pattern: StaticString, from: Int) -> Int {
             let p = UnsafeBufferPointer(start: pattern.utf8Start, count: pattern.utf8CodeUnitCount)
             var j = from
             while j + p.count <= n {
-                guard let hit = memchr(base + j, Int32(p[0]), n - j) else { return n }
-                j = base.distance(to: hit.assumingMemoryBound(to: UInt8.self))
-                if j + p.count > n { return n }
-                if memcmp(base + j, p.baseAddress!, p.count) == 0 { return j + p.count }
-                j += 1
+                guard let hit = find(p[0], from: j), hit + p.count <= n else { return n }
+                if memcmp(base + hit, p.baseAddress!, p.count) == 0 { return hit + p.count }
+                j = hit + 1
             }
             return n
         }
@@ -48,14 +60,24 @@ enum MarkupScan {
             j + pattern.utf8CodeUnitCount <= n && memcmp(base + j, pattern.utf8Start, pattern.utf8CodeUnitCount) == 0
         }
         while i < n {
-            guard let hit = memchr(base + i, Int32(lt), n - i) else { return nil }
-            let tag = base.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+            guard let tag = find(lt, from: i) else { return nil }
             var j = tag + 1
             if j >= n { return nil }
-            if hasPrefix("!--", at: j) { i = skip(past: "-->", from: j + 3); continue }
-            if hasPrefix("![CDATA[", at: j) { i = skip(past: "]]>", from: j + 8); continue }
-            if b[j] == question { i = skip(past: "?>", from: j + 1); continue }
-            if b[j] == bang || b[j] == slash { i = skip(past: ">", from: j); continue }
+            switch b[j] {
+            case bang:
+                if hasPrefix("!--", at: j) { i = skip(past: "-->", from: j + 3) }
+                else if hasPrefix("![CDATA[", at: j) { i = skip(past: "]]>", from: j + 8) }
+                else { i = find(gt, from: j).map { $0 + 1 } ?? n }
+                continue
+            case question:
+                i = skip(past: "?>", from: j + 1)
+                continue
+            case slash:
+                i = find(gt, from: j).map { $0 + 1 } ?? n
+                continue
+            default:
+                break
+            }
             // A start tag: its name, then attributes up to '>' or '/>'.
             while j < n && !isSpace(b[j]) && b[j] != gt && b[j] != slash { j += 1 }
             var attributes = 0
@@ -70,8 +92,9 @@ enum MarkupScan {
                     return (tag, "an element with more than \(maxAttributes) attributes is refused")
                 }
                 let length = j - nameStart
-                if length >= 5 && memcmp(base + nameStart, "xmlns", 5) == 0
-                    && (length == 5 || b[nameStart + 5] == UInt8(ascii: ":")) {
+                if length >= 5 && b[nameStart] == UInt8(ascii: "x") && b[nameStart + 1] == UInt8(ascii: "m")
+                    && b[nameStart + 2] == UInt8(ascii: "l") && b[nameStart + 3] == UInt8(ascii: "n")
+                    && b[nameStart + 4] == UInt8(ascii: "s") && (length == 5 || b[nameStart + 5] == UInt8(ascii: ":")) {
                     namespaces += 1
                     if namespaces > maxNamespaceDeclarations {
                         return (tag, "more than \(maxNamespaceDeclarations) namespace declarations are refused")
@@ -82,8 +105,8 @@ enum MarkupScan {
                 j += 1
                 while j < n && isSpace(b[j]) { j += 1 }
                 guard j < n, b[j] == UInt8(ascii: "\"") || b[j] == UInt8(ascii: "'") else { return nil }
-                guard let close = memchr(base + j + 1, Int32(b[j]), n - j - 1) else { return nil }
-                j = base.distance(to: close.assumingMemoryBound(to: UInt8.self)) + 1
+                guard let close = find(b[j], from: j + 1) else { return nil }
+                j = close + 1
             }
         }
         return nil
