@@ -16,7 +16,7 @@ public enum Planner {
         // Every portForward yields at least one mapping (runs merge only inside one forward), so
         // this refuses before any range is planned exactly what the check below would.
         if metadata.forwards.count > policy.maxForwardsPerDomain {
-            throw .invalid("domain \(Quoted.message(domain.name)): \(metadata.forwards.count) portForward elements exceed the limit of \(policy.maxForwardsPerDomain) forwards per domain (policy)")
+            throw .invalid("domain \(Quoted.message(domain.name)): \(metadata.forwards.count) portForward elements exceed the limit of \(policy.maxForwardsPerDomain) forwards per domain (\(policy.setting(.maxForwardsPerDomain)))")
         }
         var segments: [Segment] = []
         for (i, forward) in metadata.forwards.enumerated() {

@@ -68,14 +68,14 @@ import Foundation
 
     @Test func policyForwardLimitComesBeforePlanning() {
         let many = String(repeating: "<vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='2000'/></vp:portForward>", count: 65)
-        #expect(throws: VirtPortError.invalid("domain web1: 65 portForward elements exceed the limit of 64 forwards per domain (policy)")) {
+        #expect(throws: VirtPortError.invalid("domain web1: 65 portForward elements exceed the limit of 64 forwards per domain ([policy] max_forwards_per_domain = 64)")) {
             try plan(virtport(many))
         }
     }
 
     @Test func markupScanCountsAttributesAndNamespaces() {
         let attrs = (0..<300).map { "a\($0)='x'" }.joined(separator: " ")
-        #expect(throws: VirtPortError.invalid("domain XML: line 2: an element with more than 256 attributes is refused")) {
+        #expect(throws: VirtPortError.invalid("domain XML: line 2: an element with more than 64 attributes is refused")) {
             try DomainXML.parse(Array("<domain>\n<x \(attrs)/></domain>".utf8))
         }
         // Quoted '>' and '=' in values, comments and CDATA do not confuse it.
