@@ -365,6 +365,12 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     # and new ones), the journal stays and the new binary reads it as the old one did.
     text, _ = apt_install(lab, cur)
     assert out(dpkg(lab, "-s", "virtport")).count(f"Version: {version}") == 1
+    # The current binary prints its man pages and completions: the package carries them.
+    files = set(out(dpkg(lab, "-L", "virtport")).splitlines())
+    for f in ("/usr/share/man/man8/virtport.8.gz", "/usr/share/man/man5/virtport.conf.5.gz",
+              "/usr/share/bash-completion/completions/virtport", "/usr/share/zsh/vendor-completions/_virtport",
+              "/usr/share/fish/vendor_completions.d/virtport.fish"):
+        assert f in files, f"{f} not in the package"
     assert say(held, "after") == "G1 echo after", "the connection held across the upgrade broke"
     assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
     assert history(lab) == [("add", vm, 2222, "hook qemu start")], "the upgrade took the forward down"
