@@ -54,6 +54,10 @@ enum Usage {
     static let timeFormats = "2026-11-24, 2026-11-24T10:00[:30], …Z or …+01:00 (no zone: local time), "
         + "today, yesterday, tomorrow (local midnight), now, -2h, -1h30m, +2d, \"3d ago\", \"1h 30min ago\", @EPOCH"
 
+    /// `--hooks-dir`, shared by install and uninstall.
+    static let hooksDirOption = Option(name: "--hooks-dir", value: "DIR",
+                                       help: "libvirt's hook directory (default: [paths] hooks_dir)", kind: .directory)
+
     static let commands: [Command] = [
         Command(
             name: "plan", synopsis: "[--network-xml FILE]… [--inactive] [VM | < domain.xml]",
@@ -118,7 +122,7 @@ enum Usage {
                     + "writes the default configuration if there is none, sends libvirtd SIGHUP and runs reconcile. Idempotent.",
             ],
             options: [
-                Option(name: "--hooks-dir", value: "DIR", help: "libvirt's hook directory (default: [paths] hooks_dir)", kind: .directory),
+                hooksDirOption,
                 Option(name: "--no-reconcile", help: "do not run reconcile afterwards"),
             ]),
         Command(
@@ -129,7 +133,7 @@ enum Usage {
                     + "(history reason `uninstall`). Keeps the database and the configuration. Idempotent.",
             ],
             options: [
-                Option(name: "--hooks-dir", value: "DIR", help: "libvirt's hook directory (default: [paths] hooks_dir)", kind: .directory),
+                hooksDirOption,
                 Option(name: "--keep-forwards", help: "leave the active forwards in the kernel and the journal"),
             ]),
         Command(
