@@ -5,8 +5,13 @@ import VirtPortCore
 @testable import Engine
 @testable import Hook
 
+/// fd 1 is the process's: captures are taken one at a time (tests run in parallel).
+let stdoutCapture = NSLock()
+
 /// Runs `body` with fd 1 pointed at a file; returns what was written there.
 func capturingStdout(_ body: () -> Int32) -> (code: Int32, out: String) {
+    stdoutCapture.lock()
+    defer { stdoutCapture.unlock() }
     let path = NSTemporaryDirectory() + "vp-stdout-\(UUID().uuidString)"
     let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
     let saved = dup(1)
@@ -52,7 +57,7 @@ func tempFile(_ name: String, _ text: String) throws -> String {
     return path
 }
 
-@Suite struct UsageTests {
+@Suite(.serialized) struct UsageTests {
     static let names = Usage.commandNames
 
     /// Every command answers `--help` and `-h` with exit 0 and its own usage line and options.
