@@ -121,7 +121,8 @@ public final class AgentServer: @unchecked Sendable {
             AgentLog.write("dropped a malformed, oversize or too slow request")
             return
         }
-        let summary = "\(request.kind) \(request.args.joined(separator: " "))"
+        // Escaped: a domain name is whatever its editor wrote (a line break would forge log lines).
+        let summary = Quoted.cell("\(request.kind) \(request.args.joined(separator: " "))")
         guard let job = pool.job(for: request) else {
             _ = FrameIO.send(client, AgentFrame.encode(AgentFrame.Reply.declined))
             if verbose { AgentLog.write("\(summary): not served (another configuration or operation)") }
