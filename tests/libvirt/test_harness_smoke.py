@@ -146,17 +146,23 @@ def test_hooks_through_stand_in(lab):
     print_timings(lab, f"timings (lab {lab.ns})")
 
 
-def test_real_binary_install_uninstall(lab):
+def test_real_binary_install_uninstall(lab, tmp_path):
     """install_hooks()/remove_hooks() against the real virtport, once it is built."""
     binary = os.environ.get("VIRTPORT_BIN", os.path.join(harness.ROOT, ".build", "release", "virtport"))
     if not os.access(binary, os.X_OK):
         pytest.skip(f"no virtport binary at {binary} (swift build -c release)")
-    r = lab.install_hooks(binary)                # waits for libvirtd's rescan after its SIGHUP
+    # A config of its own: the journal `install` opens (reconcile) stays out of the host's
+    # /var/lib/virtport.
+    conf = tmp_path / "virtport.conf"
+    conf.write_text(f'database = "{tmp_path}/virtport.db"\nlibvirt_uri = ""\n')
+    env = {"VIRTPORT_CONFIG": str(conf)}
+    r = lab.install_hooks(binary, env=env)       # waits for libvirtd's rescan after its SIGHUP
     assert b"/etc/libvirt/hooks/qemu" in r.stdout, r.stdout   # says what it did (only hooks are silent)
     real = os.path.realpath(binary)
     assert {h: os.path.realpath(os.path.join(harness.HOOKS_DIR, h)) for h in ("qemu", "network")} == \
         {"qemu": real, "network": real}
-    lab.install_hooks(binary)                    # idempotent
-    lab.remove_hooks(binary)
+    lab.install_hooks(binary, env=env)           # idempotent
+    lab.remove_hooks(binary, env=env)
     assert lab.hooks_installed() == {"qemu": False, "network": False}
-    lab.remove_hooks(binary)                     # idempotent
+    lab.remove_hooks(binary, env=env)            # idempotent
+    assert os.path.exists(tmp_path / "virtport.db")
