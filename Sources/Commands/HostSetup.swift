@@ -59,10 +59,9 @@ enum LibvirtDaemons {
     /// The pid a stamp names and when it was written, if any.
     static func stamp(stampDir: String, name: String) -> (pid: Int32, at: Int64)? {
         let path = "\(stampDir)/rescan.\(name)"
-        guard let text = HostPaths.readText(path), let pid = Int32(text.trimmed) else { return nil }
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        return (pid, Int64(st.st_mtim.tv_sec))
+        guard let text = HostPaths.readText(path), let pid = Int32(text.trimmed),
+              let written = FileSystem.stamp(path) else { return nil }
+        return (pid, written.modifiedSeconds)
     }
 
     /// Process start time from /proc/PID/stat (clock ticks after boot) and /proc/stat's btime.

@@ -29,9 +29,7 @@ public struct Errno: Error, Sendable, Equatable, CustomStringConvertible {
         return (code == EACCES || code == EPERM) && geteuid() != 0 ? text + " (run as root)" : text
     }
 
-    public var isInterrupted: Bool { code == EINTR }
     public var isNotFound: Bool { code == ENOENT || code == ENOTDIR }
-    public var isPermission: Bool { code == EACCES || code == EPERM }
 }
 
 /// Calls `call` until it does not fail with EINTR and returns its result; `errno` is left as the

@@ -98,12 +98,6 @@ public struct FileDescriptor: Sendable, Equatable {
         _ = fcntl(rawValue, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK)
     }
 
-    /// (device, inode) of the open file. Wraps `fstat(2)`.
-    public func identity() -> FileIdentity? {
-        var st = stat()
-        guard fstat(rawValue, &st) == 0 else { return nil }
-        return FileIdentity(st)
-    }
 }
 
 /// Which file a path or descriptor is: (device, inode). A file replaced under the same name (a new

@@ -16,8 +16,14 @@ public struct Forwarder {
     /// Test-only fault injection (README "Crash tests"): `VIRTPORT_FAULT=after-intent|after-kernel`
     /// makes the process die right there, as a crash would.
     let fault = Environment.get("VIRTPORT_FAULT")
+    /// libvirt's files as this change sees them: one resolver for the plan and the change, so each
+    /// network's XML is read and parsed once per operation.
+    let files: LibvirtFiles
 
-    public init(resources: Resources) { self.resources = resources }
+    public init(resources: Resources) {
+        self.resources = resources
+        files = LibvirtFiles(config: resources.config, overrides: [])
+    }
 
     /// Read-only conflict check (qemu `prepare`): a host socket or another running domain already
     /// holds a port.
@@ -150,7 +156,7 @@ public struct Forwarder {
     }
 
     func resolver(overrides: [NetworkDefinition] = []) -> LibvirtFiles {
-        LibvirtFiles(config: config, overrides: overrides)
+        overrides.isEmpty ? files : LibvirtFiles(config: config, overrides: overrides)
     }
 
     func crashPoint(_ name: String) {

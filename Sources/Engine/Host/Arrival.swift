@@ -28,8 +28,7 @@ enum Arrival {
     static func reason(_ config: Config, uuid: String, base: String) -> String {
         let p = path(config, uuid: uuid)
         guard let why = HostPaths.readText(p)?.trimmed, !why.isEmpty else { return base }
-        var st = stat()
-        let fresh = stat(p, &st) == 0 && Int64(time(nil)) - Int64(st.st_mtim.tv_sec) <= maxAge
+        let fresh = FileSystem.stamp(p).map { Int64(time(nil)) - $0.modifiedSeconds <= maxAge } ?? false
         unlink(p)
         return fresh ? "\(base) (\(why))" : base
     }

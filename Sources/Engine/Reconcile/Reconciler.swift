@@ -15,6 +15,8 @@ public struct Reconciler {
     /// The running domains by uuid (from libvirt or its status files: the caller's business).
     public let running: [String: RunningDomain]
     let diagnostics: any Diagnostics
+    /// One resolver for the plan and the apply (each network's XML parsed once per run).
+    let files: LibvirtFiles
     var config: Config { resources.config }
 
     public init(resources: Resources, running: [String: RunningDomain],
@@ -22,6 +24,7 @@ public struct Reconciler {
         self.resources = resources
         self.running = running
         self.diagnostics = diagnostics
+        files = LibvirtFiles(config: resources.config, overrides: [])
     }
 
     /// Plans, and applies unless `dryRun`; returns what it did (would do).
@@ -44,7 +47,7 @@ public struct Reconciler {
     /// Reads the journal's rows and the kernel's table and decides; changes nothing.
     public func plan(db: JournalDB?, reason: String) throws(VirtPortError) -> ReconcilePlan {
         let rows = try db?.activeMappings() ?? []
-        let resolver = LibvirtFiles(config: config, overrides: [])
+        let resolver = files
         let policy = config.policy
         return ReconcilePlan.make(rows: rows, running: running, kernel: try readKernel(), table: config.table,
                                   reason: reason) { (d) throws(VirtPortError) -> [Mapping] in
@@ -90,7 +93,7 @@ public struct Reconciler {
         }
         for (ref, delta, why) in applies { try db.commitApply(domain: ref, delta: delta, reason: why, now: nowMicros()) }
         for (rows, why) in removals { try db.commitRemove(rows, reason: why, now: nowMicros()) }
-        try NetworkSync(nf: nf, resolver: LibvirtFiles(config: config, overrides: [])).sync(db: db, others: plan.networks)
+        try NetworkSync(nf: nf, resolver: files).sync(db: db, others: plan.networks)
         if config.historyRetentionDays > 0 {
             _ = try db.pruneHistory(olderThan: nowMicros() - Int64(config.historyRetentionDays) * 86_400_000_000)
         }
