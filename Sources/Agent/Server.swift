@@ -32,6 +32,9 @@ public final class AgentServer: @unchecked Sendable {
     private let verbose: Bool
     private let checkpointer: Checkpointer
     private let pool: WorkerPool
+    /// The event loop every watcher's sources run on (libvirt events, leases, nf_tables).
+    let context: AgentContext
+    private let watchers: [any Watcher]
     /// Connection threads are kept and reused (a new thread per request cost a fresh stack and
     /// malloc arena each time: ~0.5 ms of a 5 ms hook). Guarded by `monitor`.
     private let monitor = Monitor()
@@ -39,12 +42,15 @@ public final class AgentServer: @unchecked Sendable {
     private var idleReaders = 0
     private var handoff: [FileDescriptor] = []
 
-    public init(config: Config, verbose: Bool, workers: Int = 4) throws(VirtPortError) {
+    /// - Parameter watchers: what the agent watches besides hook requests (`Watchers.all()`).
+    init(config: Config, verbose: Bool, workers: Int = 4, watchers: [any Watcher]) throws(VirtPortError) {
         self.verbose = verbose
         socketPath = config.agentSocket
         pool = try WorkerPool(config: config, workers: workers)
         listener = try Self.listen(on: config.agentSocket)
         checkpointer = try Checkpointer(verbose: verbose)
+        context = AgentContext(loop: try EventLoop(), pool: pool, verbose: verbose)
+        self.watchers = watchers
     }
 
     deinit {
@@ -52,10 +58,22 @@ public final class AgentServer: @unchecked Sendable {
         unlink(socketPath)
     }
 
-    /// Serves hooks until the process is killed.
+    /// The agent as `virtport agent` runs it: every watcher of `Watchers.all()`.
+    public convenience init(config: Config, verbose: Bool) throws(VirtPortError) {
+        try self.init(config: config, verbose: verbose, watchers: Watchers.all())
+    }
+
+    /// Serves hooks until the process is killed; the watchers run on the event loop.
     public func serve() -> Never {
         let config = pool.currentConfig()
         AgentLog.write("listening on \(socketPath) (journal \(config.databasePath), table inet \(config.table))")
+        do { try context.loop.start() } catch { AgentLog.write("\(error): watching nothing, serving hooks only") }
+        for w in watchers {
+            do { try w.start(context) } catch {
+                AgentLog.write("\(w.name): \(error) (not watched; the hooks and the other watchers go on)")
+                context.log.warning("agent: \(w.name) not watched: \(error)")
+            }
+        }
         while true {
             let raw = accept(listener.rawValue, nil, nil)
             if raw < 0 { continue }  // EINTR, or a connection reset before it was accepted

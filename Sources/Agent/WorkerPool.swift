@@ -41,7 +41,7 @@ final class WorkerPool: @unchecked Sendable {
     /// The job for `request`, or nil when it is not this agent's to serve (another configuration
     /// file, not a qemu operation virtport acts on): the hook then does it itself.
     func job(for request: AgentFrame.Request) -> Job? {
-        let (config, generation) = refreshed()
+        let (config, generation) = refreshedConfig()
         guard request.configPath == config.sourcePath, request.kind == "qemu", request.args.count >= 2,
               let op = QemuOperation(rawValue: request.args[1])
         else { return nil }
@@ -67,8 +67,9 @@ final class WorkerPool: @unchecked Sendable {
         }
     }
 
-    /// The configuration, reread first when its file changed (a bad new file keeps the old one).
-    private func refreshed() -> (Config, Int) {
+    /// The configuration, reread first when its file changed (a bad new file keeps the old one),
+    /// and its generation (which changes with every reload).
+    func refreshedConfig() -> (Config, Int) {
         monitor.locked { () -> (Config, Int) in
             let stamp = FileSystem.stamp(config.sourcePath)
             if stamp != configStamp {

@@ -70,7 +70,7 @@ enum InstallCommand {
         if keepForwards {
             Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")
         } else {
-            let n = try Forwarder(resources: .perProcess(config)).removeEverything(reason: "uninstall")
+            let n = try Forwarder(resources: .perProcess(config), diagnostics: StandardErrorDiagnostics()).removeEverything(reason: "uninstall")
             Output.out("removed: \(n) active forward(s), table inet \(config.table) and libvirt accept rules")
         }
         Output.out("kept: \(config.databasePath) (audit history) and \(Config.defaultPath)")

@@ -23,6 +23,8 @@ public struct Config: Sendable {
     public var hooksDir = "/etc/libvirt/hooks"
     /// Where `virtport agent` listens; hooks that find it there hand their work to it (README "Agent").
     public var agentSocket = "/run/virtport/agent.sock"
+    /// Where every decision is logged (`SystemLog`); "" logs nothing.
+    public var syslogSocket = "/dev/log"
     /// The file this configuration was read from (`defaultPath` when it was absent). The agent
     /// serves only hooks that read the same file.
     public var sourcePath = Config.defaultPath
@@ -83,7 +85,7 @@ public struct Config: Sendable {
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]") else { throw .invalid("\(at): malformed section header \(line)") }
                 section = String(line.dropFirst().dropLast()).trimmed
-                guard ["", "policy", "history", "paths"].contains(section) else {
+                guard ["", "policy", "history", "paths", "log"].contains(section) else {
                     throw .invalid("\(at): unknown section [\(section)]")
                 }
                 continue
@@ -136,6 +138,9 @@ public struct Config: Sendable {
                 guard let v = Policy.OnInternalError(rawValue: s) else { throw bad("must be \"warn\" or \"refuse\"") }
                 c.policy.onInternalError = v
             case "history.retention_days": c.historyRetentionDays = try value.int(bad, min: 0)
+            case "log.syslog_socket":
+                c.syslogSocket = try value.string(bad)
+                guard c.syslogSocket.isEmpty || c.syslogSocket.hasPrefix("/") else { throw bad("must be an absolute path or \"\"") }
             default:
                 let known = ConfigKeys.keys.filter { $0.section == section }.map(\.name).joined(separator: ", ")
                 throw .invalid("\(at): unknown key \(ConfigKeys.display(name))"

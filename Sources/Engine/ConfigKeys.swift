@@ -17,6 +17,7 @@ public enum ConfigKeys {
         ("paths", "Where libvirt keeps its files, and where the agent listens."),
         ("policy", "Root-owned limits on what a domain's metadata may claim: anyone who can edit a domain's XML must not grab host port 22."),
         ("history", "The journal's history table."),
+        ("log", "Where every decision (applied, removed, pending, completed, refused, healed, warning) is logged."),
     ]
 
     public static let keys: [Key] = [
@@ -50,6 +51,8 @@ public enum ConfigKeys {
             meaning: "a journal or kernel failure inside a hook: \"warn\" lets the VM start, \"refuse\" stops it"),
         Key(section: "history", name: "retention_days", defaultValue: "0",
             meaning: "history older than this many days is pruned by reconcile; 0 keeps everything"),
+        Key(section: "log", name: "syslog_socket", defaultValue: "\"/dev/log\"",
+            meaning: "the syslog socket every hook, the agent and the commands log their decisions to, one line each (journald: journalctl -t virtport); \"\" logs nothing"),
     ]
 
     /// Spellings older versions accepted: still read, with a warning naming the documented one.

@@ -27,31 +27,30 @@ public enum QemuWork {
     public static func run(_ op: QemuOperation, domainName: String, input: [UInt8], resources: Resources,
                            diagnostics: any Diagnostics) -> Int32 {
         let reason = "hook qemu \(op.rawValue)"
-        let forwarder = Forwarder(resources: resources)
         do throws(VirtPortError) {
             switch op {
-            case .prepare, .start, .reconnect, .migrate, .restore:
+            case .prepare, .migrate, .restore:
                 let domain = try DomainXML.parse(input)
+                let forwarder = Forwarder(resources: resources, diagnostics: diagnostics)
                 let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
-                if op.isCheck {
-                    try forwarder.checkConflicts(plan)
-                    // The start that follows an arrival says so in history (`Arrival`).
-                    if op != .prepare { Arrival.note(resources.config, uuid: domain.uuid, op: op) }
-                } else {
-                    let why = op == .start ? Arrival.reason(resources.config, uuid: domain.uuid, base: reason) : reason
-                    try forwarder.apply(plan, reason: why)
-                }
+                try forwarder.checkConflicts(plan)
+                // The start that follows an arrival says so in history (`Arrival`).
+                if op != .prepare { Arrival.note(resources.config, uuid: domain.uuid, op: op) }
+            case .start, .reconnect:
+                let domain = try DomainXML.parse(input)
+                let why = op == .start ? Arrival.reason(resources.config, uuid: domain.uuid, base: reason) : reason
+                try DomainSync.apply(domain, reason: why, resources: resources, diagnostics: diagnostics)
             case .stopped, .release:
                 guard let uuid = HookInput.domainUUID(input) else {
                     throw VirtPortError.invalid("domain XML on stdin has no <uuid>")
                 }
                 Arrival.drop(resources.config, uuid: uuid)
-                try forwarder.remove(domainUUID: uuid, reason: reason)
+                try DomainSync.remove(uuid: uuid, reason: reason, resources: resources, diagnostics: diagnostics)
             }
             return 0
         } catch {
             return report(error, op: op.rawValue, domain: domainName, policy: resources.config.policy,
-                          diagnostics: diagnostics)
+                          diagnostics: diagnostics, log: EventLog(config: resources.config))
         }
     }
 
@@ -59,23 +58,29 @@ public enum QemuWork {
     /// invalid input 2 (libvirt refuses the start and shows the line); `reconnect` always 0 (a
     /// failing reconnect makes libvirt kill the VM); internal trouble 1 at teardown or when
     /// `on_internal_error = "refuse"`, else 0 with the line saying the VM start continues.
+    /// The same line goes to the system log (`log`): a refusal, or a warning about a start that
+    /// continued without its forwards.
     public static func report(_ error: VirtPortError, op: String, domain: String, policy: Policy,
-                              diagnostics: any Diagnostics) -> Int32 {
+                              diagnostics: any Diagnostics, log: EventLog) -> Int32 {
         let prefix = "domain '\(Quoted.message(domain))' \(op)"
+        func say(_ line: String, refused: Bool = false) {
+            diagnostics.emit(line)
+            if refused { log.refused(line) } else { log.warning(line) }
+        }
         if op == QemuOperation.reconnect.rawValue {
-            diagnostics.emit("\(prefix): \(error) (ignored: reconnect never fails; run 'virtport reconcile')")
+            say("\(prefix): \(error) (ignored: reconnect never fails; run 'virtport reconcile')")
             return 0
         }
         if error.code == .invalidInput {
-            diagnostics.emit("\(prefix): \(error)")
+            say("\(prefix): \(error)", refused: !(QemuOperation(rawValue: op)?.isTeardown ?? false))
             return 2
         }
         let teardown = QemuOperation(rawValue: op)?.isTeardown ?? false
         if policy.onInternalError == .refuse || teardown {
-            diagnostics.emit("\(prefix): \(error)")
+            say("\(prefix): \(error)", refused: !teardown)
             return 1
         }
-        diagnostics.emit("\(prefix): \(error) (VM start continues: policy on_internal_error = \"warn\"; run 'virtport reconcile')")
+        say("\(prefix): \(error) (VM start continues: policy on_internal_error = \"warn\"; run 'virtport reconcile')")
         return 0
     }
 }
@@ -87,9 +92,11 @@ public enum NetworkWork {
     public static func started(name: String, input: [UInt8], resources: Resources, diagnostics: any Diagnostics) -> Int32 {
         do throws(VirtPortError) {
             let net = try NetworkXML.parse(input)
-            try Forwarder(resources: resources).reapply(network: net, reason: "hook network started")
+            try Forwarder(resources: resources, diagnostics: diagnostics).reapply(network: net, reason: "hook network started")
         } catch {
-            diagnostics.emit("network \(name) started: \(error) (run 'virtport reconcile')")
+            let line = "network \(name) started: \(error) (run 'virtport reconcile')"
+            diagnostics.emit(line)
+            EventLog(config: resources.config).warning(line)
         }
         return 0
     }

@@ -50,7 +50,8 @@ public enum HookProcess {
         guard let operation = QemuOperation(rawValue: op) else { return 0 }
         let stdin: HookStdin
         do { stdin = try HookStdin.read(limit: HookInput.limit) } catch {
-            return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics)
+            return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
+                                    log: EventLog(config: Config()))
         }
         // Fast path: no metadata in our namespace, nothing to install or remove, whatever the size.
         // (Teardown of a domain whose metadata vanished while running is reconcile's job; at
@@ -59,12 +60,14 @@ public enum HookProcess {
         // Too large to parse: refused before the guest runs; teardown still finds the <uuid>.
         if stdin.oversize && !operation.isTeardown {
             let e = VirtPortError.invalid("domain XML: input is \(stdin.total) bytes, over the limit of \(HookInput.limit) bytes for a domain with virtport metadata")
-            return QemuWork.report(e, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics)
+            return QemuWork.report(e, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
+                                    log: EventLog(config: Config()))
         }
         let input = stdin.bytes
         let config: Config
         do { config = try Config.load(warn: false) } catch {
-            return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics)
+            return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
+                                    log: EventLog(config: Config()))
         }
         if let code = AgentClient.handOver(config: config, kind: .qemu, args: [domainName, op, subop], input: input) {
             return code
@@ -81,7 +84,9 @@ public enum HookProcess {
             let config = try Config.load(warn: false)
             return NetworkWork.started(name: name, input: input, resources: .perProcess(config), diagnostics: diagnostics)
         } catch {
-            diagnostics.emit("network \(name) started: \(error) (run 'virtport reconcile')")
+            let line = "network \(name) started: \(error) (run 'virtport reconcile')"
+            diagnostics.emit(line)
+            EventLog(config: Config()).warning(line)
             return 0
         }
     }

@@ -103,7 +103,9 @@ import VirtPortCore
         #expect(lines.lines == ["domain 'x' stopped: domain XML on stdin has no <uuid>"])
         // At teardown, internal trouble is exit 1 whatever the policy (libvirt only logs it).
         let e = VirtPortError.operational("database x: cannot open")
-        #expect(QemuWork.report(e, op: "stopped", domain: "x", policy: Policy(), diagnostics: lines) == 1)
-        #expect(QemuWork.report(e, op: "start", domain: "x", policy: Policy(), diagnostics: lines) == 0)
+        #expect(QemuWork.report(e, op: "stopped", domain: "x", policy: Policy(), diagnostics: lines,
+                                  log: EventLog(socket: "")) == 1)
+        #expect(QemuWork.report(e, op: "start", domain: "x", policy: Policy(), diagnostics: lines,
+                                  log: EventLog(socket: "")) == 0)
     }
 }

@@ -20,6 +20,7 @@ struct Sandbox {
         c.libvirtConfigDir = dir + "/etc"
         c.libvirtStateDir = dir + "/state"
         c.agentSocket = dir + "/agent.sock"
+        c.syslogSocket = dir + "/log.sock"
         policy(&c.policy)
         config = c
         // libvirt's live XML of network `default` (guest= is checked against its subnet).
@@ -47,6 +48,52 @@ struct Sandbox {
     }
 
     func journal() throws -> JournalDB { try JournalDB(path: config.databasePath) }
+
+    /// A stand-in for the syslog daemon on this sandbox's `[log] syslog_socket`.
+    func syslog() throws -> LogCatcher { try LogCatcher(path: config.syslogSocket) }
+}
+
+/// A unix datagram socket bound where virtport sends its system log lines: what a syslog daemon
+/// would receive. `lines()` returns the messages received so far, without the `<PRI>… virtport[PID]: ` header.
+final class LogCatcher {
+    let fd: Int32
+    let path: String
+
+    init(path: String) throws {
+        self.path = path
+        unlink(path)
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var a = sockaddr_un()
+        a.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &a.sun_path) { raw in
+            for (i, b) in Array(path.utf8).enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 { throw POSIXError(.EADDRINUSE) }
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    /// Every datagram received so far: (severity, text after "virtport[PID]: ").
+    func messages() -> [(severity: Int, text: String)] {
+        var out: [(Int, String)] = []
+        var buf = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let n = recv(fd, &buf, buf.count, Int32(MSG_DONTWAIT))
+            if n <= 0 { return out }
+            let s = String(decoding: buf[0..<n], as: UTF8.self)
+            guard s.hasPrefix("<"), let close = s.firstIndex(of: ">"), let pri = Int(s[s.index(after: s.startIndex)..<close]),
+                  let tag = s.range(of: "virtport[") , let colon = s[tag.upperBound...].range(of: "]: ") else { continue }
+            out.append((pri & 7, String(s[colon.upperBound...])))
+        }
+    }
+
+    func lines() -> [String] { messages().map(\.text) }
 }
 
 /// A one-NIC domain on network `default` whose metadata forwards `forwards` (XML body).

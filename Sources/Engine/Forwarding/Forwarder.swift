@@ -19,10 +19,16 @@ public struct Forwarder {
     /// libvirt's files as this change sees them: one resolver for the plan and the change, so each
     /// network's XML is read and parsed once per operation.
     let files: LibvirtFiles
+    /// Warnings (to the caller and the system log) and decisions (to the system log).
+    let warnings: Warnings
+    var log: EventLog { warnings.log }
 
-    public init(resources: Resources) {
+    /// - Parameter diagnostics: where warnings go besides the system log (a hook's stderr, the
+    ///   agent's reply to a hook, a command's stderr).
+    public init(resources: Resources, diagnostics: any Diagnostics) {
         self.resources = resources
         files = LibvirtFiles(config: resources.config, overrides: [])
+        warnings = Warnings(diagnostics: diagnostics, log: EventLog(config: resources.config))
     }
 
     /// Read-only conflict check (qemu `prepare`): a host socket or another running domain already
@@ -52,6 +58,7 @@ public struct Forwarder {
                 crashPoint("after-kernel")
             }
             try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
+            log.change(domain: domain, adding: delta.adding, removing: delta.removing, reason: reason)
         }
     }
 
@@ -67,6 +74,9 @@ public struct Forwarder {
             try program(db: db, lock: lock, adding: [], removing: rows.flatMap(\.mapping.elements), networks: needs)
             crashPoint("after-kernel")
             try db.commitRemove(rows, reason: reason, now: nowMicros())
+            if let first = rows.first {
+                log.change(domain: first.domain, adding: [], removing: rows, reason: reason)
+            }
         }
     }
 
@@ -87,8 +97,10 @@ public struct Forwarder {
                 throw .operational("cannot rebuild table inet \(config.table)", cause: error)
             }
             if let families = needs.families[network.name] {
-                try LibvirtFirewall(nf: nf).ensure(network, families: families)
+                try LibvirtFirewall(nf: nf, warn: warnings.emit).ensure(network, families: families)
             }
+            log.info("rebuilt table inet \(config.table) from the journal: \(rows.count) forwards; "
+                + "libvirt's accept rule for network \(network.name) checked (\(reason))")
         }
     }
 
@@ -106,8 +118,12 @@ public struct Forwarder {
             do { try nf.deleteTable() } catch {
                 throw .operational("cannot delete table inet \(config.table)", cause: error)
             }
-            try NetworkSync(nf: nf, resolver: resolver()).sync(db: db, others: Set(rows.compactMap(\.mapping.network)))
-            for rows in intents { try db.commitRemove(rows, reason: reason, now: nowMicros()) }
+            try NetworkSync(nf: nf, resolver: resolver(), warn: warnings.emit)
+                .sync(db: db, others: Set(rows.compactMap(\.mapping.network)))
+            for rows in intents {
+                try db.commitRemove(rows, reason: reason, now: nowMicros())
+                if let first = rows.first { log.change(domain: first.domain, adding: [], removing: rows, reason: reason) }
+            }
             nf.closeInBackground()
             return rows.count
         }
@@ -149,10 +165,12 @@ public struct Forwarder {
             do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin)) } catch {
                 throw .operational("cannot rebuild table inet \(config.table)", cause: error)
             }
+            log.notice("healed: table inet \(config.table) " + (created ? "was missing" : "had chains, maps or rules missing")
+                + ": rebuilt from the journal in one batch, \(all.count) elements")
         }
         // A hook exits right after: let a child pay the socket's slow release after deletes.
         if rebuild || !removing.isEmpty || !hairpinDel.isEmpty { nf.closeInBackground() }
-        try NetworkSync(nf: nf, resolver: resolver()).syncFirewall(networks)
+        try NetworkSync(nf: nf, resolver: resolver(), warn: warnings.emit).syncFirewall(networks)
     }
 
     func resolver(overrides: [NetworkDefinition] = []) -> LibvirtFiles {

@@ -32,6 +32,8 @@ struct LibvirtFirewall {
     }
 
     let nf: NetfilterSession
+    /// Where a warning goes (the operation's diagnostics and the system log: `Warnings`).
+    var warn: (String) -> Void = { _ in }
 
     static func tag(_ bridge: String) -> String { "virtport:\(bridge)" }
 
@@ -64,7 +66,7 @@ struct LibvirtFirewall {
         guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return }
         for ip in net.ips where families.contains(ip.family) {
             guard let place = try place(ip.family) else {
-                LegacyIptables.warnIfInUse(bridge: bridge, family: ip.family)
+                if let line = LegacyIptables.warningIfInUse(bridge: bridge, family: ip.family) { warn(line) }
                 continue
             }
             let rules = try rules(ip.family, place)

@@ -52,11 +52,13 @@ struct NetworkNeeds {
 struct NetworkSync {
     let nf: NetfilterSession
     let resolver: LibvirtFiles
+    /// Where a warning about libvirt's firewall goes (`Warnings`).
+    var warn: (String) -> Void = { _ in }
 
     /// libvirt's accept rule in front of its reject for every network of `needs` that has forwards,
     /// removed from those it names as unneeded.
     func syncFirewall(_ needs: NetworkNeeds) throws(VirtPortError) {
-        let firewall = LibvirtFirewall(nf: nf)
+        let firewall = LibvirtFirewall(nf: nf, warn: warn)
         for (name, families) in needs.families.sorted(by: { $0.key < $1.key }) {
             if let def = needs.definitions[name] { try firewall.ensure(def, families: families) }
         }

@@ -17,26 +17,13 @@ public enum LegacyIptables {
     /// Where `iptables` points (update-alternatives), if it is a symlink.
     public static var alternative: String? { FileSystem.readLink(HostPaths.path("/etc/alternatives/iptables")) }
 
-    /// Called where libvirt's reject chain was not found in nf_tables for a NAT network.
-    public static func warnIfInUse(bridge: String, family: Family) {
+    /// Called where libvirt's reject chain was not found in nf_tables for a NAT network: the line
+    /// for `warn` (stderr of a hook, the agent's reply, and the system log), or nil.
+    public static func warningIfInUse(bridge: String, family: Family) -> String? {
         let names = tables(family)
-        guard !names.isEmpty else { return }
-        let text = "network on \(bridge): libvirt's firewall is not in nf_tables, and legacy iptables tables are loaded "
+        guard !names.isEmpty else { return nil }
+        return "network on \(bridge): libvirt's firewall is not in nf_tables, and legacy iptables tables are loaded "
             + "(\(names.joined(separator: ", "))): libvirt probably uses iptables-legacy, whose REJECT virtport cannot "
             + "precede; forwarded connections to this network will be rejected (run 'virtport doctor')"
-        Output.err(text)
-        SystemLog.warning(text)
     }
 }
-
-/// One line to syslog (LOG_DAEMON, ident virtport); silently nothing without a syslog socket.
-public enum SystemLog {
-    public static func warning(_ text: String) {
-        openlog("virtport", LOG_PID, LOG_DAEMON)
-        text.withCString { msg in
-            withVaList([msg]) { vsyslog(LOG_WARNING, "%s", $0) }
-        }
-        closelog()
-    }
-}
-

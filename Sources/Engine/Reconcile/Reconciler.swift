@@ -40,8 +40,17 @@ public struct Reconciler {
             let db = try openJournal(dryRun: false, fixes: &journalFixes)
             let plan = try plan(db: db, reason: reason)
             guard let db else { return journalFixes + plan.fixes }
-            return try journalFixes + apply(plan, db: db, reason: reason)
+            let fixes = try journalFixes + apply(plan, db: db, reason: reason)
+            for f in fixes { Self.log(f, to: EventLog(config: config)) }
+            return fixes
         }
+    }
+
+    /// One line per fix in the system log: what reconcile changed (or left alone, and why).
+    static func log(_ f: Fix, to log: EventLog) {
+        let who = f.domain.map { "domain '\(Quoted.message($0))' " } ?? ""
+        let line = "\(f.action == .skip ? "skipped" : "fixed \(f.action.rawValue)"): \(who)\(f.what) (\(f.reason))"
+        if f.action == .skip || f.action == .rebuildJournal { log.warning(line) } else { log.notice(line) }
     }
 
     /// Reads the journal's rows and the kernel's table and decides; changes nothing.
@@ -93,7 +102,8 @@ public struct Reconciler {
         }
         for (ref, delta, why) in applies { try db.commitApply(domain: ref, delta: delta, reason: why, now: nowMicros()) }
         for (rows, why) in removals { try db.commitRemove(rows, reason: why, now: nowMicros()) }
-        try NetworkSync(nf: nf, resolver: files).sync(db: db, others: plan.networks)
+        try NetworkSync(nf: nf, resolver: files, warn: Warnings(diagnostics: diagnostics, log: EventLog(config: config)).emit)
+            .sync(db: db, others: plan.networks)
         if config.historyRetentionDays > 0 {
             _ = try db.pruneHistory(olderThan: nowMicros() - Int64(config.historyRetentionDays) * 86_400_000_000)
         }

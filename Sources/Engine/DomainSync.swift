@@ -1,0 +1,28 @@
+public import VirtPortCore
+
+/// One domain brought to what it declares now, outside libvirt's hook calls: the agent's event
+/// handling (a lifecycle event, a metadata change, a DHCP lease that appeared or moved) and the
+/// live edits of `virtport add`/`remove`. The same plan → journal intent → one batch → applied as a
+/// hook's `start` and `stopped` (QemuWork calls these too), so every source of change ends in the
+/// same code and the same history.
+public enum DomainSync {
+    /// Plans `domain` (its live XML: it runs) and makes the journal and the kernel hold exactly
+    /// that. A domain whose metadata is gone keeps nothing. Idempotent.
+    /// - Returns: the plan that was applied.
+    /// - Throws: `.invalid` for metadata that fails validation or the policy, or a conflict
+    ///   (nothing changed then); `.operational` for journal or kernel trouble.
+    @discardableResult
+    public static func apply(_ domain: Domain, reason: String, resources: Resources,
+                             diagnostics: any Diagnostics) throws(VirtPortError) -> Plan {
+        let forwarder = Forwarder(resources: resources, diagnostics: diagnostics)
+        let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
+        try forwarder.apply(plan, reason: reason)
+        return plan
+    }
+
+    /// Takes down everything the journal holds for the domain (it stopped). A no-op when it has nothing.
+    public static func remove(uuid: String, reason: String, resources: Resources,
+                              diagnostics: any Diagnostics) throws(VirtPortError) {
+        try Forwarder(resources: resources, diagnostics: diagnostics).remove(domainUUID: uuid, reason: reason)
+    }
+}
