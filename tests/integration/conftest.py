@@ -124,7 +124,10 @@ class Lab:
 
     # -- virtport -------------------------------------------------------------------------------
     def env(self, **extra):
-        e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": self.config, "LANG": "C.UTF-8"}
+        # VIRTPORT_SYSROOT: an empty tree for the host files `install` may touch (AppArmor's local
+        # override under /etc/apparmor.d): no test writes the machine's own /etc.
+        e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": self.config, "LANG": "C.UTF-8",
+             "VIRTPORT_SYSROOT": str(self.dir / "sysroot")}
         e.update(extra)
         return e
 
