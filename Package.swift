@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "Engine", dependencies: ["POSIX", "VirtPortCore", "Netfilter", "Journal"], swiftSettings: strict),
         // Front ends: what libvirt runs (hook), the long-lived agent, the commands people type.
         .target(name: "Hook", dependencies: ["POSIX", "VirtPortCore", "Engine"], swiftSettings: strict),
-        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "CLinux"], swiftSettings: strict),
+        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt", "CLinux"], swiftSettings: strict),
         .target(name: "Commands", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt",
                                                  "Hook", "Agent"], swiftSettings: strict),
         .executableTarget(

@@ -49,7 +49,7 @@ public final class AgentServer: @unchecked Sendable {
         pool = try WorkerPool(config: config, workers: workers)
         listener = try Self.listen(on: config.agentSocket)
         checkpointer = try Checkpointer(verbose: verbose)
-        context = AgentContext(loop: try EventLoop(), pool: pool, verbose: verbose)
+        context = try AgentContext(loop: try EventLoop(), pool: pool, checkpointer: checkpointer, verbose: verbose)
         self.watchers = watchers
     }
 
@@ -162,6 +162,8 @@ public final class AgentServer: @unchecked Sendable {
         let reply = worker.serve(job)
         _ = FrameIO.send(client, AgentFrame.encode(reply))
         checkpointer.request(path: worker.databasePath)
+        context.metrics.hook(operation: job.operation.rawValue, code: reply.code, micros: nowMicros() - started)
+        context.metrics.changed(context)
         if verbose {
             AgentLog.write("\(summary): " + (reply.served ? "exit \(reply.code)" : "not served")
                 + " in \(nowMicros() - started) µs")

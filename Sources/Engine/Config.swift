@@ -25,6 +25,8 @@ public struct Config: Sendable {
     public var agentSocket = "/run/virtport/agent.sock"
     /// Where every decision is logged (`SystemLog`); "" logs nothing.
     public var syslogSocket = "/dev/log"
+    /// The agent's Prometheus textfile (node_exporter's textfile collector); "" writes none.
+    public var metricsFile = ""
     /// The file this configuration was read from (`defaultPath` when it was absent). The agent
     /// serves only hooks that read the same file.
     public var sourcePath = Config.defaultPath
@@ -85,7 +87,7 @@ public struct Config: Sendable {
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]") else { throw .invalid("\(at): malformed section header \(line)") }
                 section = String(line.dropFirst().dropLast()).trimmed
-                guard ["", "policy", "history", "paths", "log"].contains(section) else {
+                guard ConfigKeys.sections.map(\.name).contains(section) else {
                     throw .invalid("\(at): unknown section [\(section)]")
                 }
                 continue
@@ -141,6 +143,11 @@ public struct Config: Sendable {
             case "log.syslog_socket":
                 c.syslogSocket = try value.string(bad)
                 guard c.syslogSocket.isEmpty || c.syslogSocket.hasPrefix("/") else { throw bad("must be an absolute path or \"\"") }
+            case "agent.metrics_file":
+                c.metricsFile = try value.string(bad)
+                guard c.metricsFile.isEmpty || (c.metricsFile.hasPrefix("/") && c.metricsFile.hasSuffix(".prom")) else {
+                    throw bad("must be an absolute path ending in .prom (node_exporter's textfile collector reads only those) or \"\"")
+                }
             default:
                 let known = ConfigKeys.keys.filter { $0.section == section }.map(\.name).joined(separator: ", ")
                 throw .invalid("\(at): unknown key \(ConfigKeys.display(name))"

@@ -17,6 +17,7 @@ public enum ConfigKeys {
         ("paths", "Where libvirt keeps its files, and where the agent listens."),
         ("policy", "Root-owned limits on what a domain's metadata may claim: anyone who can edit a domain's XML must not grab host port 22."),
         ("history", "The journal's history table."),
+        ("agent", "What `virtport agent` writes besides the system log."),
         ("log", "Where every decision (applied, removed, pending, completed, refused, healed, warning) is logged."),
     ]
 
@@ -53,6 +54,8 @@ public enum ConfigKeys {
             meaning: "history older than this many days is pruned by reconcile; 0 keeps everything"),
         Key(section: "log", name: "syslog_socket", defaultValue: "\"/dev/log\"",
             meaning: "the syslog socket every hook, the agent and the commands log their decisions to, one line each (journald: journalctl -t virtport); \"\" logs nothing"),
+        Key(section: "agent", name: "metrics_file", defaultValue: "\"\"",
+            meaning: "Prometheus textfile the agent rewrites (forwards by state, hook and event latency, heals, refusals), e.g. /var/lib/prometheus/node-exporter/virtport.prom; \"\" writes none"),
     ]
 
     /// Spellings older versions accepted: still read, with a warning naming the documented one.

@@ -31,4 +31,21 @@ import VirtPortCore
         #expect(leases[1].address == IPAddress("fd00::45"))
         #expect(DnsmasqStatus.leases(Array("[]".utf8)).isEmpty)
     }
+
+    @Test func halfWrittenOrGarbageFilesTellNothing() {
+        let whole = #"[ { "ip-address": "192.168.122.61", "mac-address": "52:54:00:aa:bb:01", "expiry-time": 0 } ]"#
+        #expect(DnsmasqStatus.complete(Array(whole.utf8))?.map(\.address) == [IPAddress("192.168.122.61")!])
+        // Cut inside the address: the prefix would read as a valid, wrong address.
+        let cut = String(whole.prefix(whole.firstRange(of: "61")!.lowerBound.utf16Offset(in: whole) + 1))
+        #expect(DnsmasqStatus.leases(Array(cut.utf8)).map(\.address) == [IPAddress("192.168.122.6")!])
+        #expect(DnsmasqStatus.complete(Array(cut.utf8)) == nil)
+        #expect(DnsmasqStatus.complete(Array("\u{0}\u{1}garbage".utf8)) == nil)
+        #expect(DnsmasqStatus.complete(Array(#"[{"ip-address": "1.2.3", "mac-address": "52:54:00:aa:bb:01"}]"#.utf8)) == nil)
+        #expect(DnsmasqStatus.complete(Array("[]".utf8)) == [])
+        // A DHCPv6 lease without a MAC is skipped, not garbage; expired leases are not current.
+        let v6 = #"[{"ip-address": "fd00::5", "iaid": "1"}, {"ip-address": "192.168.122.7", "mac-address": "52:54:00:aa:bb:02", "expiry-time": 100}]"#
+        #expect(DnsmasqStatus.complete(Array(v6.utf8))?.count == 1)
+        #expect(DnsmasqStatus.current(Array(v6.utf8), now: 200) == [:])
+        #expect(DnsmasqStatus.current(Array(v6.utf8), now: 50) == [MACAddress("52:54:00:aa:bb:02")!: [IPAddress("192.168.122.7")!]])
+    }
 }

@@ -41,6 +41,46 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from traffic import CLIENT, LISTENER  # noqa: E402  (shared with tests/libvirt)
 
 
+class SyslogCatcher:
+    """A syslog socket (unix datagrams, RFC 3164 lines) that keeps every message's text."""
+
+    def __init__(self, path):
+        import socket
+        import threading
+        if os.path.exists(path):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.messages = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            text = data.decode(errors="replace")
+            # "<PRI>Mmm dd hh:mm:ss virtport[pid]: text"
+            self.messages.append(text.split("]: ", 1)[1] if "]: " in text else text)
+
+    def lines(self, needle=""):
+        return [m for m in list(self.messages) if needle in m]
+
+    def wait_for(self, needle, timeout=5.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = self.lines(needle)
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no log line with {needle!r} in {timeout} s; got {self.lines()}")
+
+    def close(self):
+        self.sock.close()
+
+
 class Lab:
     """One test's namespaces, config, database and listeners."""
 
@@ -74,6 +114,7 @@ class Lab:
             f.write(f'database = "{self.db}"\nlibvirt_uri = ""\n[paths]\nlibvirt_run_dir = "{self.run_dir}"\n'
                     f'libvirt_config_dir = "{self.dir}/etc-libvirt"\nlibvirt_state_dir = "{self.dir}/var-lib-libvirt"\n'
                     f'hooks_dir = "{self.dir}/hooks"\n')
+            f.write(f'[log]\nsyslog_socket = "{self.dir}/log.sock"\n')
             f.write("[policy]\n" + policy + "\n")
 
     # -- topology -------------------------------------------------------------------------------
@@ -115,7 +156,15 @@ class Lab:
             sh("ip", "-6", "route", "add", "default", "via", "fd00:122::1", ns=g)
         return self
 
+    def syslog(self):
+        """What virtport logged (`[log] syslog_socket` of the lab's config), caught from now on."""
+        if getattr(self, "_syslog", None) is None:
+            self._syslog = SyslogCatcher(str(self.dir / "log.sock"))
+        return self._syslog
+
     def cleanup(self):
+        if getattr(self, "_syslog", None) is not None:
+            self._syslog.close()
         for p in self.procs:
             p.kill()
             p.wait()

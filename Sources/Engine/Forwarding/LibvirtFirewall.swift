@@ -62,8 +62,11 @@ struct LibvirtFirewall {
     }
 
     /// Makes sure the accept rule is in effect for each subnet of a NAT network.
-    func ensure(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) {
-        guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return }
+    /// - Returns: whether a rule had to be (re)placed.
+    @discardableResult
+    func ensure(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) -> Bool {
+        guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return false }
+        var placed = false
         for ip in net.ips where families.contains(ip.family) {
             guard let place = try place(ip.family) else {
                 if let line = LegacyIptables.warningIfInUse(bridge: bridge, family: ip.family) { warn(line) }
@@ -75,7 +78,9 @@ struct LibvirtFirewall {
             if ours.count == 1, blocker.map({ ours[0] < $0 }) ?? true { continue }
             try delete(ip.family, place, handles: ours.map { rules[$0].handle })
             try insert(place, bridge: bridge, subnet: ip.subnet)
+            placed = true
         }
+        return placed
     }
 
     /// Removes our rules for this network (no forward needs them any more).

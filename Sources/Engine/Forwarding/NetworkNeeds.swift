@@ -57,20 +57,27 @@ struct NetworkSync {
 
     /// libvirt's accept rule in front of its reject for every network of `needs` that has forwards,
     /// removed from those it names as unneeded.
-    func syncFirewall(_ needs: NetworkNeeds) throws(VirtPortError) {
+    /// - Returns: the networks whose accept rule had to be (re)placed.
+    @discardableResult
+    func syncFirewall(_ needs: NetworkNeeds) throws(VirtPortError) -> [String] {
         let firewall = LibvirtFirewall(nf: nf, warn: warn)
+        var placed: [String] = []
         for (name, families) in needs.families.sorted(by: { $0.key < $1.key }) {
-            if let def = needs.definitions[name] { try firewall.ensure(def, families: families) }
+            if let def = needs.definitions[name], try firewall.ensure(def, families: families) { placed.append(name) }
         }
         for name in needs.unneeded.sorted() {
             if let def = needs.definitions[name] { try firewall.remove(def) }
         }
+        return placed
     }
 
     /// Makes the hairpin sets and libvirt's accept rules match the forwards the journal has in the
     /// kernel: subnets and rules for every network that has one, none for `others` that no longer
     /// do. Reconcile's last step (the hooks keep both in step with each change).
-    func sync(db: JournalDB, others: Set<String>) throws(VirtPortError) {
+    /// - Returns: what had to be put back (for the heal's log line), empty when all was in place.
+    @discardableResult
+    func sync(db: JournalDB, others: Set<String>) throws(VirtPortError) -> [String] {
+        var fixed: [String] = []
         let needs = NetworkNeeds.of(try db.activeMappings().filter(\.isInKernel).map(\.mapping), unneeded: others,
                                     resolver: resolver)
         do throws(NetfilterError) {
@@ -80,10 +87,11 @@ struct NetworkSync {
             let add = wanted.subtracting(current), del = Set(current).subtracting(wanted)
             if !add.isEmpty || !del.isEmpty {
                 try nf.apply(adding: [], removing: [], hairpinAdding: Array(add), hairpinRemoving: Array(del))
+                if !add.isEmpty { fixed.append("\(add.count) hairpin subnets") }
             }
         } catch {
             throw .operational("cannot update the hairpin sets", cause: error)
         }
-        try syncFirewall(needs)
+        return fixed + (try syncFirewall(needs)).map { "libvirt's accept rule for network \($0)" }
     }
 }

@@ -43,7 +43,7 @@ public struct LibvirtFiles: GuestAddressResolver {
               let bytes = (try? IO.readFile("\(config.libvirtStateDir)/dnsmasq/\(bridge).status")) ?? nil
         else { return [] }
         let now = Int64(time(nil))
-        return DnsmasqStatus.leases(bytes).filter { $0.address == address && ($0.expiry == 0 || $0.expiry > now) }.map(\.mac)
+        return (DnsmasqStatus.complete(bytes) ?? []).filter { $0.address == address && ($0.expiry == 0 || $0.expiry > now) }.map(\.mac)
     }
 
     public func reservation(network name: String, mac: MACAddress, family: Family?) -> IPAddress? {
@@ -56,7 +56,7 @@ public struct LibvirtFiles: GuestAddressResolver {
         else { return nil }
         let now = Int64(time(nil))
         // Newest lease wins when dnsmasq still lists an old one for the same MAC.
-        return DnsmasqStatus.leases(bytes)
+        return (DnsmasqStatus.complete(bytes) ?? [])
             .filter { $0.mac == mac && (family == nil || $0.address.family == family) && ($0.expiry == 0 || $0.expiry > now) }
             .max(by: { $0.expiry < $1.expiry })?.address
     }
@@ -64,14 +64,41 @@ public struct LibvirtFiles: GuestAddressResolver {
 
 /// libvirt's leaseshelper status file: a JSON array of flat objects
 /// `{"ip-address": "…", "mac-address": "…", "hostname": "…", "expiry-time": N}`.
-enum DnsmasqStatus {
-    struct Lease: Equatable {
-        var address: IPAddress
-        var mac: MACAddress
-        var expiry: Int64
+public enum DnsmasqStatus {
+    public struct Lease: Equatable, Sendable {
+        public var address: IPAddress
+        public var mac: MACAddress
+        public var expiry: Int64
+    }
+
+    /// The leases of a whole file, or nil when it is not one complete JSON array of leases (a
+    /// half-written or garbage file tells nothing: a truncated "192.168.122.61" reads as a valid
+    /// "192.168.122.6"). leaseshelper replaces the file by rename, so a reader normally sees whole files.
+    public static func complete(_ bytes: [UInt8]) -> [Lease]? {
+        let text = String(decoding: bytes, as: UTF8.self).trimmed
+        guard text.hasPrefix("["), text.hasSuffix("]") else { return nil }
+        guard text.reduce(0, { $1 == "{" ? $0 + 1 : $0 }) == text.reduce(0, { $1 == "}" ? $0 + 1 : $0 }) else { return nil }
+        var malformed = false
+        let parsed = leases(bytes, malformed: &malformed)
+        return malformed ? nil : parsed
+    }
+
+    /// The unexpired leases of a file by MAC (addresses sorted), nil when the file is not complete.
+    public static func current(_ bytes: [UInt8], now: Int64) -> [MACAddress: [IPAddress]]? {
+        guard let all = complete(bytes) else { return nil }
+        var out: [MACAddress: [IPAddress]] = [:]
+        for l in all where l.expiry == 0 || l.expiry > now { out[l.mac, default: []].append(l.address) }
+        return out.mapValues { $0.sorted { "\($0)" < "\($1)" } }
     }
 
     static func leases(_ bytes: [UInt8]) -> [Lease] {
+        var malformed = false
+        return leases(bytes, malformed: &malformed)
+    }
+
+    /// - Parameter malformed: set when an object names an address or MAC that does not parse (an
+    ///   object without a MAC, a DHCPv6 lease of a client that sent none, is skipped, not malformed).
+    static func leases(_ bytes: [UInt8], malformed: inout Bool) -> [Lease] {
         var out: [Lease] = []
         let text = String(decoding: bytes, as: UTF8.self)
         for object in text.split(separator: "{").dropFirst() {
@@ -82,8 +109,11 @@ enum DnsmasqStatus {
                 guard kv.count == 2 else { continue }
                 fields[unquote(kv[0])] = unquote(kv[1])
             }
-            guard let ip = fields["ip-address"].flatMap(IPAddress.init),
-                  let mac = fields["mac-address"].flatMap(MACAddress.init) else { continue }
+            guard let ipText = fields["ip-address"], let macText = fields["mac-address"] else { continue }
+            guard let ip = IPAddress(ipText), let mac = MACAddress(macText) else {
+                malformed = true
+                continue
+            }
             out.append(Lease(address: ip, mac: mac, expiry: fields["expiry-time"].flatMap { Int64($0) } ?? 0))
         }
         return out

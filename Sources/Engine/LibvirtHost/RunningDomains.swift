@@ -1,38 +1,18 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Libvirt
-import Engine
 import POSIX
 import VirtPortCore
 
 /// Which domains are running, from libvirt's own status files (`/run/libvirt/qemu/NAME.xml`,
 /// a `<domstatus pid=…>` wrapping the live domain XML, metadata included). libvirtd keeps them
 /// while it runs and leaves them when it dies, so they answer with or without the daemon; a file
-/// whose QEMU pid is gone (a crash, or a reboot that kept /run) does not count.
-enum RunningDomains {
-    typealias Entry = RunningDomain
+/// whose QEMU pid is gone (a crash, or a reboot that kept /run) does not count. (With libvirtd up,
+/// the agent and commands ask libvirt itself: `RunningDomains.list(config:)` in Agent.)
+public enum RunningDomains {
+    public typealias Entry = RunningDomain
 
-    /// Active domains: from libvirtd when it answers on `uri` (it also counts domains that are still
-    /// starting, whose status file libvirt writes only after their start hooks), else from the
-    /// status files (libvirtd down: nothing can be starting).
-    static func list(config: Config) -> (entries: [String: Entry], source: String) {
-        if !config.libvirtURI.isEmpty, let client = LibvirtClient.connect(uri: config.libvirtURI),
-           let active = try? client.activeDomains() {
-            var out: [String: Entry] = [:]
-            for d in active {
-                do {
-                    out[d.uuid] = Entry(domain: try DomainXML.parse(d.xml), uuid: d.uuid, name: d.name)
-                } catch {
-                    out[d.uuid] = Entry(domain: nil, uuid: d.uuid, name: d.name, problem: error.message)
-                }
-            }
-            return (out, "libvirt \(config.libvirtURI)")
-        }
-        return (list(runDir: config.libvirtRunDir), "status files in \(config.libvirtRunDir)/qemu")
-    }
-
-    static func list(runDir: String) -> [String: Entry] {
+    public static func list(runDir: String) -> [String: Entry] {
         var out: [String: Entry] = [:]
         let dir = "\(runDir)/qemu"
         for file in FileSystem.listDirectory(dir) where file.hasSuffix(".xml") {
@@ -51,7 +31,7 @@ enum RunningDomains {
     }
 
     /// The `pid='N'` attribute of `<domstatus …>`.
-    static func statusPID(_ bytes: [UInt8]) -> pid_t? {
+    public static func statusPID(_ bytes: [UInt8]) -> Int32? {
         guard let start = Bytes.find(Array("<domstatus".utf8), in: bytes) else { return nil }
         var end = start
         while end < bytes.count && bytes[end] != UInt8(ascii: ">") { end += 1 }

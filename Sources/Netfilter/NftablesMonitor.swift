@@ -1,0 +1,137 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CNftnl
+import POSIX
+
+/// nf_tables' change notifications (the multicast group `nft monitor` listens to,
+/// NFNLGRP_NFTABLES), reduced to what self-heal needs: which tables lost something, and which
+/// process committed each batch. The kernel sends a batch's object notifications and then one
+/// NEWGEN message naming the committing process, so notifications are grouped into `Batch`es
+/// that end at their NEWGEN.
+public final class NftablesMonitor {
+    /// What one committed batch deleted.
+    public struct Batch: Sendable, Equatable {
+        /// The process that committed it (NFTA_GEN_PROC_PID), 0 when unknown.
+        public var pid: UInt32 = 0
+        /// Its command name (NFTA_GEN_PROC_NAME), "" when unknown.
+        public var process = ""
+        /// "family table" of every table a deletion touched (`inet virtport`, `ip filter`, …).
+        public var deletedFrom: Set<String> = []
+    }
+
+    /// The socket, non-blocking, to watch for readability.
+    public let fd: Int32
+    private var pending = Batch()
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 8)
+
+    /// Subscribes to nf_tables notifications of the calling thread's network namespace.
+    public init() throws(NetfilterError) {
+        let s = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), NETLINK_NETFILTER)
+        guard s >= 0 else { throw NetfilterError(errno: errno, operation: "open netlink socket (NETLINK_NETFILTER)") }
+        var addr = sockaddr_nl()
+        addr.nl_family = sa_family_t(AF_NETLINK)
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
+        }
+        var group = Int32(NFNLGRP_NFTABLES.rawValue)
+        // A burst (`nft flush ruleset` on a big ruleset) must not overrun the queue: 4 MiB.
+        var size: Int32 = 4 << 20
+        _ = setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size))
+        guard bound == 0, setsockopt(s, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            let code = errno
+            Glibc.close(s)
+            throw NetfilterError(errno: code, operation: "subscribe to nf_tables notifications")
+        }
+        fd = s
+    }
+
+    deinit {
+        Glibc.close(fd)
+        buffer.deallocate()
+    }
+
+    /// Reads what is queued (without blocking).
+    /// - Returns: the batches completed so far, and whether notifications were lost (ENOBUFS: the
+    ///   queue overflowed, so anything may have been deleted).
+    public func read() -> (batches: [Batch], overrun: Bool) {
+        var out: [Batch] = []
+        var overrun = false
+        while true {
+            let n = recv(fd, buffer.baseAddress, buffer.count, 0)
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == ENOBUFS { overrun = true; continue }
+                break
+            }
+            if n == 0 { break }
+            parse(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), into: &out)
+        }
+        return (out, overrun)
+    }
+
+    func parse(_ bytes: UnsafeRawBufferPointer, into out: inout [Batch]) {
+        var offset = 0
+        let header = MemoryLayout<nlmsghdr>.size
+        while offset + header <= bytes.count {
+            let len = Int(bytes.load(fromByteOffset: offset, as: UInt32.self))
+            let type = bytes.load(fromByteOffset: offset + 4, as: UInt16.self)
+            guard len >= header, offset + len <= bytes.count else { break }
+            let body = UnsafeRawBufferPointer(rebasing: bytes[(offset + header)..<(offset + len)])
+            handle(type: type, body: body, into: &out)
+            offset += (len + 3) & ~3
+        }
+    }
+
+    private func handle(type: UInt16, body: UnsafeRawBufferPointer, into out: inout [Batch]) {
+        guard type >> 8 == UInt16(NFNL_SUBSYS_NFTABLES), body.count >= 4 else { return }
+        let msg = UInt32(type & 0xff)
+        let family = body[0]
+        let attrs = Self.attributes(UnsafeRawBufferPointer(rebasing: body[4...]))
+        switch msg {
+        case NFT_MSG_NEWGEN.rawValue:
+            if let pid = attrs[UInt16(NFTA_GEN_PROC_PID.rawValue)], pid.count >= 4 {
+                pending.pid = UInt32(bigEndian: pid.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+            }
+            if let name = attrs[UInt16(NFTA_GEN_PROC_NAME.rawValue)] {
+                pending.process = String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            out.append(pending)
+            pending = Batch()
+        case NFT_MSG_DELTABLE.rawValue, NFT_MSG_DELCHAIN.rawValue, NFT_MSG_DELRULE.rawValue,
+             NFT_MSG_DELSET.rawValue, NFT_MSG_DELSETELEM.rawValue:
+            // The table name is attribute 1 of each of these (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE,
+            // NFTA_RULE_TABLE, NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE).
+            guard let table = attrs[1] else { return }
+            pending.deletedFrom.insert("\(Self.familyName(family)) \(String(decoding: table.prefix { $0 != 0 }, as: UTF8.self))")
+        default:
+            break
+        }
+    }
+
+    /// Top-level netlink attributes: type → payload.
+    static func attributes(_ bytes: UnsafeRawBufferPointer) -> [UInt16: [UInt8]] {
+        var out: [UInt16: [UInt8]] = [:]
+        var offset = 0
+        while offset + 4 <= bytes.count {
+            let len = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            let type = bytes.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) & 0x3fff
+            guard len >= 4, offset + len <= bytes.count else { break }
+            out[type] = Array(bytes[(offset + 4)..<(offset + len)])
+            offset += (len + 3) & ~3
+        }
+        return out
+    }
+
+    static func familyName(_ f: UInt8) -> String {
+        switch Int(f) {
+        case NFPROTO_INET: "inet"
+        case NFPROTO_IPV4: "ip"
+        case NFPROTO_IPV6: "ip6"
+        case NFPROTO_BRIDGE: "bridge"
+        case NFPROTO_ARP: "arp"
+        case NFPROTO_NETDEV: "netdev"
+        default: "family\(f)"
+        }
+    }
+}
