@@ -32,6 +32,8 @@ public enum CLI {
             case "uninstall": return try InstallCommand.uninstall(&args)
             case "reconcile": return try ReconcileCommand.run(&args)
             case "agent": return try AgentCommand.run(&args)
+            case "add": return try EditCommand.add(&args)
+            case "remove": return try EditCommand.remove(&args)
             case "doctor": return try DoctorCommand.run(&args)
             case "version", "--version":
                 Output.out("virtport \(version)")

@@ -20,6 +20,16 @@ public enum DomainSync {
         return plan
     }
 
+    /// What qemu `prepare` checks before a start, read-only: the plan (grammar, policy) and
+    /// conflicts with running domains and bound host sockets. `virtport add` checks an edit so.
+    @discardableResult
+    public static func check(_ domain: Domain, resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) -> Plan {
+        let forwarder = Forwarder(resources: resources, diagnostics: diagnostics)
+        let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
+        try forwarder.checkConflicts(plan)
+        return plan
+    }
+
     /// Takes down everything the journal holds for the domain (it stopped). A no-op when it has nothing.
     public static func remove(uuid: String, reason: String, resources: Resources,
                               diagnostics: any Diagnostics) throws(VirtPortError) {

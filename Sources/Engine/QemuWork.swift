@@ -31,9 +31,7 @@ public enum QemuWork {
             switch op {
             case .prepare, .migrate, .restore:
                 let domain = try DomainXML.parse(input)
-                let forwarder = Forwarder(resources: resources, diagnostics: diagnostics)
-                let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
-                try forwarder.checkConflicts(plan)
+                try DomainSync.check(domain, resources: resources, diagnostics: diagnostics)
                 // The start that follows an arrival says so in history (`Arrival`).
                 if op != .prepare { Arrival.note(resources.config, uuid: domain.uuid, op: op) }
             case .start, .reconnect:

@@ -5,6 +5,7 @@ import Testing
 import VirtPortCore
 @testable import Commands
 @testable import Hook
+import Engine
 
 @Suite struct DispatchTests {
     @Test func hookModeByArgv0() {
