@@ -1,5 +1,6 @@
 import Engine
 import POSIX
+import VirtPortCore
 
 /// Shell completion scripts generated from the usage table (`virtport completion bash|zsh|fish`).
 /// Domain names come from `virsh list --all --name` on libvirt's read-only socket, when virsh is
@@ -94,19 +95,7 @@ enum Completion {
 
     /// Text inside a single-quoted zsh word and inside `[…]` of an _arguments spec.
     static func zshText(_ s: String) -> String {
-        var out = ""
-        for c in s {
-            switch c {
-            case "'": out += "'\\''"
-            case "[": out += "("
-            case "]": out += ")"
-            case ":": out += " -"
-            case "\\": out += "/"
-            case "`": out += ""
-            default: out.append(c)
-            }
-        }
-        return out
+        Quoted.replacing(s, ["'": "'\\''", "[": "(", "]": ")", ":": " -", "\\": "/", "`": ""])
     }
 
     static func zshAction(_ k: Usage.Kind) -> String {

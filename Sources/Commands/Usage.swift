@@ -154,7 +154,8 @@ enum Usage {
         Command(
             name: "remove", synopsis: "DOMAIN PROTO HOSTPORT",
             summary: "remove a forward from a domain's metadata through libvirt and take it down",
-            details: ["The reverse of add: edits the metadata through the libvirt API and removes the forward at once."],
+            details: ["The reverse of add: edits the metadata through the libvirt API and removes the forward at once. A range "
+                      + "that starts at HOSTPORT goes whole; a port inside a longer range is excluded from it."],
             operands: [.domain, .words(["tcp", "udp", "sctp"])]),
         Command(
             name: "doctor", synopsis: "[--json]",
@@ -163,12 +164,17 @@ enum Usage {
             options: [Option(name: "--json", help: "the findings as JSON")]),
         Command(
             name: "agent", synopsis: "[--verbose]",
-            summary: "serve the qemu hooks from a warm journal (optional)",
+            summary: "watch libvirt, DHCP leases and nf_tables; heal; serve the hooks from a warm journal (optional)",
             details: [
                 "Runs in the foreground (virtport-agent.service). Hooks of domains with virtport metadata hand their work to it "
                     + "over [paths] agent_socket; without it they do the same work themselves.",
+                "Listens to libvirt's domain lifecycle, metadata-change and network events (reconnecting with backoff, "
+                    + "reconciling at every connect), completes pending forwards when dnsmasq writes a lease and follows a "
+                    + "lease that moves, and puts back rules someone deleted (nft flush ruleset, a firewall reload), backing "
+                    + "off from a tool that keeps deleting them. Every decision goes to the system log; [agent] metrics_file "
+                    + "names a Prometheus textfile.",
             ],
-            options: [Option(name: "--verbose", help: "log every request and checkpoint on stderr")]),
+            options: [Option(name: "--verbose", help: "log every request, event, heal and checkpoint on stderr")]),
         Command(
             name: "hook", synopsis: "qemu|network OBJECT OP SUBOP [EXTRA] < XML",
             summary: "what libvirt runs (also as argv[0] = …/hooks/qemu or …/hooks/network)",

@@ -63,4 +63,14 @@ public enum Quoted {
             }
         }
     }
+
+    /// `text` with each character that `table` names replaced by its text (an escaping for one
+    /// syntax: XML attribute values, a zsh word).
+    public static func replacing(_ text: String, _ table: [Character: String]) -> String {
+        var out = ""
+        for c in text {
+            if let r = table[c] { out += r } else { out.append(c) }
+        }
+        return out
+    }
 }
