@@ -176,3 +176,23 @@ def test_a_tool_that_keeps_deleting_makes_the_agent_back_off_and_say_so(lab):
     wait(lambda: lab.kernel_forwards() == want, timeout=5, what="the heal after the back-off")
     assert time.monotonic() - t0 >= 0.9
     assert log.wait_for("backing off, the next re-apply waits 2 s")
+
+
+def test_libvirts_accept_rule_deleted_by_hand_is_put_back(lab):
+    """The rule virtport placed in libvirt's firewall (iptables backend) deleted with iptables -D:
+    libvirt's reject would stop every forward; the agent puts it back in front."""
+    from test_libvirt_network import libvirt_iptables, write_network
+    log = lab.syslog()
+    write_network(lab)
+    libvirt_iptables(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "guest1")
+    lab.start(FIXED)
+    start_agent(lab)
+    spec = "-d 192.168.122.0/24 -o br0 -m conntrack --ctstate DNAT -m comment --comment virtport:br0 -j ACCEPT"
+    sh("iptables", "-w", "-D", "FORWARD", *spec.split(), ns=lab.host)
+    wait(lambda: sh("iptables", "-w", "-C", "FORWARD", *spec.split(), ns=lab.host, check=False).returncode == 0,
+         what="the accept rule back")
+    rules = sh("iptables", "-w", "-S", "FORWARD", ns=lab.host).stdout.decode().splitlines()
+    assert "virtport:br0" in rules[1] and sum("virtport" in r for r in rules) == 1, rules
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("guest1 ")
+    assert log.wait_for("healed: libvirt's accept rule for network default")

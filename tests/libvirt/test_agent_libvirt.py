@@ -172,3 +172,31 @@ def test_the_agent_reconnects_after_a_libvirtd_restart_and_converges_what_it_mis
         wait(lambda: a.connects() >= 3, 40, "the agent back once libvirtd is")
     finally:
         a.stop()
+
+
+def test_an_agent_killed_mid_event_loses_and_leaks_nothing(lab, installed):
+    """SIGKILL right after a live edit (the event in flight or half done), then restarted: the
+    forward the edit asked for is there exactly once, nothing half-written stays in the journal."""
+    vp, vm = installed, "vpa-kill"
+    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
+    guest = lab.stand_in_guest(G1)
+    guest.listen("tcp", 80, "W1")
+    client = lab.client()
+    lab.start_vm(vm)
+    a = LabAgent(lab, vp)
+    try:
+        r = virsh_metadata_live(lab, vm, meta(("tcp", 2222, 22, G1), ("tcp", 8080, 80, G1)))
+        assert r.returncode == 0, out(r)
+        a.proc.kill()
+        a.proc.wait(timeout=10)
+        a.start()
+        wait(lambda: client.connect("tcp", HOST, 8080) == answer("W1", 80, CLIENT), 10, "8080 after the restart")
+        assert vp.mappings() == [(vm, "tcp", 2222, 2222, G1, 22, "applied"), (vm, "tcp", 8080, 8080, G1, 80, "applied")]
+        assert vp.elements() == {("fwd4", "tcp", 2222): (G1, 22), ("fwd4", "tcp", 8080): (G1, 80)}
+        adds = [h for h in vp.history() if h[0] == "add" and h[3] == 8080]
+        assert len(adds) == 1, vp.history()
+        lab.destroy_vm(vm)
+        wait(lambda: not vp.elements(), 10, "everything gone at the stop")
+        assert vp.mappings() == []
+    finally:
+        a.stop()
