@@ -60,6 +60,10 @@ final class LibvirtWatcher: Watcher, @unchecked Sendable {
         retryMs = Self.firstRetryMs
         outage = false
         agent.log.notice("agent: connected to libvirt at \(uri), watching domain and network events; reconciling")
+        if !c.networkEvents {
+            agent.log.info("agent: libvirt at \(uri) sends no network events (\(c.networkProblem)); "
+                + "network started is handled by the network hook")
+        }
         agent.say("libvirt: connected to \(uri)")
         reconcile(agent, reason: "agent: connected to libvirt")
     }

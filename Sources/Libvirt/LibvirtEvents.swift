@@ -126,7 +126,11 @@ public final class LibvirtEventConnection: @unchecked Sendable {
                                unsafeBitCast(network, to: virConnectNetworkEventGenericCallback.self), opaque, nil)
         let closeRC = closeReg(client.conn, closed, opaque, nil)
         callbacks = ids.map { (false, $0) } + [(true, netID)]
-        if ids.contains(where: { $0 < 0 }) || netID < 0 || closeRC < 0 {
+        // With the modular daemons a qemu:/// connection reaches virtqemud, which has no network
+        // events: the domain events are what matters (network `started` has its hook).
+        networkEvents = netID >= 0
+        if !networkEvents { networkProblem = "\(client.lastError())" }
+        if ids.contains(where: { $0 < 0 }) || closeRC < 0 {
             LibvirtClient.lastFailure = "cannot register libvirt events: \(client.lastError())"
             deregister()
             box.release()
@@ -140,11 +144,9 @@ public final class LibvirtEventConnection: @unchecked Sendable {
         networkNameFn?(net).map { String(cString: $0) } ?? ""
     }
 
-    /// Whether libvirtd still answers on this connection (`virConnectIsAlive`).
-    public var isAlive: Bool {
-        typealias AliveFn = @convention(c) (virConnectPtr?) -> Int32
-        return client.function("virConnectIsAlive", AliveFn.self)?(client.conn) == 1
-    }
+    /// Whether network lifecycle events are registered, and if not, libvirt's reason.
+    public private(set) var networkEvents = false
+    public private(set) var networkProblem = ""
 
     private func deregister() {
         if let domainDereg = client.function("virConnectDomainEventDeregisterAny", DeregFn.self),
