@@ -76,6 +76,8 @@ import VirtPortCore
         ("[policy]\nhost_ports = [\n  \"2000\",\n  # no closing bracket\n", "virtport.conf:2: unterminated array"),
         ("[policy]\nhost_ports = [\"2000\",,\"3000\"]", "empty item in array"),
         ("[policy]\nhost_ports = [\n  2000,\n]", "[policy] host_ports: expected a string"),
+        ("[agent]\nmetrics_file = \"virtport.prom\"", "[agent] metrics_file: must be an absolute path ending in .prom"),
+        ("[agent]\nmetrics_file = \"/var/lib/x/virtport.txt\"", "textfile collector reads only those"),
     ])
     func invalidConfigNamesLineAndKey(text: String, fragment: String) {
         do {
