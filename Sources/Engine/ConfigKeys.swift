@@ -16,6 +16,7 @@ public enum ConfigKeys {
         ("", "Keys before any section: where virtport keeps its state, and which libvirt it asks."),
         ("paths", "Where libvirt keeps its files, and where the agent listens."),
         ("policy", "Root-owned limits on what a domain's metadata may claim: anyone who can edit a domain's XML must not grab host port 22."),
+        ("guard", "Bridge ports guarded whatever the domain says: spoofing on, DHCP server replies and router advertisements blocked; a <vp:guard> there may add ip= or isolated=, never weaken it."),
         ("history", "The journal's history table."),
         ("log", "Where every decision (applied, removed, pending, completed, refused, healed, warning) is logged."),
     ]
@@ -49,6 +50,10 @@ public enum ConfigKeys {
             meaning: "host ports one domain may have in total"),
         Key(section: "policy", name: "on_internal_error", defaultValue: "\"warn\"",
             meaning: "a journal or kernel failure inside a hook: \"warn\" lets the VM start, \"refuse\" stops it"),
+        Key(section: "guard", name: "bridges", defaultValue: "[]",
+            meaning: "bridges (br0, virbr0) every VM port on which is guarded"),
+        Key(section: "guard", name: "networks", defaultValue: "[]",
+            meaning: "libvirt networks every VM port on which is guarded"),
         Key(section: "history", name: "retention_days", defaultValue: "0",
             meaning: "history older than this many days is pruned by reconcile; 0 keeps everything"),
         Key(section: "log", name: "syslog_socket", defaultValue: "\"/dev/log\"",
