@@ -20,6 +20,7 @@
 #include <libnftnl/set.h>
 #include <libnftnl/expr.h>
 #include <libnftnl/udata.h>
+#include <libnftnl/object.h>
 
 /* Macros Swift cannot import. */
 static inline size_t vp_mnl_socket_buffer_size(void) { return MNL_SOCKET_BUFFER_SIZE; }

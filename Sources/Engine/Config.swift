@@ -139,6 +139,14 @@ public struct Config: Sendable {
                 let s = try value.string(bad)
                 guard let v = Policy.OnInternalError(rawValue: s) else { throw bad("must be \"warn\" or \"refuse\"") }
                 c.policy.onInternalError = v
+            case "guard.bridges":
+                c.policy.guardBridges = try value.strings(bad)
+                if let b = c.policy.guardBridges.first(where: { !Interface.isValidName($0) }) {
+                    throw bad("\"\(b)\" is not a bridge name (1-15 of A-Z a-z 0-9 - _ .)")
+                }
+            case "guard.networks":
+                c.policy.guardNetworks = try value.strings(bad)
+                if c.policy.guardNetworks.contains("") { throw bad("\"\" is not a network name") }
             case "history.retention_days": c.historyRetentionDays = try value.int(bad, min: 0)
             case "log.syslog_socket":
                 c.syslogSocket = try value.string(bad)

@@ -49,14 +49,17 @@ enum ElementMessages {
     }
 
     /// One NEWSETELEM/DELSETELEM message built by libnftnl.
-    static func append(to batch: inout Batch, table: String, set name: String, adding: Bool,
-                       _ elements: [(key: [UInt8], data: [UInt8]?, flags: UInt32)], operation: BatchOperation) {
+    /// - Parameter objrefs: for an object map, the object each element points to (adds only).
+    static func append(to batch: inout Batch, table: String, family: TableFamily = .inet, set name: String,
+                       adding: Bool, _ elements: [(key: [UInt8], data: [UInt8]?, flags: UInt32)],
+                       objrefs: [String]? = nil, operation: BatchOperation) {
         let s = nftnl_set_alloc()!
         defer { nftnl_set_free(s) }
         nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
         nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), name)
-        for element in elements {
+        for (index, element) in elements.enumerated() {
             let e = nftnl_set_elem_alloc()!
+            if adding, let objrefs { nftnl_set_elem_set_str(e, UInt16(NFTNL_SET_ELEM_OBJREF), objrefs[index]) }
             element.key.withUnsafeBytes {
                 _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
             }
@@ -69,6 +72,6 @@ enum ElementMessages {
             nftnl_set_elem_add(s, e)  // the set owns it now
         }
         batch.append(adding ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM, flags: adding ? Netlink.create : 0,
-                     operation: operation) { nftnl_set_elems_nlmsg_build_payload($0, s) }
+                     family: UInt16(family.nfproto), operation: operation) { nftnl_set_elems_nlmsg_build_payload($0, s) }
     }
 }

@@ -14,18 +14,18 @@ struct KernelElement {
 /// Requests outside batches: NFT_MSG_GETTABLE and NFT_MSG_GETSETELEM dumps.
 extension NetfilterSession {
     /// NFT_MSG_GETTABLE with NLM_F_ACK: true on the ack, false on ENOENT.
-    func getTable() throws(NetfilterError) -> Bool {
+    func getTable(family: TableFamily = .inet) throws(NetfilterError) -> Bool {
         let sequence = takeSequence()
         let t = nftnl_table_alloc()!
         defer { nftnl_table_free(t) }
         nftnl_table_set_str(t, UInt16(NFTNL_TABLE_NAME.rawValue), table)
-        let request = build(NFT_MSG_GETTABLE, flags: Netlink.ack, sequence: sequence) {
+        let request = build(NFT_MSG_GETTABLE, flags: Netlink.ack, sequence: sequence, family: family) {
             nftnl_table_nlmsg_build_payload($0, t)
         }
         try transport.send(request)
         while true {
             guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
-                throw NetfilterError(errno: ETIMEDOUT, operation: "read table inet \(table)")
+                throw NetfilterError(errno: ETIMEDOUT, operation: "read table \(family) \(table)")
             }
             for message in NetlinkMessage.split(reply) where message.sequence == sequence {
                 guard let ack = NetlinkAck(message, in: reply) else { continue }  // the NEWTABLE answer
@@ -33,7 +33,7 @@ extension NetfilterSession {
                 case 0: return true
                 case ENOENT: return false
                 default:
-                    throw NetfilterError(errno: ack.errno, operation: "read table inet \(table)", detail: ack.message)
+                    throw NetfilterError(errno: ack.errno, operation: "read table \(family) \(table)", detail: ack.message)
                 }
             }
         }
@@ -55,29 +55,30 @@ extension NetfilterSession {
     /// NFT_MSG_GETSETELEM dump of set `name`, parsed by libnftnl. Restarts when the kernel flags the
     /// dump as interrupted (the set changed meanwhile).
     /// - Throws: `.missingTable` when the table is absent; ENOENT naming the set when only it is.
-    func dumpSet(_ name: String) throws(NetfilterError) -> [KernelElement] {
+    func dumpSet(_ name: String, family: TableFamily = .inet) throws(NetfilterError) -> [KernelElement] {
         var attempt = 0
         while true {
             attempt += 1
-            let (elements, interrupted) = try dumpSetOnce(name)
+            let (elements, interrupted) = try dumpSetOnce(name, family: family)
             if !interrupted || attempt == 3 { return elements }
         }
     }
 
-    private func dumpSetOnce(_ name: String) throws(NetfilterError) -> (elements: [KernelElement], interrupted: Bool) {
+    private func dumpSetOnce(_ name: String, family: TableFamily) throws(NetfilterError)
+        -> (elements: [KernelElement], interrupted: Bool) {
         let sequence = takeSequence()
         let s = nftnl_set_alloc()!
         defer { nftnl_set_free(s) }
         nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
         nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), name)
-        let request = build(NFT_MSG_GETSETELEM, flags: Netlink.dump, sequence: sequence) {
+        let request = build(NFT_MSG_GETSETELEM, flags: Netlink.dump, sequence: sequence, family: family) {
             nftnl_set_elems_nlmsg_build_payload($0, s)
         }
         try transport.send(request)
 
         var elements: [KernelElement] = []
         var interrupted = false
-        let operation = "list set \(name) of table inet \(table)"
+        let operation = "list set \(name) of table \(family) \(table)"
         while true {
             guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
                 throw NetfilterError(errno: ETIMEDOUT, operation: operation)
@@ -90,7 +91,7 @@ extension NetfilterSession {
                 case Netlink.typeError:
                     guard let ack = NetlinkAck(message, in: reply) else { continue }
                     if ack.errno == 0 { return (elements, interrupted) }
-                    if ack.errno == ENOENT, try !getTable() { throw NetfilterError.missingTable(table) }
+                    if ack.errno == ENOENT, try !getTable(family: family) { throw NetfilterError.missingTable(table) }
                     throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message)
                 case Netlink.nftablesSubsystem | UInt16(NFT_MSG_NEWSETELEM.rawValue):
                     try Self.parseElements(reply, message, into: &elements, operation: operation)
@@ -128,10 +129,10 @@ extension NetfilterSession {
         return Array(UnsafeRawBufferPointer(start: value, count: Int(length)))
     }
 
-    /// One request message (not a batch) in family inet.
-    func build(_ type: nf_tables_msg_types, flags: UInt16, sequence: UInt32,
+    /// One request message (not a batch) in `family`.
+    func build(_ type: nf_tables_msg_types, flags: UInt16, sequence: UInt32, family: TableFamily = .inet,
                payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {
-        let header = nftnl_nlmsg_build_hdr(scratch.chars, UInt16(type.rawValue), UInt16(NFPROTO_INET), flags, sequence)!
+        let header = nftnl_nlmsg_build_hdr(scratch.chars, UInt16(type.rawValue), UInt16(family.nfproto), flags, sequence)!
         payload(header)
         return Array(scratch.bytes(Int(header.pointee.nlmsg_len)))
     }

@@ -30,6 +30,14 @@ enum RuleExpression: Equatable {
     case counter
     /// `accept`: the verdict register set to NF_ACCEPT.
     case accept
+    /// `drop`.
+    case drop
+    /// `jump CHAIN`.
+    case jump(String)
+    /// `KEY != @set`: an inverted set lookup (NFT_LOOKUP_F_INV).
+    case lookupNot(set: String, sreg: UInt32)
+    /// `counter name KEY map @map`: the named counter the object map gives for the key.
+    case objrefMap(map: String, sreg: UInt32)
 
     /// The expression's kernel name (`NFTA_EXPR_NAME`), as a rule dump gives it back.
     var kernelName: String {
@@ -45,7 +53,9 @@ enum RuleExpression: Equatable {
         case .masquerade: "masq"
         case .match: "match"
         case .counter: "counter"
-        case .accept: "immediate"
+        case .accept, .drop, .jump: "immediate"
+        case .lookupNot: "lookup"
+        case .objrefMap: "objref"
         }
     }
 
@@ -119,6 +129,28 @@ enum RuleExpression: Equatable {
             let e = nftnl_expr_alloc("immediate")!
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(NF_ACCEPT))
+            return e
+        case .drop:
+            let e = nftnl_expr_alloc("immediate")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(NF_DROP))
+            return e
+        case .jump(let chain):
+            let e = nftnl_expr_alloc("immediate")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_JUMP.rawValue))
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_IMM_CHAIN), chain)
+            return e
+        case .lookupNot(let set, let sreg):
+            let e = nftnl_expr_alloc("lookup")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SREG), sreg)
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_LOOKUP_SET), set)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_FLAGS), NFT_LOOKUP_F_INV.rawValue)
+            return e
+        case .objrefMap(let map, let sreg):
+            let e = nftnl_expr_alloc("objref")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_OBJREF_SET_SREG), sreg)
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_OBJREF_SET_NAME), map)
             return e
         }
     }

@@ -24,9 +24,11 @@ import VirtPortCore
 enum TableSkeleton {
     struct Chain {
         var name: String
-        var hook: nf_inet_hooks
+        /// nil: a regular chain (a jump target).
+        var hook: nf_inet_hooks?
         var priority: Int32
         var rules: [[RuleExpression]]
+        var type = "nat"
     }
 
     static var chains: [Chain] {
@@ -115,34 +117,49 @@ enum TableSkeleton {
         }
     }
 
-    static func appendTable(to batch: inout Batch, table: String, flags: UInt16, operation: BatchOperation) {
+    static func appendTable(to batch: inout Batch, table: String, family: TableFamily = .inet, flags: UInt16,
+                            operation: BatchOperation) {
         let t = nftnl_table_alloc()!
         defer { nftnl_table_free(t) }
         nftnl_table_set_str(t, UInt16(NFTNL_TABLE_NAME.rawValue), table)
-        nftnl_table_set_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(NFPROTO_INET))
-        batch.append(NFT_MSG_NEWTABLE, flags: flags, operation: operation) { nftnl_table_nlmsg_build_payload($0, t) }
-    }
-
-    /// NEWTABLE (no NLM_F_EXCL) then DELTABLE: deletes the table whether or not it exists, in
-    /// any kernel (NFT_MSG_DESTROYTABLE needs 6.3).
-    static func appendDeleteTable(to batch: inout Batch, table: String) {
-        appendTable(to: &batch, table: table, flags: Netlink.create, operation: .object("add table inet \(table)"))
-        let t = nftnl_table_alloc()!
-        defer { nftnl_table_free(t) }
-        nftnl_table_set_str(t, UInt16(NFTNL_TABLE_NAME.rawValue), table)
-        nftnl_table_set_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(NFPROTO_INET))
-        batch.append(NFT_MSG_DELTABLE, flags: 0, operation: .object("delete table inet \(table)")) {
+        nftnl_table_set_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue), family.nfproto)
+        batch.append(NFT_MSG_NEWTABLE, flags: flags, family: UInt16(family.nfproto), operation: operation) {
             nftnl_table_nlmsg_build_payload($0, t)
         }
     }
 
-    static func appendSet(to batch: inout Batch, table: String, name: String, id: UInt32, keyType: UInt32,
-                          keyLength: Int, data: (type: UInt32, length: Int)?, flags: UInt32) {
+    /// NEWTABLE (no NLM_F_EXCL) then DELTABLE: deletes the table whether or not it exists, in
+    /// any kernel (NFT_MSG_DESTROYTABLE needs 6.3).
+    static func appendDeleteTable(to batch: inout Batch, table: String, family: TableFamily = .inet) {
+        appendTable(to: &batch, table: table, family: family, flags: Netlink.create,
+                    operation: .object("add table \(family) \(table)"))
+        let t = nftnl_table_alloc()!
+        defer { nftnl_table_free(t) }
+        nftnl_table_set_str(t, UInt16(NFTNL_TABLE_NAME.rawValue), table)
+        nftnl_table_set_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue), family.nfproto)
+        batch.append(NFT_MSG_DELTABLE, flags: 0, family: UInt16(family.nfproto),
+                     operation: .object("delete table \(family) \(table)")) {
+            nftnl_table_nlmsg_build_payload($0, t)
+        }
+    }
+
+    /// - Parameter objectType: for an object map (NFT_SET_OBJECT in `flags`), NFT_OBJECT_*.
+    static func appendSet(to batch: inout Batch, table: String, family: TableFamily = .inet, name: String, id: UInt32,
+                          keyType: UInt32, keyLength: Int, data: (type: UInt32, length: Int)?, flags: UInt32,
+                          objectType: UInt32? = nil, hostOrderKey: Bool = false) {
         let s = nftnl_set_alloc()!
         defer { nftnl_set_free(s) }
         nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
         nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), name)
-        nftnl_set_set_u32(s, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(NFPROTO_INET))
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_FAMILY.rawValue), family.nfproto)
+        if let objectType { nftnl_set_set_u32(s, UInt16(NFTNL_SET_OBJ_TYPE.rawValue), objectType) }
+        if hostOrderKey {
+            // What nft writes for a single `ifname` key: without it `nft list` shows the names as "".
+            let ud = nftnl_udata_buf_alloc(16)!
+            defer { nftnl_udata_buf_free(ud) }
+            _ = nftnl_udata_put_u32(ud, UInt8(NFTNL_UDATA_SET_KEYBYTEORDER.rawValue), 1 /* BYTEORDER_HOST_ENDIAN */)
+            nftnl_set_set_data(s, UInt16(NFTNL_SET_USERDATA.rawValue), nftnl_udata_buf_data(ud), nftnl_udata_buf_len(ud))
+        }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_KEY_TYPE.rawValue), keyType)
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_KEY_LEN.rawValue), UInt32(keyLength))
         if let data {
@@ -151,41 +168,52 @@ enum TableSkeleton {
         }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue), flags)
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_ID.rawValue), id)
-        let kind = data == nil ? "set" : "map"
-        batch.append(NFT_MSG_NEWSET, flags: Netlink.create, operation: .object("add \(kind) \(name) to table inet \(table)")) {
+        let kind = data == nil && objectType == nil ? "set" : "map"
+        batch.append(NFT_MSG_NEWSET, flags: Netlink.create, family: UInt16(family.nfproto),
+                     operation: .object("add \(kind) \(name) to table \(family) \(table)")) {
             nftnl_set_nlmsg_build_payload($0, s)
         }
     }
 
-    static func appendChain(to batch: inout Batch, table: String, chain: Chain) {
+    static func appendChain(to batch: inout Batch, table: String, family: TableFamily = .inet, chain: Chain) {
         let c = nftnl_chain_alloc()!
         defer { nftnl_chain_free(c) }
         nftnl_chain_set_str(c, UInt16(NFTNL_CHAIN_TABLE.rawValue), table)
         nftnl_chain_set_str(c, UInt16(NFTNL_CHAIN_NAME.rawValue), chain.name)
-        nftnl_chain_set_u32(c, UInt16(NFTNL_CHAIN_FAMILY.rawValue), UInt32(NFPROTO_INET))
-        nftnl_chain_set_str(c, UInt16(NFTNL_CHAIN_TYPE.rawValue), "nat")
-        nftnl_chain_set_u32(c, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), chain.hook.rawValue)
-        nftnl_chain_set_s32(c, UInt16(NFTNL_CHAIN_PRIO.rawValue), chain.priority)
-        batch.append(NFT_MSG_NEWCHAIN, flags: Netlink.create,
-                     operation: .object("add chain \(chain.name) to table inet \(table)")) {
+        nftnl_chain_set_u32(c, UInt16(NFTNL_CHAIN_FAMILY.rawValue), family.nfproto)
+        if let hook = chain.hook {
+            nftnl_chain_set_str(c, UInt16(NFTNL_CHAIN_TYPE.rawValue), chain.type)
+            nftnl_chain_set_u32(c, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), hook.rawValue)
+            nftnl_chain_set_s32(c, UInt16(NFTNL_CHAIN_PRIO.rawValue), chain.priority)
+        }
+        batch.append(NFT_MSG_NEWCHAIN, flags: Netlink.create, family: UInt16(family.nfproto),
+                     operation: .object("add chain \(chain.name) to table \(family) \(table)")) {
             nftnl_chain_nlmsg_build_payload($0, c)
         }
     }
 
-    static func appendRule(to batch: inout Batch, table: String, chain: String, _ expressions: [RuleExpression]) {
+    static func appendRule(to batch: inout Batch, table: String, family: TableFamily = .inet, chain: String,
+                           _ expressions: [RuleExpression]) {
         let r = nftnl_rule_alloc()!
         defer { nftnl_rule_free(r) }
         nftnl_rule_set_str(r, UInt16(NFTNL_RULE_TABLE.rawValue), table)
         nftnl_rule_set_str(r, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
-        nftnl_rule_set_u32(r, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(NFPROTO_INET))
+        nftnl_rule_set_u32(r, UInt16(NFTNL_RULE_FAMILY.rawValue), family.nfproto)
         var target = "rule"
         for expression in expressions {
             nftnl_rule_add_expr(r, expression.build())
             if case .lookup(let set, _, _) = expression { target = "rule using @\(set)" }
+            if case .lookupNot(let set, _) = expression { target = "rule using @\(set)" }
         }
-        batch.append(NFT_MSG_NEWRULE, flags: Netlink.create | Netlink.append,
-                     operation: .object("add \(target) to chain \(chain) of table inet \(table)")) {
+        batch.append(NFT_MSG_NEWRULE, flags: Netlink.create | Netlink.append, family: UInt16(family.nfproto),
+                     operation: .object("add \(target) to chain \(chain) of table \(family) \(table)")) {
             nftnl_rule_nlmsg_build_payload($0, r)
         }
     }
+}
+
+/// The two families virtport owns a table in: `inet` (forwards) and `bridge` (port guards).
+enum TableFamily: String {
+    case inet, bridge
+    var nfproto: UInt32 { self == .inet ? UInt32(NFPROTO_INET) : UInt32(NFPROTO_BRIDGE) }
 }

@@ -122,14 +122,31 @@ public struct RangeSpec: Sendable, Equatable {
     }
 }
 
-/// `<vp:guard mac= spoofing= isolated=>`: bridge-port protection (a later issue applies it).
+/// `<vp:guard mac= spoofing= ip= dhcpServer= routerAdvert= isolated=>`: bridge-port protection
+/// (README "Guarding bridge ports"). `dhcpServer`/`routerAdvert` nil: follow `spoofing` (blocked
+/// with it on, allowed with it off), so a guard without attributes is the full protection.
 public struct GuardSpec: Sendable, Equatable {
     public var mac: MACAddress?
     public var spoofing: Bool
     public var isolated: Bool
-    public init(mac: MACAddress? = nil, spoofing: Bool = true, isolated: Bool = false) {
+    /// `ip=`: the only addresses the guest may use (link-local IPv6 aside); empty: resolved.
+    public var addresses: [IPAddress]
+    /// `dhcpServer=` allow (true) / block (false); nil: not written.
+    public var dhcpServer: Bool?
+    /// `routerAdvert=` allow (true) / block (false); nil: not written.
+    public var routerAdvert: Bool?
+    public init(mac: MACAddress? = nil, spoofing: Bool = true, isolated: Bool = false, addresses: [IPAddress] = [],
+                dhcpServer: Bool? = nil, routerAdvert: Bool? = nil) {
         self.mac = mac
         self.spoofing = spoofing
         self.isolated = isolated
+        self.addresses = addresses
+        self.dhcpServer = dhcpServer
+        self.routerAdvert = routerAdvert
     }
+}
+
+extension Interface {
+    /// Whether `name` is an interface name virtport puts into its tables (`MetadataXML.isInterfaceName`).
+    public static func isValidName(_ name: String) -> Bool { MetadataXML.isInterfaceName(name) }
 }

@@ -243,7 +243,7 @@ enum MetadataXML {
     }
 
     static func parseGuard(_ e: ParsedElement, path: String) throws(VirtPortError) -> GuardSpec {
-        try checkAttributes(e, path: path, allowed: ["mac", "spoofing", "isolated"])
+        try checkAttributes(e, path: path, allowed: ["mac", "spoofing", "ip", "dhcpServer", "routerAdvert", "isolated"])
         try checkNoChildren(e, path: path)
         var spec = GuardSpec()
         if let text = e.attribute("mac") {
@@ -252,22 +252,41 @@ enum MetadataXML {
             }
             spec.mac = mac
         }
-        if let text = e.attribute("spoofing") {
-            switch text {
-            case "on": spec.spoofing = true
-            case "off": spec.spoofing = false
-            default: throw .invalid("\(path): spoofing=\"\(Quoted.message(text))\" is not on or off")
+        func choice(_ name: String, _ yes: String, _ no: String) throws(VirtPortError) -> Bool? {
+            guard let text = e.attribute(name) else { return nil }
+            if text == yes { return true }
+            if text == no { return false }
+            throw .invalid("\(path): \(name)=\"\(Quoted.message(text))\" is not \(yes) or \(no)")
+        }
+        spec.spoofing = try choice("spoofing", "on", "off") ?? true
+        spec.isolated = try choice("isolated", "yes", "no") ?? false
+        spec.dhcpServer = try choice("dhcpServer", "allow", "block")
+        spec.routerAdvert = try choice("routerAdvert", "allow", "block")
+        if let text = e.attribute("ip") {
+            let words = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init)
+            if words.isEmpty { throw .invalid("\(path): ip=\"\" names no address (leave ip= out to use the guest's reservation or lease)") }
+            if words.count > maxGuardAddresses {
+                throw .invalid("\(path): ip= names \(words.count) addresses, more than \(maxGuardAddresses)")
+            }
+            for word in words {
+                guard let ip = IPAddress(word) else {
+                    throw .invalid("\(path): ip=\"\(Quoted.message(word))\" is not an IPv4 or IPv6 address (a prefix is not allowed: name each address)")
+                }
+                if let why = Planner.unusableReason(ip) ?? (ip.isLinkLocal && ip.family == .ipv6 ? "link-local (always allowed: leave it out)" : nil) {
+                    throw .invalid("\(path): ip=\"\(word)\" is \(why), not a guest address")
+                }
+                if spec.addresses.contains(ip) { throw .invalid("\(path): ip= names \(ip) twice") }
+                spec.addresses.append(ip)
             }
         }
-        if let text = e.attribute("isolated") {
-            switch text {
-            case "yes": spec.isolated = true
-            case "no": spec.isolated = false
-            default: throw .invalid("\(path): isolated=\"\(Quoted.message(text))\" is not yes or no")
-            }
+        if !spec.spoofing && !spec.addresses.isEmpty {
+            throw .invalid("\(path): ip= with spoofing=\"off\" checks nothing (turn spoofing on, or leave ip= out)")
         }
         return spec
     }
+
+    /// Most addresses one guard's `ip=` may name.
+    static let maxGuardAddresses = 64
 
     /// A port: decimal digits only, no sign, space, leading zero or hex; 1-65535.
     static func port(_ text: String, path: String, attribute: String) throws(VirtPortError) -> UInt16 {

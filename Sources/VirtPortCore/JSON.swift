@@ -99,6 +99,28 @@ extension Plan {
         .object([
             ("domain", .object([("name", .string(domainName)), ("uuid", .optional(domainUUID.isEmpty ? nil : domainUUID))])),
             ("forwards", .array(mappings.map(\.json))),
+            ("guards", .array(guards.map(\.json))),
+        ])
+    }
+}
+
+extension GuardPlan {
+    /// One entry of the plan's `guards`: the port, its flags, each allowed address and its source.
+    public var json: JSONValue {
+        .object([
+            ("mac", .string(mac.description)),
+            ("tap", .optional(tap)),
+            ("bridge", .optional(bridge)),
+            ("network", .optional(network)),
+            ("spoofing", .bool(spoofing)),
+            ("dhcp_server", .string(dhcpServer ? "allow" : "block")),
+            ("router_advert", .string(routerAdvert ? "allow" : "block")),
+            ("isolated", .bool(isolated)),
+            ("addresses", .array(addresses.map {
+                .object([("address", .string($0.address.description)), ("source", .string($0.source.rawValue))])
+            })),
+            ("state", .string(isWaitingForAddress ? "dhcp-only" : "ready")),
+            ("required_by", .optional(requiredBy)),
         ])
     }
 }

@@ -52,9 +52,67 @@ public struct Plan: Sendable, Equatable {
     public var domainName: String
     public var domainUUID: String
     public var mappings: [Mapping]
-    public init(domainName: String, domainUUID: String, mappings: [Mapping]) {
+    /// One per guarded NIC, in interface order.
+    public var guards: [GuardPlan]
+    public init(domainName: String, domainUUID: String, mappings: [Mapping], guards: [GuardPlan] = []) {
         self.domainName = domainName
         self.domainUUID = domainUUID
         self.mappings = mappings
+        self.guards = guards
     }
+}
+
+/// Where an address a guarded port may use came from.
+public enum GuardAddressSource: String, Sendable, Hashable {
+    /// The guard's `ip=`: then the only ones.
+    case attribute = "ip-attribute"
+    /// `guest=` of a portForward on the same NIC.
+    case forward = "forward-guest"
+    case reservation = "dhcp-reservation"
+    case lease = "dhcp-lease"
+}
+
+public struct GuardAddress: Sendable, Hashable {
+    public var address: IPAddress
+    public var source: GuardAddressSource
+    public init(address: IPAddress, source: GuardAddressSource) {
+        self.address = address
+        self.source = source
+    }
+}
+
+/// One guarded bridge port, resolved: what `table bridge virtport` and the port's isolated flag
+/// receive for it. Every flag is the effective one (`dhcpServer`/`routerAdvert` true: allowed).
+public struct GuardPlan: Sendable, Hashable {
+    public var mac: MACAddress
+    /// The tap (`<target dev>`); nil before qemu `start` (prepare, an inactive definition).
+    public var tap: String?
+    public var bridge: String?
+    public var network: String?
+    public var spoofing: Bool
+    public var dhcpServer: Bool
+    public var routerAdvert: Bool
+    public var isolated: Bool
+    /// Allowed IPv4/IPv6 source addresses (link-local IPv6, 0.0.0.0 for DHCP and :: for DAD are
+    /// always allowed and not listed). Empty with spoofing on: only DHCP and DAD until known.
+    public var addresses: [GuardAddress]
+    /// The `[guard]` key that requires this guard (nil: only the domain's `<vp:guard>` asks).
+    public var requiredBy: String?
+
+    public init(mac: MACAddress, tap: String?, bridge: String?, network: String?, spoofing: Bool, dhcpServer: Bool,
+                routerAdvert: Bool, isolated: Bool, addresses: [GuardAddress], requiredBy: String? = nil) {
+        self.mac = mac
+        self.tap = tap
+        self.bridge = bridge
+        self.network = network
+        self.spoofing = spoofing
+        self.dhcpServer = dhcpServer
+        self.routerAdvert = routerAdvert
+        self.isolated = isolated
+        self.addresses = addresses
+        self.requiredBy = requiredBy
+    }
+
+    /// Until an address is known the port may only do DHCP and DAD.
+    public var isWaitingForAddress: Bool { spoofing && addresses.isEmpty }
 }

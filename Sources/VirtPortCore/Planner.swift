@@ -11,7 +11,8 @@ public enum Planner {
     public static func plan(domain: Domain, resolver: some GuestAddressResolver,
                             policy: Policy) throws(VirtPortError) -> Plan {
         guard let metadata = domain.metadata else {
-            return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: [])
+            return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: [],
+                        guards: try GuardPlanner.plan(domain: domain, resolver: resolver, policy: policy))
         }
         // Every portForward yields at least one mapping (runs merge only inside one forward), so
         // this refuses before any range is planned exactly what the check below would.
@@ -24,10 +25,7 @@ public enum Planner {
                                         resolver: resolver, policy: policy)
         }
         try checkOverlaps(segments)
-        for (i, spec) in metadata.guards.enumerated() {
-            _ = try interface(for: spec.mac, path: "guard[\(i + 1)]", element: "guard", domain: domain)
-        }
-        try checkGuardsUnique(metadata.guards, domain: domain)
+        let guards = try GuardPlanner.plan(domain: domain, resolver: resolver, policy: policy)
 
         let mappings = merged(segments).sorted(by: mappingOrder)
         if mappings.count > policy.maxForwardsPerDomain {
@@ -37,7 +35,7 @@ public enum Planner {
         if ports > policy.maxPortsPerDomain {
             throw .invalid("domain \(Quoted.message(domain.name)): \(ports) host ports exceed the limit of \(policy.maxPortsPerDomain) per domain (\(policy.setting(.maxPortsPerDomain)))")
         }
-        return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: mappings)
+        return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: mappings, guards: guards)
     }
 
     // MARK: - One portForward
@@ -248,17 +246,6 @@ public enum Planner {
         if let x = a.dev, let y = b.dev, x != y { return false }
         if let x = a.family, let y = b.family, x != y { return false }
         return true
-    }
-
-    static func checkGuardsUnique(_ guards: [GuardSpec], domain: Domain) throws(VirtPortError) {
-        var seen: [MACAddress?: Int] = [:]
-        for (i, g) in guards.enumerated() {
-            let mac = g.mac ?? domain.interfaces.first?.mac
-            if let first = seen[mac] {
-                throw .invalid("guard[\(i + 1)]: a second guard for the interface of guard[\(first)]")
-            }
-            seen[mac] = i + 1
-        }
     }
 
     // MARK: - Output

@@ -19,6 +19,11 @@ public struct Policy: Sendable, Equatable {
     /// Where `guest=` may point for a NIC that is not on a libvirt network with addresses (a
     /// plain host bridge, macvtap, a bridge-mode libvirt network): nothing unless configured.
     public var guestNetworks: [IPPrefix] = []
+    /// `[guard] bridges`: every port of these bridges is guarded (spoofing on, DHCP server and
+    /// router advertisements blocked) whether or not the domain has a `<vp:guard>`.
+    public var guardBridges: [String] = []
+    /// `[guard] networks`: the same for every NIC on these libvirt networks.
+    public var guardNetworks: [String] = []
 
     public init(hostPorts: [PortRange] = [PortRange(1024, 65535)], listenAddresses: [IPAddress]? = nil,
                 allowAnyAddress: Bool = true, maxForwardsPerDomain: Int = 64, maxPortsPerDomain: Int = 4096,
@@ -74,6 +79,8 @@ extension Policy {
             value = list((listenAddresses == nil && allowAnyAddress ? ["any"] : []) + (listenAddresses ?? []).map(\.description))
         case .maxForwardsPerDomain: value = "\(maxForwardsPerDomain)"
         case .maxPortsPerDomain: value = "\(maxPortsPerDomain)"
+        case .guardBridges: return "[guard] bridges = \(list(guardBridges))"
+        case .guardNetworks: return "[guard] networks = \(list(guardNetworks))"
         }
         return "[policy] \(key.rawValue) = \(value)"
     }
@@ -81,5 +88,6 @@ extension Policy {
     public enum Key: String, Sendable {
         case hostPorts = "host_ports", listenAddresses = "listen_addresses"
         case maxForwardsPerDomain = "max_forwards_per_domain", maxPortsPerDomain = "max_ports_per_domain"
+        case guardBridges = "bridges", guardNetworks = "networks"
     }
 }

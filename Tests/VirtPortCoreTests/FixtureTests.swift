@@ -50,7 +50,7 @@ import Testing
         let d = try DomainXML.parse(Fixture.bytes("qemu-start.xml"))
         let p = try Planner.plan(domain: d, resolver: NoGuestAddresses(), policy: Policy())
         #expect(p.mappings.isEmpty)
-        #expect(p.json.serialized() == #"{"domain":{"name":"lvprobe1","uuid":"10ca34a4-d7de-462e-8906-be833e7f6cae"},"forwards":[]}"#)
+        #expect(p.json.serialized() == #"{"domain":{"name":"lvprobe1","uuid":"10ca34a4-d7de-462e-8906-be833e7f6cae"},"forwards":[],"guards":[]}"#)
     }
 }
 

@@ -51,7 +51,7 @@ import Testing
 
     @Test func domainNameIsEscapedInPlan() {
         let p = Plan(domainName: "we\"ird\\vm", domainUUID: "u", mappings: [])
-        #expect(p.json.serialized() == #"{"domain":{"name":"we\"ird\\vm","uuid":"u"},"forwards":[]}"#)
+        #expect(p.json.serialized() == #"{"domain":{"name":"we\"ird\\vm","uuid":"u"},"forwards":[],"guards":[]}"#)
     }
 
     @Test func ipv6MappingJSON() {

@@ -14,8 +14,11 @@ import Testing
             "udp 203.0.113.5:5000-5010 -> 192.168.122.10:6000-6010 (guest-attribute)",
         ])
         #expect(p.mappings.allSatisfy { $0.mac == mac(mac1) && $0.network == "default" && $0.dev == nil })
-        // guest= answers first: the resolver is asked only for the tcp forward, once.
-        #expect(resolver.asked == ["reservation default \(mac1) any"])
+        // guest= answers first: the resolver is asked only for the tcp forward, once; the guard
+        // then asks for both families' reservations and leases.
+        #expect(resolver.asked == ["reservation default \(mac1) any"] + ["reservation", "lease"].flatMap { kind in
+            ["ipv4", "ipv6"].map { "\(kind) default \(mac1) \($0)" }
+        })
         #expect(p.json.serialized(pretty: true) == designExampleJSON)
     }
 
@@ -220,6 +223,30 @@ let designExampleJSON = """
       "network": "default",
       "guest_source": "guest-attribute",
       "state": "ready"
+    }
+  ],
+  "guards": [
+    {
+      "mac": "52:54:00:aa:bb:01",
+      "tap": "vnet5",
+      "bridge": "virbr0",
+      "network": "default",
+      "spoofing": true,
+      "dhcp_server": "block",
+      "router_advert": "block",
+      "isolated": true,
+      "addresses": [
+        {
+          "address": "192.168.122.10",
+          "source": "forward-guest"
+        },
+        {
+          "address": "192.168.122.50",
+          "source": "dhcp-reservation"
+        }
+      ],
+      "state": "ready",
+      "required_by": null
     }
   ]
 }

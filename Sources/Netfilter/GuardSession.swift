@@ -1,0 +1,141 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CNftnl
+public import VirtPortCore
+
+/// One port's dropped frames for one reason.
+public struct GuardCounter: Sendable, Hashable {
+    public var tap: String
+    public var reason: GuardDropReason
+    public var packets: UInt64
+    public var bytes: UInt64
+}
+
+/// `table bridge <table>`: the port guards, over the same socket as the inet table.
+extension NetfilterSession {
+    /// Changes guarded ports in one batch: `removing` loses every element and its counters;
+    /// each of `adding` gets its elements (and counters, kept when they exist), and loses the
+    /// elements its `previous` version had that it no longer has (an address that moved).
+    /// Adding an element that is already there is harmless.
+    /// - Throws: ENOENT (`isMissingObject`) when the table, a set or an element to delete is
+    ///   missing: the caller rebuilds the table from its journal (`replaceGuards`).
+    public func changeGuards(adding: [GuardPort], previous: [GuardPort], removing: [GuardPort]) throws(NetfilterError) {
+        for port in adding + previous + removing { try GuardTable.validate(port) }
+        let old = Dictionary(previous.map { ($0.tap, $0) }, uniquingKeysWith: { a, _ in a })
+        var stale: [(set: String, key: [UInt8])] = []
+        for port in adding {
+            guard let before = old[port.tap] else { continue }
+            let now = Set(GuardTable.elements(port).map { "\($0.set)/\($0.key)" })
+            stale += GuardTable.elements(before).filter { !now.contains("\($0.set)/\($0.key)") }
+        }
+        let failures = try execute { batch in
+            GuardTable.appendPorts(to: &batch, table: table, adding: false, removing, counters: true)
+            for set in Set(stale.map(\.set)).sorted() {
+                GuardTable.appendKeys(to: &batch, table: table, set: set, adding: false,
+                                      stale.filter { $0.set == set }.map(\.key), objrefs: nil,
+                                      operation: "delete stale elements in set \(set) of table bridge \(table)")
+            }
+            GuardTable.appendPorts(to: &batch, table: table, adding: true, adding, counters: true)
+        }
+        if !failures.isEmpty { throw BatchExchange.combine(failures) }
+    }
+
+    /// Rebuilds `table bridge <table>` in one batch: deleted if present, the skeleton, `ports`.
+    /// Counters start from zero. An empty list still leaves the (empty) table.
+    public func replaceGuards(_ ports: [GuardPort]) throws(NetfilterError) {
+        for port in ports { try GuardTable.validate(port) }
+        let failures = try execute { batch in
+            TableSkeleton.appendDeleteTable(to: &batch, table: table, family: .bridge)
+            GuardTable.append(to: &batch, table: table)
+            GuardTable.appendPorts(to: &batch, table: table, adding: true, ports, counters: true)
+        }
+        if !failures.isEmpty { throw BatchExchange.combine(failures) }
+    }
+
+    /// Deletes `table bridge <table>`; no error when it is absent.
+    public func deleteGuardTable() throws(NetfilterError) {
+        let failures = try execute { TableSkeleton.appendDeleteTable(to: &$0, table: table, family: .bridge) }
+        if !failures.isEmpty { throw BatchExchange.combine(failures) }
+    }
+
+    /// What is missing from `table bridge <table>` for `ports` to be guarded as given: nil when
+    /// nothing; else one line ("table bridge virtport is missing", "chains or rules are missing",
+    /// "elements of port vnet3 are missing"). Reads the rules and every set (one dump each).
+    public func guardTableDamage(expecting ports: [GuardPort]) throws(NetfilterError) -> String? {
+        guard try getTable(family: .bridge) else { return "table bridge \(table) is missing" }
+        let rules = try dumpRules(nfproto: UInt16(NFPROTO_BRIDGE), table: table, chain: nil) ?? []
+        let expected = GuardTable.chains.flatMap { chain in
+            chain.rules.map { chain.name + ":" + $0.map(\.kernelName).sorted().joined(separator: ",") }
+        }
+        if rules.map(Self.shape).sorted() != expected.sorted() {
+            return "table bridge \(table) has chains or rules missing"
+        }
+        var present: [String: Set<[UInt8]>] = [:]
+        let wanted = ports.flatMap { port in GuardTable.elements(port).map { (port.tap, $0.set, $0.key) } }
+            + ports.flatMap { port in GuardDropReason.allCases.map { (port.tap, $0.map, GuardTable.key(port.tap)) } }
+        for set in Set(wanted.map(\.1)) {
+            do { present[set] = Set(try dumpSet(set, family: .bridge).map(\.key)) } catch where error.isMissingObject {
+                return "table bridge \(table) has set \(set) missing"
+            }
+        }
+        let broken = Set(wanted.filter { !(present[$0.1]?.contains($0.2) ?? false) }.map(\.0)).sorted()
+        if broken.isEmpty { return nil }
+        return "table bridge \(table) has elements of port" + (broken.count == 1 ? " " : "s ") + broken.joined(separator: ", ")
+            + " missing"
+    }
+
+    /// Every guard drop counter of the table (NFT_MSG_GETOBJ dump), by port and reason. Empty when
+    /// the table does not exist.
+    public func guardCounters() throws(NetfilterError) -> [GuardCounter] {
+        let sequence = takeSequence()
+        let o = nftnl_obj_alloc()!
+        defer { nftnl_obj_free(o) }
+        nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_TABLE), table)
+        nftnl_obj_set_u32(o, UInt16(NFTNL_OBJ_TYPE), GuardTable.objectCounter)
+        let request = build(NFT_MSG_GETOBJ, flags: Netlink.dump, sequence: sequence, family: .bridge) {
+            nftnl_obj_nlmsg_build_payload($0, o)
+        }
+        try transport.send(request)
+        var out: [GuardCounter] = []
+        let operation = "list counters of table bridge \(table)"
+        while true {
+            guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
+                throw NetfilterError(errno: ETIMEDOUT, operation: operation)
+            }
+            for message in NetlinkMessage.split(reply) where message.sequence == sequence {
+                switch message.type {
+                case Netlink.typeDone:
+                    return out.sorted { ($0.tap, $0.reason.rawValue) < ($1.tap, $1.reason.rawValue) }
+                case Netlink.typeError:
+                    guard let ack = NetlinkAck(message, in: reply) else { continue }
+                    if ack.errno == 0 { return out }
+                    if ack.errno == ENOENT { return [] }
+                    throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message)
+                case Netlink.nftablesSubsystem | UInt16(NFT_MSG_NEWOBJ.rawValue):
+                    if let counter = Self.parseCounter(reply, message, table: table) { out.append(counter) }
+                default:
+                    continue
+                }
+            }
+        }
+    }
+
+    private static func parseCounter(_ reply: [UInt8], _ message: NetlinkMessage, table: String) -> GuardCounter? {
+        let o = nftnl_obj_alloc()!
+        defer { nftnl_obj_free(o) }
+        let parsed = reply.withUnsafeBytes { raw in
+            nftnl_obj_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress! + message.offset)
+                .assumingMemoryBound(to: nlmsghdr.self), o)
+        }
+        guard parsed >= 0, let t = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_TABLE)), String(cString: t) == table,
+              let n = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_NAME)) else { return nil }
+        let name = String(cString: n)
+        guard let cut = name.firstIndex(of: "_"), let reason = GuardDropReason(rawValue: String(name[..<cut])) else {
+            return nil
+        }
+        return GuardCounter(tap: String(name[name.index(after: cut)...]), reason: reason,
+                            packets: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_PKTS)),
+                            bytes: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_BYTES)))
+    }
+}
