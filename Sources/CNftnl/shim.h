@@ -21,6 +21,8 @@
 #include <libnftnl/expr.h>
 #include <libnftnl/udata.h>
 #include <libnftnl/object.h>
+#include <linux/rtnetlink.h>
+#include <linux/if_link.h>
 
 /* Macros Swift cannot import. */
 static inline size_t vp_mnl_socket_buffer_size(void) { return MNL_SOCKET_BUFFER_SIZE; }

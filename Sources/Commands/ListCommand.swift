@@ -8,8 +8,10 @@ enum ListCommand {
     static func run(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
         let format = try OutputFormat.from(&args)
         let domainFilter = try args.option("--domain")
+        let guards = args.flag("--guards")
         try args.finish("list")
         let config = try Config.load()
+        if guards { return try GuardList.run(format: format, domain: domainFilter, config: config) }
         var rows: [ActiveMapping] = []
         if Listing.journalPresent(config.databasePath) {
             rows = try JournalDB(path: config.databasePath, readOnly: true).activeMappings()
@@ -35,6 +37,7 @@ enum ListCommand {
                                    [r.domain.name, r.mapping.proto.rawValue, Listing.hostText(r.mapping),
                                     Listing.guestText(r.mapping), r.state.rawValue, formatLocal(r.since)]
                                })
+            GuardList.summary(config: config, domain: domainFilter)
         }
         return 0
     }

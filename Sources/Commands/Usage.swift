@@ -78,10 +78,13 @@ enum Usage {
             ],
             operands: [.domain]),
         Command(
-            name: "list", synopsis: "[--json|--csv] [--domain D]",
+            name: "list", synopsis: "[--guards] [--json|--csv] [--domain D]",
             summary: "active mappings: VM, proto, host address:port, guest address:port, state, since",
-            details: ["The active mappings in the journal. Tables use local time; JSON and CSV use UTC ISO 8601."],
+            details: ["The active mappings in the journal. Tables use local time; JSON and CSV use UTC ISO 8601.",
+                      "With --guards: the guarded bridge ports instead (tap, MAC, flags, allowed addresses) with the frames "
+                          + "dropped on each, per reason, read from table bridge virtport (needs root; \"?\" otherwise)."],
             options: [
+                Option(name: "--guards", help: "the guarded bridge ports and their dropped-frame counters"),
                 Option(name: "--json", help: "a JSON array"),
                 Option(name: "--csv", help: "CSV with a header line"),
                 Option(name: "--domain", value: "D", help: "only the mappings of domain D (name or UUID)", kind: .domain),

@@ -17,6 +17,7 @@ public enum DomainSync {
         let forwarder = Forwarder(resources: resources, diagnostics: diagnostics)
         let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
         try forwarder.apply(plan, reason: reason)
+        try GuardSync.apply(plan, reason: reason, resources: resources, diagnostics: diagnostics)
         return plan
     }
 
@@ -34,5 +35,6 @@ public enum DomainSync {
     public static func remove(uuid: String, reason: String, resources: Resources,
                               diagnostics: any Diagnostics) throws(VirtPortError) {
         try Forwarder(resources: resources, diagnostics: diagnostics).remove(domainUUID: uuid, reason: reason)
+        try GuardSync.remove(uuid: uuid, reason: reason, resources: resources, diagnostics: diagnostics)
     }
 }

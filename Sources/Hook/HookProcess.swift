@@ -53,22 +53,31 @@ public enum HookProcess {
             return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
                                     log: EventLog(config: Config()))
         }
-        // Fast path: no metadata in our namespace, nothing to install or remove, whatever the size.
+        // Fast path: no metadata in our namespace, nothing to install or remove, whatever the size —
+        // unless the `[guard]` policy guards bridges or networks (then every domain's NICs on them
+        // are guarded, metadata or not: one config read more for those hosts only).
         // (Teardown of a domain whose metadata vanished while running is reconcile's job; at
         // stopped/release the XML is the definition the domain ran with.)
-        if !stdin.mentions { return 0 }
+        var config: Config?
+        if !stdin.mentions {
+            guard let c = try? Config.load(warn: false), c.policy.guardsAnyPort else { return 0 }
+            config = c
+        }
         // Too large to parse: refused before the guest runs; teardown still finds the <uuid>.
         if stdin.oversize && !operation.isTeardown {
-            let e = VirtPortError.invalid("domain XML: input is \(stdin.total) bytes, over the limit of \(HookInput.limit) bytes for a domain with virtport metadata")
+            let what = stdin.mentions ? "a domain with virtport metadata" : "a domain the [guard] policy guards"
+            let e = VirtPortError.invalid("domain XML: input is \(stdin.total) bytes, over the limit of \(HookInput.limit) bytes for \(what)")
             return QemuWork.report(e, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
                                     log: EventLog(config: Config()))
         }
         let input = stdin.bytes
-        let config: Config
-        do { config = try Config.load(warn: false) } catch {
-            return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
-                                    log: EventLog(config: Config()))
+        if config == nil {
+            do { config = try Config.load(warn: false) } catch {
+                return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
+                                        log: EventLog(config: Config()))
+            }
         }
+        guard let config else { return 0 }
         if let code = AgentClient.handOver(config: config, kind: .qemu, args: [domainName, op, subop], input: input) {
             return code
         }

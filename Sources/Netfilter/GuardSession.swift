@@ -64,13 +64,7 @@ extension NetfilterSession {
     /// "elements of port vnet3 are missing"). Reads the rules and every set (one dump each).
     public func guardTableDamage(expecting ports: [GuardPort]) throws(NetfilterError) -> String? {
         guard try getTable(family: .bridge) else { return "table bridge \(table) is missing" }
-        let rules = try dumpRules(nfproto: UInt16(NFPROTO_BRIDGE), table: table, chain: nil) ?? []
-        let expected = GuardTable.chains.flatMap { chain in
-            chain.rules.map { chain.name + ":" + $0.map(\.kernelName).sorted().joined(separator: ",") }
-        }
-        if rules.map(Self.shape).sorted() != expected.sorted() {
-            return "table bridge \(table) has chains or rules missing"
-        }
+        if try !guardSkeletonIsIntact() { return "table bridge \(table) has chains or rules missing" }
         var present: [String: Set<[UInt8]>] = [:]
         let wanted = ports.flatMap { port in GuardTable.elements(port).map { (port.tap, $0.set, $0.key) } }
             + ports.flatMap { port in GuardDropReason.allCases.map { (port.tap, $0.map, GuardTable.key(port.tap)) } }
@@ -83,6 +77,16 @@ extension NetfilterSession {
         if broken.isEmpty { return nil }
         return "table bridge \(table) has elements of port" + (broken.count == 1 ? " " : "s ") + broken.joined(separator: ", ")
             + " missing"
+    }
+
+    /// Whether every chain and rule of the bridge table is there (one rule dump; a missing table
+    /// reads as not intact).
+    public func guardSkeletonIsIntact() throws(NetfilterError) -> Bool {
+        let rules = try dumpRules(nfproto: UInt16(NFPROTO_BRIDGE), table: table, chain: nil) ?? []
+        let expected = GuardTable.chains.flatMap { chain in
+            chain.rules.map { chain.name + ":" + $0.map(\.kernelName).sorted().joined(separator: ",") }
+        }
+        return rules.map(Self.shape).sorted() == expected.sorted()
     }
 
     /// Every guard drop counter of the table (NFT_MSG_GETOBJ dump), by port and reason. Empty when

@@ -24,6 +24,8 @@ public struct Policy: Sendable, Equatable {
     public var guardBridges: [String] = []
     /// `[guard] networks`: the same for every NIC on these libvirt networks.
     public var guardNetworks: [String] = []
+    /// Whether `[guard]` guards any port by itself (then a hook cannot skip a domain without metadata).
+    public var guardsAnyPort: Bool { !guardBridges.isEmpty || !guardNetworks.isEmpty }
 
     public init(hostPorts: [PortRange] = [PortRange(1024, 65535)], listenAddresses: [IPAddress]? = nil,
                 allowAnyAddress: Bool = true, maxForwardsPerDomain: Int = 64, maxPortsPerDomain: Int = 4096,

@@ -41,6 +41,8 @@ public struct Reconciler {
             let plan = try plan(db: db, reason: reason)
             guard let db else { return journalFixes + plan.fixes }
             let fixes = try journalFixes + apply(plan, db: db, reason: reason)
+                + GuardSync.reconcile(running: running, resources: resources, lock: resources.changeLock(), reason: reason,
+                                      diagnostics: diagnostics)
             for f in fixes { Self.log(f, to: EventLog(config: config)) }
             return fixes
         }
