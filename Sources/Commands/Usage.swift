@@ -90,13 +90,16 @@ enum Usage {
                 Option(name: "--domain", value: "D", help: "only the mappings of domain D (name or UUID)", kind: .domain),
             ]),
         Command(
-            name: "history", synopsis: "[--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv]",
+            name: "history", synopsis: "[--guards] [--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv]",
             summary: "add/remove events of the journal: who had which host port when",
             details: [
                 "The append-only history of the journal (it survives undefine). Filters combine.",
+                "With --guards: the bridge port guards' events instead (on, change, off: tap, MAC, allowed addresses "
+                    + "with their source, flags); --port and --at do not apply.",
                 timeHelp,
             ],
             options: [
+                Option(name: "--guards", help: "the bridge port guards' on/change/off events"),
                 Option(name: "--domain", value: "D", help: "events of domain D (name or UUID)", kind: .domain),
                 Option(name: "--port", value: "P", help: "events whose host port range contains P", kind: .text),
                 Option(name: "--since", value: "T", help: "events at or after T", kind: .text),

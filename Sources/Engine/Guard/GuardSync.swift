@@ -62,17 +62,10 @@ public enum GuardSync {
         }
     }
 
-    /// For the agent's self-heal watcher (netlink notifications about `bridge <config.table>`):
-    /// checks the bridge table against the journal and rebuilds what is missing in one batch.
-    /// - Returns: one line about what it healed, or nil when the table was intact (or nothing is guarded).
-    public static func heal(resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) -> String? {
-        guard let db = try resources.existingJournal(readOnly: false) else { return nil }
-        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> String? in
-            try healLocked(db: db, resources: resources)
-        }
-    }
-
-    /// `heal` for a caller that holds the lock exclusively (reconcile).
+    /// Self-heal and reconcile (the caller holds the change lock exclusively): checks `table bridge`
+    /// against the journal and rebuilds it in one batch when anything is missing.
+    /// - Returns: one line about what it healed (the caller logs it), or nil when the table was
+    ///   intact or nothing is guarded.
     static func healLocked(db: JournalDB, resources: Resources) throws(VirtPortError) -> String? {
         let rows = try db.activeGuards()
         if rows.isEmpty { return nil }
@@ -83,9 +76,7 @@ public enum GuardSync {
         }
         guard let damage else { return nil }
         try rebuild(rows, resources: resources)
-        let line = "healed: \(damage): rebuilt from the journal in one batch, \(rows.count) guarded ports"
-        EventLog(config: resources.config).notice(line)
-        return line
+        return "\(damage): rebuilt from the journal in one batch, \(rows.count) guarded ports"
     }
 
     /// Reconcile's part (lock held exclusively): guards of domains that are not running go;
@@ -160,7 +151,8 @@ public enum GuardSync {
         try db.setGuardState(domainUUID: domain.uuid, .applied)
         let log = EventLog(config: resources.config)
         for row in rows where !(before.contains { $0.sameGuard(row) }) {
-            log.info("guard on: domain '\(Quoted.message(domain.name))' port \(row.tap) (\(row.mac)) \(row.flags); "
+            let verb = before.contains { $0.tap == row.tap } ? "guard changed" : "guard on"
+            log.info("\(verb): domain '\(Quoted.message(domain.name))' port \(row.tap) (\(row.mac)) \(row.flags); "
                 + "addresses: \(row.addresses.isEmpty ? (row.spoofing ? "none yet (DHCP and DAD only)" : "any") : row.addressText) (\(reason))")
         }
         for row in gone { log.info("guard off: domain '\(Quoted.message(domain.name))' port \(row.tap) (\(reason))") }
@@ -212,6 +204,9 @@ public enum GuardSync {
         try lock.convertToExclusive()
         let rows = try db.activeGuards().filter { $0.domain.uuid != uuid }
         try rebuild(rows, resources: resources)
+        // The first guard of the host creates the table: nothing was lost, nothing to say.
+        let adding = Set(adding.map(\.tap))
+        if previous.isEmpty && rows.allSatisfy({ adding.contains($0.tap) }) { return }
         EventLog(config: resources.config).notice("healed: table bridge \(resources.config.table) \(damage): "
             + "rebuilt from the journal in one batch, \(rows.count) guarded ports")
     }
