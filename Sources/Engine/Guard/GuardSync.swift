@@ -46,19 +46,20 @@ public enum GuardSync {
     }
 
     /// Network `started` (libvirt rebuilt its bridge and firewall, maybe after a firewall reload
-    /// that flushed ours): rebuilds the bridge table from the journal and puts back the isolated
-    /// flags virtport set on that network's ports. Rare, so a full rebuild.
+    /// that flushed ours): rebuilds the bridge table from the journal when anything of it is
+    /// missing (an intact table keeps its counters), and puts back the isolated flags virtport set
+    /// on that network's ports (a tap re-enslaved to a new bridge has lost its flag).
     static func reapply(network: String, reason: String, resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) {
         guard let db = try resources.existingJournal(readOnly: false) else { return }
         try resources.changeLock().withExclusive { () throws(VirtPortError) in
-            let rows = try db.activeGuards()
-            if rows.isEmpty { return }
-            try rebuild(rows, resources: resources)
-            for row in rows where row.network == network && row.isolatedByUs {
-                try? BridgePort.setIsolated(row.tap, true)
+            if let healed = try healLocked(db: db, resources: resources) {
+                EventLog(config: resources.config).notice("healed: \(healed) (\(reason))")
             }
-            EventLog(config: resources.config).info("rebuilt table bridge \(resources.config.table) from the journal: "
-                + "\(rows.count) guarded ports (\(reason))")
+            for row in try db.activeGuards() where row.network == network && row.isolatedByUs && BridgePort.isolated(row.tap) == false {
+                do throws(NetfilterError) { try BridgePort.setIsolated(row.tap, true) } catch {
+                    warnings(resources, diagnostics).emit("cannot set the isolated flag of bridge port \(row.tap) again: \(error)")
+                }
+            }
         }
     }
 
