@@ -109,35 +109,21 @@ extension NetfilterSession {
         try transport.send(Array(scratch.bytes(Int(header.pointee.nlmsg_len))))
         let operation = "list rules of \(Self.familyName(nfproto)) \(table) \(chain ?? "*")"
         var rules: [ForeignRule] = []
-        while true {
-            guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
-                throw NetfilterError(errno: ETIMEDOUT, operation: operation)
+        let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWRULE, operation: operation) {
+            (reply, message) throws(NetfilterError) in
+            let bytes = Array(reply[message.offset..<(message.offset + message.length)])
+            let parsed = nftnl_rule_alloc()!
+            defer { nftnl_rule_free(parsed) }
+            let ok = bytes.withUnsafeBytes { raw in
+                nftnl_rule_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress!)
+                    .assumingMemoryBound(to: nlmsghdr.self), parsed)
             }
-            for message in NetlinkMessage.split(reply) where message.sequence == sequence {
-                switch message.type {
-                case Netlink.typeDone:
-                    return rules
-                case Netlink.typeError:
-                    guard let ack = NetlinkAck(message, in: reply) else { continue }
-                    if ack.errno == 0 { return rules }
-                    if ack.errno == ENOENT { return nil }
-                    throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message)
-                case Netlink.nftablesSubsystem | UInt16(NFT_MSG_NEWRULE.rawValue):
-                    let bytes = Array(reply[message.offset..<(message.offset + message.length)])
-                    let parsed = nftnl_rule_alloc()!
-                    defer { nftnl_rule_free(parsed) }
-                    let ok = bytes.withUnsafeBytes { raw in
-                        nftnl_rule_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress!)
-                            .assumingMemoryBound(to: nlmsghdr.self), parsed)
-                    }
-                    guard ok >= 0 else { continue }
-                    rules.append(ForeignRule(handle: nftnl_rule_get_u64(parsed, UInt16(NFTNL_RULE_HANDLE.rawValue)),
-                                             message: bytes))
-                default:
-                    continue
-                }
-            }
+            guard ok >= 0 else { return }
+            rules.append(ForeignRule(handle: nftnl_rule_get_u64(parsed, UInt16(NFTNL_RULE_HANDLE.rawValue)),
+                                     message: bytes))
         }
+        guard case .complete = end else { return nil }
+        return rules
     }
 }
 

@@ -102,27 +102,12 @@ extension NetfilterSession {
         }
         try transport.send(request)
         var out: [GuardCounter] = []
-        let operation = "list counters of table bridge \(table)"
-        while true {
-            guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
-                throw NetfilterError(errno: ETIMEDOUT, operation: operation)
-            }
-            for message in NetlinkMessage.split(reply) where message.sequence == sequence {
-                switch message.type {
-                case Netlink.typeDone:
-                    return out.sorted { ($0.tap, $0.reason.rawValue) < ($1.tap, $1.reason.rawValue) }
-                case Netlink.typeError:
-                    guard let ack = NetlinkAck(message, in: reply) else { continue }
-                    if ack.errno == 0 { return out }
-                    if ack.errno == ENOENT { return [] }
-                    throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message)
-                case Netlink.nftablesSubsystem | UInt16(NFT_MSG_NEWOBJ.rawValue):
-                    if let counter = Self.parseCounter(reply, message, table: table) { out.append(counter) }
-                default:
-                    continue
-                }
-            }
+        let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWOBJ, operation: "list counters of table bridge \(table)") {
+            (reply, message) throws(NetfilterError) in
+            if let counter = Self.parseCounter(reply, message, table: table) { out.append(counter) }
         }
+        guard case .complete = end else { return [] }
+        return out.sorted { ($0.tap, $0.reason.rawValue) < ($1.tap, $1.reason.rawValue) }
     }
 
     private static func parseCounter(_ reply: [UInt8], _ message: NetlinkMessage, table: String) -> GuardCounter? {

@@ -77,8 +77,34 @@ extension NetfilterSession {
         try transport.send(request)
 
         var elements: [KernelElement] = []
-        var interrupted = false
         let operation = "list set \(name) of table \(family) \(table)"
+        let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWSETELEM, operation: operation) {
+            (reply, message) throws(NetfilterError) in
+            try Self.parseElements(reply, message, into: &elements, operation: operation)
+        }
+        switch end {
+        case .complete(let interrupted):
+            return (elements, interrupted)
+        case .missing(let detail):
+            if try !getTable(family: family) { throw NetfilterError.missingTable(table) }
+            throw NetfilterError(errno: ENOENT, operation: operation, detail: detail)
+        }
+    }
+
+    /// How a dump ended: all of it came (`interrupted`: the kernel's ruleset changed meanwhile,
+    /// NLM_F_DUMP_INTR), or the kernel answered ENOENT (the object dumped does not exist).
+    enum DumpEnd {
+        case complete(interrupted: Bool)
+        case missing(detail: String?)
+    }
+
+    /// Receives the replies of the dump request `sequence` (already sent) until its end, handing
+    /// each message of `type` (NFT_MSG_NEW…) to `each`.
+    /// - Throws: ETIMEDOUT without a reply, or the kernel's error other than ENOENT.
+    func receiveDump(sequence: UInt32, type: nf_tables_msg_types, operation: String,
+                     each: (_ reply: [UInt8], _ message: NetlinkMessage) throws(NetfilterError) -> Void)
+        throws(NetfilterError) -> DumpEnd {
+        var interrupted = false
         while true {
             guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
                 throw NetfilterError(errno: ETIMEDOUT, operation: operation)
@@ -87,14 +113,14 @@ extension NetfilterSession {
                 if message.flags & Netlink.dumpInterrupted != 0 { interrupted = true }
                 switch message.type {
                 case Netlink.typeDone:
-                    return (elements, interrupted)
+                    return .complete(interrupted: interrupted)
                 case Netlink.typeError:
                     guard let ack = NetlinkAck(message, in: reply) else { continue }
-                    if ack.errno == 0 { return (elements, interrupted) }
-                    if ack.errno == ENOENT, try !getTable(family: family) { throw NetfilterError.missingTable(table) }
+                    if ack.errno == 0 { return .complete(interrupted: interrupted) }
+                    if ack.errno == ENOENT { return .missing(detail: ack.message) }
                     throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message)
-                case Netlink.nftablesSubsystem | UInt16(NFT_MSG_NEWSETELEM.rawValue):
-                    try Self.parseElements(reply, message, into: &elements, operation: operation)
+                case Netlink.nftablesSubsystem | UInt16(type.rawValue):
+                    try each(reply, message)
                 default:
                     continue
                 }
