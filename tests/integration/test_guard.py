@@ -258,15 +258,24 @@ def test_reconcile_and_network_started_rebuild_the_bridge_table(glab):
     glab.write_status(xml)
     sh("nft", "delete", "table", "bridge", "virtport", ns=glab.host)
     assert glab.through(["spoof-mac"]) == {"spoof-mac"}
+    r = glab.reconcile("--dry-run")
+    assert r.returncode == 0 and "table bridge virtport is missing" in r.stdout.decode(), r.stdout.decode()
+    assert glab.bridge_table() is None  # a dry run changes nothing
     r = glab.reconcile()
     assert r.returncode == 0, r.stderr.decode()
     assert "table bridge virtport" in r.stdout.decode() + r.stderr.decode()
+    assert "nothing to do" in glab.reconcile("--dry-run").stdout.decode()
     assert glab.through(["spoof-mac", "ipv4"]) == {"ipv4"}
     sh("nft", "flush", "chain", "bridge", "virtport", "port", ns=glab.host)
     net = (glab.run_dir / "network" / "default.xml").read_text()
     r = glab.virtport("hook", "network", "default", "started", "begin", "-", input=net)
     assert r.returncode == 0, r.stderr.decode()
     assert glab.through(["spoof-mac", "ipv4"]) == {"ipv4"}
+    # Its isolated flag lost (a tap re-enslaved): reconcile puts it back.
+    sh("bridge", "link", "set", "dev", "vnet0", "isolated", "off", ns=glab.host)
+    r = glab.reconcile()
+    assert r.returncode == 0 and "port guards (vnet0)" in r.stdout.decode(), r.stdout.decode()
+    assert "isolated on" in glab.port_flags("vnet0")
     # The domain stops without a hook: reconcile takes its guard away.
     glab.remove_status(xml)
     r = glab.reconcile()

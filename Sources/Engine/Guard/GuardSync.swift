@@ -67,7 +67,7 @@ public enum GuardSync {
     /// against the journal and rebuilds it in one batch when anything is missing.
     /// - Returns: one line about what it healed (the caller logs it), or nil when the table was
     ///   intact or nothing is guarded.
-    static func healLocked(db: JournalDB, resources: Resources) throws(VirtPortError) -> String? {
+    static func healLocked(db: JournalDB, resources: Resources, dryRun: Bool = false) throws(VirtPortError) -> String? {
         let rows = try db.activeGuards()
         if rows.isEmpty { return nil }
         let nf = try resources.kernel()
@@ -76,30 +76,34 @@ public enum GuardSync {
             throw .operational("cannot read table bridge \(resources.config.table)", cause: error)
         }
         guard let damage else { return nil }
-        try rebuild(rows, resources: resources)
+        if !dryRun { try rebuild(rows, resources: resources) }
         return "\(damage): rebuilt from the journal in one batch, \(rows.count) guarded ports"
     }
 
-    /// Reconcile's part (lock held exclusively): guards of domains that are not running go;
-    /// running domains get their planned guards; the table is healed.
-    static func reconcile(running: [String: RunningDomain], resources: Resources, lock: ChangeLock, reason: String,
-                          diagnostics: any Diagnostics) throws(VirtPortError) -> [Fix] {
-        guard let db = try resources.existingJournal(readOnly: false) else { return [] }
+    /// Reconcile's part (lock held exclusively, unless `dryRun`: then nothing changes and the
+    /// fixes say what would): guards of domains that are not running go; the table is healed;
+    /// running domains get their planned guards.
+    static func reconcile(running: [String: RunningDomain], resources: Resources, lock: ChangeLock?, reason: String,
+                          dryRun: Bool = false, diagnostics: any Diagnostics) throws(VirtPortError) -> [Fix] {
+        guard let db = try resources.existingJournal(readOnly: dryRun) else { return [] }
         let warn = warnings(resources, diagnostics)
         var fixes: [Fix] = []
         let files = LibvirtFiles(config: resources.config, overrides: [])
         for uuid in Set(try db.activeGuards().map(\.domain.uuid)).sorted() where running[uuid] == nil {
             let name = try db.activeGuards(domainUUID: uuid).first?.domain.name
-            try removeLocked(uuid: uuid, reason: reason, db: db, resources: resources, lock: lock, warnings: warn)
+            if let lock, !dryRun {
+                try removeLocked(uuid: uuid, reason: reason, db: db, resources: resources, lock: lock, warnings: warn)
+            }
             fixes.append(Fix(.removeMapping, domain: name, what: "port guards", reason: "domain is not running"))
         }
         // The table first, from the journal: what a flush took is reported as such, not hidden in
         // the per-domain pass below (whose batches would rebuild it silently).
-        if let healed = try healLocked(db: db, resources: resources) {
+        if let healed = try healLocked(db: db, resources: resources, dryRun: dryRun) {
             fixes.append(Fix(.rebuildTable, domain: nil, what: "table bridge \(resources.config.table)", reason: healed))
         }
         for (uuid, r) in running.sorted(by: { $0.key < $1.key }) {
             guard let domain = r.domain else { continue }
+            let ref = DomainRef(name: domain.name, uuid: uuid)
             let before = try db.activeGuards(domainUUID: uuid)
             let guards: [GuardPlan]
             do { guards = try Planner.plan(domain: domain, resolver: files, policy: resources.config.policy).guards } catch {
@@ -107,13 +111,18 @@ public enum GuardSync {
             }
             let want = guards.filter { $0.tap != nil }
             if want.isEmpty && before.isEmpty { continue }
-            try applyLocked(DomainRef(name: domain.name, uuid: uuid), want, reason: reason, db: db, resources: resources,
-                            lock: lock, warnings: warn)
-            let after = try db.activeGuards(domainUUID: uuid)
-            if !(before.count == after.count && zip(before, after).allSatisfy { $0.sameGuard($1) && $0.state == .applied }) {
-                fixes.append(Fix(.addMapping, domain: domain.name, what: "port guards (\(want.compactMap(\.tap).joined(separator: ", ")))",
-                                 reason: "journal did not match the running domain"))
+            let planned = want.map { GuardRow(domain: ref, plan: $0, tap: $0.tap!, isolatedByUs: false, state: .applied) }
+                .sorted { $0.tap < $1.tap }
+            // Same rows, all applied, and no isolated flag of ours lost (a tap re-enslaved loses it).
+            let agrees = before.count == planned.count
+                && zip(before, planned).allSatisfy { $0.sameGuard($1) && $0.state == .applied }
+                && before.allSatisfy { !$0.isolatedByUs || BridgePort.isolated($0.tap) != false }
+            if agrees { continue }
+            if let lock, !dryRun {
+                try applyLocked(ref, want, reason: reason, db: db, resources: resources, lock: lock, warnings: warn)
             }
+            fixes.append(Fix(.addMapping, domain: domain.name, what: "port guards (\(want.compactMap(\.tap).joined(separator: ", ")))",
+                             reason: "journal did not match the running domain"))
         }
         return fixes
     }

@@ -33,6 +33,8 @@ public struct Reconciler {
             var journalFixes: [Fix] = []
             let db = try openJournal(dryRun: true, fixes: &journalFixes)
             return try journalFixes + plan(db: db, reason: reason).fixes
+                + GuardSync.reconcile(running: running, resources: resources, lock: nil, reason: reason, dryRun: true,
+                                      diagnostics: diagnostics)
         }
         // Alone against hooks mid-change from reading the journal to the last kernel batch.
         return try resources.changeLock().withExclusive { () throws(VirtPortError) -> [Fix] in
