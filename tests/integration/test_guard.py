@@ -258,6 +258,9 @@ def test_reconcile_and_network_started_rebuild_the_bridge_table(glab):
     glab.write_status(xml)
     sh("nft", "delete", "table", "bridge", "virtport", ns=glab.host)
     assert glab.through(["spoof-mac"]) == {"spoof-mac"}
+    r = glab.virtport("doctor", "--json")
+    guards = [f for f in json.loads(r.stdout) if f["check"] == "guards"]
+    assert r.returncode == 1 and guards and "table bridge virtport" in guards[0]["detail"], r.stdout.decode()
     r = glab.reconcile("--dry-run")
     assert r.returncode == 0 and "table bridge virtport is missing" in r.stdout.decode(), r.stdout.decode()
     assert glab.bridge_table() is None  # a dry run changes nothing

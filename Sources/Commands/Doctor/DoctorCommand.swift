@@ -272,13 +272,21 @@ struct Doctor {
             return
         }
         for f in real {
-            out.append(.fail("forwards", "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
+            out.append(.fail(isGuard(f) ? "guards" : "forwards", "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
                              why: describe(f), fix: "virtport reconcile"))
         }
     }
 
+    /// A fix of the bridge port guards' part of reconcile (`GuardSync.reconcile`).
+    func isGuard(_ f: Fix) -> Bool { f.what.hasPrefix("port guards") || f.what.hasPrefix("table bridge") }
+
     func describe(_ f: Fix) -> String {
-        switch f.action {
+        if isGuard(f) {
+            return f.action == .removeMapping
+                ? "a VM that is not running still has its bridge port guard in the journal (\(f.reason))"
+                : "a bridge port guard is not in place as declared (\(f.reason)): frames from that VM's port are not checked"
+        }
+        return switch f.action {
         case .kernelAdd, .rebuildTable:
             "the journal holds this forward but the kernel does not (\(f.reason)): connections to it are not forwarded"
         case .kernelDelete: "the kernel forwards a port no journal entry owns (\(f.reason))"
