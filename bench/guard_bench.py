@@ -2,23 +2,29 @@
 """The bridge port guard's benchmarks (issue 13 "bridge port guard", BENCHMARKS.md "Guard").
 
   data plane     new TCP connections per second between two stand-in guests on one bridge (every
-                 connection: SYN, SYN-ACK, ACK, RST, each checked at the port it enters by), with
-                 no guard; virtport guarding the two measured ports; virtport guarding 1,000 ports;
-                 and an nwfilter-style ruleset of the same protection at 1,000 ports (what libvirt's
-                 clean-traffic builds: a per-port chain, reached through one `iifname` test per
-                 port in a linear list; the two measured ports last, where a linear list is worst)
+                 connection: SYN, SYN-ACK, ACK, RST, each checked at the port it enters by), and the
+                 CPU time per connection, with: no guard; two floors (a bridge prerouting chain that
+                 does nothing; one that does one ifname set lookup); virtport guarding the two
+                 measured ports; virtport guarding all 1,000 ports; an nwfilter-style ruleset of the
+                 same protection at 1,000 ports (what libvirt's clean-traffic builds: a per-port
+                 chain, reached through one `iifname` test per port in a linear list; the two
+                 measured ports last, where a linear list is worst)
   guard apply    `virtport hook qemu start` of one guarded VM with 999 others guarded, against
-                 `nft -f` adding the same elements (counters, map entries and set elements, read
+                 `nft -f` adding the same objects (counters, map entries and set elements, read
                  back from what the hook added)
+
+One lab per state, all built before the first round and measured round-robin (a shared 2-core
+machine drifts by tens of percent within minutes; round-by-round ratios cancel most of it):
 
     host ns    br0 (no address) -- vnet0..vnet999; vnet2..vnet999 are veths whose peers (vpeerN,
                up, in the host ns) send nothing: IPv6 is off in the host ns, so no RS/MLD noise
     guest a    eth0 52:54:00:ee:00:00 10.77.0.1/16 -- vnet0   (vpbench connect)
     guest b    eth0 52:54:00:ee:00:01 10.77.0.2/16 -- vnet1   (vpbench serve)
 
-Every virtport and nft command runs in the host ns from one worker process started there with
-`ip netns exec` (so no sample pays for `ip netns exec` itself; /sys is the host ns's). Run by
-bench/run (after the agent bench); alone:
+The guarded labs are guarded through the real hook, `virtport hook qemu start` of one domain per
+port (its own config and journal per lab). Every virtport and nft command runs in the host ns from
+one worker process started there with `ip netns exec` (so no sample pays for `ip netns exec`
+itself; /sys is the host ns's). Run by bench/run (after the agent bench); alone:
   sudo flock /tmp/virtport-bench.lock python3 bench/guard_bench.py [--mode smoke] [--out DIR]
 """
 import argparse
@@ -97,9 +103,11 @@ def worker(spec_path):
 
 
 class GuardBench:
-    def __init__(self, a):
+    """One lab: a host namespace with br0 and its ports, the two guests, a config and journal."""
+
+    def __init__(self, a, name, res):
         self.a = a
-        self.prefix = a.ns_prefix or f"vpg-{os.getpid()}"
+        self.prefix = f"{a.ns_prefix or f'vpg-{os.getpid()}'}-{name}"
         self.host, self.ga, self.gb = f"{self.prefix}-h", f"{self.prefix}-a", f"{self.prefix}-b"
         self.namespaces = []
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="vpguard-", dir=a.tmp))
@@ -114,7 +122,7 @@ class GuardBench:
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": str(self.config), "LANG": "C.UTF-8",
                     "VIRTPORT_NO_AGENT": "1", "VIRTPORT_SYSROOT": str(self.tmp / "sysroot")}
         self.procs = []
-        self.res = {"rates": {}, "setup_s": {}}
+        self.res = res  # shared by the labs of one run
 
     # -- topology -------------------------------------------------------------------------------
     def addns(self, n):
@@ -142,7 +150,7 @@ class GuardBench:
         sh("ip", "-n", self.host, "-batch", self.tmp / "links.batch")
         enslaved = sh("ip", "-o", "link", "show", "master", "br0", ns=self.host).stdout.decode().count("\n")
         assert enslaved == ports, f"br0 has {enslaved} ports, expected {ports}"
-        self.res["setup_s"]["topology"] = [round(time.perf_counter() - t0, 1)]
+        self.res["setup_s"].setdefault("topology", []).append(round(time.perf_counter() - t0, 1))
         srv = subprocess.Popen(["ip", "netns", "exec", self.gb, self.a.helper, "serve", ip_of(1), str(PORT)],
                                stdout=subprocess.PIPE)
         self.procs.append(srv)
@@ -188,8 +196,7 @@ class GuardBench:
         return json.loads(r.stdout)
 
     def hooks(self, indices, op, key):
-        """Hook `op` of each VM in `indices`, one process each (their total time is setup, kept per
-        cycle: not a target)."""
+        """Hook `op` of each VM in `indices`, one process each (their total time is setup, not a target)."""
         t0 = time.perf_counter()
         self.run_steps([self.hook_step(i, op) for i in indices])
         self.res["setup_s"].setdefault(key, []).append(round(time.perf_counter() - t0, 1))
@@ -211,28 +218,20 @@ class GuardBench:
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
     def rate(self, label):
-        """Connections per second, and the CPU time client and server spend per connection: the
-        frames are forwarded (bridge, guard) in the sending process's system time, and CPU time
-        per connection moves far less than the rate when other work shares the 2 cores."""
-        rates, cpu = [], []
-        for _ in range(self.a.rounds):
-            s0 = self.server_cpu()
-            p = subprocess.Popen(["ip", "netns", "exec", self.ga, self.a.helper, "connect", ip_of(1), str(PORT),
-                                  str(self.a.seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            out, err = p.stdout.read(), p.stderr.read()  # a few bytes each
-            _, status, ru = os.wait4(p.pid, 0)  # not p.wait(): wait4 also gives its CPU time
-            p.returncode = os.waitstatus_to_exitcode(status)
-            if p.returncode != 0:
-                raise RuntimeError(f"vpbench connect: exit {p.returncode}: {err.decode().strip()}")
-            n, _, r = out.split()
-            rates.append(float(r))
-            cpu.append((ru.ru_utime + ru.ru_stime + self.server_cpu() - s0) / int(n) * 1e6)
-        cell = self.res["rates"].setdefault(label, {"samples": [], "visits": [], "cpu_us": []})
-        cell["samples"] += rates
-        cell["cpu_us"] += cpu
-        cell["visits"].append(statistics.median(rates))
-        cell["median"] = statistics.median(cell["samples"])
-        print(f"[guard] {label}: {statistics.median(rates):.0f} conn/s ({rates}); cpu us/conn {cpu}", file=sys.stderr)
+        """One round: connections per second, and the CPU time client and server spend per
+        connection (the frames are forwarded, bridge and guard, in the sending process's system time)."""
+        s0 = self.server_cpu()
+        p = subprocess.Popen(["ip", "netns", "exec", self.ga, self.a.helper, "connect", ip_of(1), str(PORT),
+                              str(self.a.seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = p.stdout.read(), p.stderr.read()  # a few bytes each
+        _, status, ru = os.wait4(p.pid, 0)  # not p.wait(): wait4 also gives its CPU time
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            raise RuntimeError(f"vpbench connect in {self.ga}: exit {p.returncode}: {err.decode().strip()}")
+        n, _, r = out.split()
+        cell = self.res["rates"].setdefault(label, {"samples": [], "cpu_us": []})
+        cell["samples"].append(float(r))
+        cell["cpu_us"].append((ru.ru_utime + ru.ru_stime + self.server_cpu() - s0) / int(n) * 1e6)
 
     def added_by_start(self, i):
         """What `hook qemu start` of VM `i` adds, as nft statements: counters, then set and map
@@ -326,79 +325,97 @@ class GuardBench:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def run(self):
-        ports = self.a.ports
-        self.build(ports)
-        self.res["ports"] = ports
-        ung, two, many, nw = self.res["labels"] = ["unguarded", "virtport, the 2 measured ports guarded",
-                                                   f"virtport, {ports} ports guarded", f"nwfilter-style linear, {ports} ports"]
-        self.res["floors"] = list(FLOORS)
-        nwfile = self.nwfilter_style(ports)
-        # Cycles through the states, so that a shared machine's drift reaches every state alike.
-        for cycle in range(self.a.cycles):
-            self.rate(ung)
-            for label, ruleset in FLOORS.items():
-                sh("nft", "-f", "-", input=ruleset.encode(), ns=self.host)
-                self.rate(label)
-                sh("nft", "delete", "table", "bridge", "vpfloor", ns=self.host)
-            self.hooks((0, 1), "start", "start 2")
-            assert self.guarded_count() == 2
-            self.rate(two)
-            self.hooks(range(2, ports - 1), "start", f"start {ports - 3} more")
-            if cycle == 0:
-                self.apply_timing(ports - 1)
-            self.hooks((ports - 1,), "start", "start the last")
-            assert self.guarded_count() == ports, f"{self.guarded_count()} ports in set guarded, expected {ports}"
-            self.rate(many)
-            self.hooks(range(ports), "stopped", f"stopped {ports}")
-            sh("nft", "delete", "table", "bridge", "virtport", ns=self.host)
-            t0 = time.perf_counter()
-            sh("nft", "-f", nwfile, ns=self.host)
-            self.res["setup_s"].setdefault("nwfilter-style nft -f", []).append(round(time.perf_counter() - t0, 1))
-            self.rate(nw)
-            sh("nft", "delete", "table", "bridge", "vpnwfilter", ns=self.host)
-        rates = self.res["rates"]
-        m = {k: v["median"] for k, v in rates.items()}
-        # Ratios within each cycle (states a minute apart), then their median: less drift than a ratio of medians.
-        per_cycle = {k: {"vs_unguarded": [a / b for a, b in zip(rates[k]["visits"], rates[ung]["visits"])],
-                         "vs_two": [a / b for a, b in zip(rates[k]["visits"], rates[two]["visits"])]} for k in m}
-        self.res["ratios"] = {k: {"vs_unguarded": round(m[k] / m[ung], 3), "vs_two": round(m[k] / m[two], 3),
-                                  "per_cycle_median_vs_unguarded": round(statistics.median(v["vs_unguarded"]), 3),
-                                  "per_cycle_median_vs_two": round(statistics.median(v["vs_two"]), 3)}
-                              for k, v in per_cycle.items()}
 
-    # -- report ---------------------------------------------------------------------------------
+class Suite:
+    """One lab (host ns with br0 and 1,000 ports, two guests) per state, all built first and kept:
+    the rounds then go round-robin over the states, so that each state's samples sit seconds from
+    the others' and a shared machine's drift reaches all alike; ratios are taken round by round."""
+
+    def __init__(self, a):
+        self.a = a
+        self.res = {"rates": {}, "setup_s": {}, "ports": a.ports}
+        ports = a.ports
+        self.labels = ["unguarded", *FLOORS, "virtport, the 2 measured ports guarded",
+                       f"virtport, {ports} ports guarded", f"nwfilter-style linear, {ports} ports"]
+        self.ung, self.two, self.many, self.nw = self.labels[0], *self.labels[-3:]
+        self.labs = {}
+
+    def setup(self):
+        ports = self.a.ports
+        for k, label in enumerate(self.labels):
+            lab = self.labs[label] = GuardBench(self.a, str(k), self.res)
+            lab.build(ports)
+            if label in FLOORS:
+                sh("nft", "-f", "-", input=FLOORS[label].encode(), ns=lab.host)
+            elif label == self.two:
+                lab.hooks((0, 1), "start", "start the 2 measured")
+                assert lab.guarded_count() == 2
+            elif label == self.many:
+                lab.hooks((0, 1), "start", "start the 2 measured")
+                lab.hooks(range(2, ports - 1), "start", f"start {ports - 3} more")
+                lab.apply_timing(ports - 1)
+                lab.hooks((ports - 1,), "start", "start the last")
+                assert lab.guarded_count() == ports, f"{lab.guarded_count()} ports in set guarded, expected {ports}"
+            elif label == self.nw:
+                t0 = time.perf_counter()
+                sh("nft", "-f", lab.nwfilter_style(ports), ns=lab.host)
+                self.res["setup_s"]["nwfilter-style nft -f"] = [round(time.perf_counter() - t0, 1)]
+
+    def measure(self):
+        n = len(self.labels)
+        for r in range(self.a.rounds):
+            for label in self.labels[r % n:] + self.labels[:r % n]:
+                self.labs[label].rate(label)
+            print(f"[guard] round {r + 1}: " + ", ".join(f"{self.res['rates'][k]['samples'][-1]:.0f}" for k in self.labels),
+                  file=sys.stderr)
+        many = self.labs[self.many]
+        many.hooks(range(self.a.ports), "stopped", f"stopped {self.a.ports}")
+        assert many.guarded_count() == 0
+        rates = self.res["rates"]
+        for v in rates.values():
+            v["median"], v["cpu_median"] = statistics.median(v["samples"]), statistics.median(v["cpu_us"])
+        for k in self.labels:
+            v = rates[k]
+            v["ratios"] = {}
+            for base in (self.ung, self.two):
+                b = rates[base]
+                v["ratios"][base] = {
+                    "of_medians": v["median"] / b["median"],
+                    "per_round_median": statistics.median(x / y for x, y in zip(v["samples"], b["samples"])),
+                    "cpu": b["cpu_median"] / v["cpu_median"]}
+
+    def cleanup(self):
+        for lab in self.labs.values():
+            lab.cleanup()
+
     def table(self):
         a, res = self.a, self.res
-        m = {k: v["median"] for k, v in res["rates"].items()}
-        ung, two, many, nw = res["labels"]
         rows = ["### Guard: bridged data plane and apply at VM start", "",
-                f"New TCP connections per second between two stand-in guests on one bridge (vpbench connect: "
-                f"handshake then RST, one at a time); {a.cycles} cycles through the states, {a.rounds} rounds "
-                f"of {a.seconds} s per state and cycle. Rate: median of all rounds (cycle medians in brackets); "
-                f"ratios: of those medians, and in brackets the median of the per-cycle ratios. CPU µs/conn: user + "
-                f"system time of client and server per connection (median of all rounds; forwarding and the guard "
-                f"run in the sender's system time), the CPU ratios read like the rate ratios (higher is better):", "",
-                "| state | connections/s | vs unguarded | vs 2 guarded | CPU µs/conn | CPU: unguarded / state | CPU: 2 guarded / state | target |",
+                f"New TCP connections per second between two stand-in guests on one bridge with {a.ports} ports "
+                f"(vpbench connect: handshake then RST, one at a time), one lab per state, {a.rounds} rounds of "
+                f"{a.seconds} s per state, round-robin. Rate: median of the rounds; ratio: of the medians, "
+                f"and in brackets the median of the round-by-round ratios; CPU: user + system time of client and "
+                f"server per connection (forwarding and the guard run in the sender's system time), as a ratio "
+                f"base / state (higher is better, like the rates):", "",
+                "| state | connections/s | vs unguarded | vs 2 guarded | CPU µs/conn | CPU vs unguarded | CPU vs 2 guarded | target |",
                 "|---|---|---|---|---|---|---|---|"]
-        cpu = {k: statistics.median(v["cpu_us"]) for k, v in res["rates"].items()}
-        for k in [ung, *res["floors"], two, many, nw]:
-            v, r = res["rates"][k], res["ratios"][k]
-            visits = " / ".join(f"{x:.0f}" for x in v["visits"])
-            target = ">= 0.9x both" if k == many else ""
-            rows.append(f"| {k} | {v['median']:.0f} ({visits}) | {r['vs_unguarded']:.2f}x ({r['per_cycle_median_vs_unguarded']:.2f}x) "
-                        f"| {r['vs_two']:.2f}x ({r['per_cycle_median_vs_two']:.2f}x) | {cpu[k]:.1f} | {cpu[ung] / cpu[k]:.2f}x "
-                        f"| {cpu[two] / cpu[k]:.2f}x | {target} |")
+        for k in self.labels:
+            v = res["rates"][k]
+            u, t = v["ratios"][self.ung], v["ratios"][self.two]
+            target = ">= 0.9x both" if k == self.many else ""
+            rows.append(f"| {k} | {v['median']:.0f} | {u['of_medians']:.2f}x ({u['per_round_median']:.2f}x) "
+                        f"| {t['of_medians']:.2f}x ({t['per_round_median']:.2f}x) | {v['cpu_median']:.1f} "
+                        f"| {u['cpu']:.2f}x | {t['cpu']:.2f}x | {target} |")
         ap = res["apply"]
         h, n = ap["hook_ms"], ap["nft_f_ms"]
         rows += ["", f"Guard apply at VM start, {ap['others_guarded']} other ports guarded, the VM's {ap['elements']} "
-                     f"objects (counters, map entries, set elements); n={h['n']} each, alternating:", "",
+                     f"objects (counters, map entries, set elements); hook alone (no agent); n={h['n']} each, alternating:", "",
                  "| command | median ms | p90 ms | min–max ms |", "|---|---|---|---|",
                  f"| `virtport hook qemu start` (whole process: config, journal, lock, one batch) | {h['median']:.2f} | "
                  f"{h['p90']:.2f} | {h['min']:.2f}–{h['max']:.2f} |",
                  f"| `nft -f` of the same objects | {n['median']:.2f} | {n['p90']:.2f} | {n['min']:.2f}–{n['max']:.2f} |",
                  f"| ratio (median / p90) | {h['median'] / n['median']:.2f}x / {h['p90'] / n['p90']:.2f}x | | target <= 1.5x |",
-                 "", "Setup (not a target; hooks one process per VM, per cycle): "
+                 "", "Setup (not a target; hooks one process per VM): "
                  + ", ".join(f"{k} {' / '.join(map(str, v))} s" for k, v in res["setup_s"].items())]
         return "\n".join(rows) + "\n"
 
@@ -422,7 +439,7 @@ def main():
     p.add_argument("--helper", default=str(ROOT / "bench" / "results" / "bin" / "vpbench"))
     p.add_argument("--out", default=None)
     p.add_argument("--tmp", default="/var/tmp")
-    p.add_argument("--ns-prefix", help="namespace names: PREFIX-h/-a/-b (default vpg-PID)")
+    p.add_argument("--ns-prefix", help="namespace names: PREFIX-LAB-h/-a/-b (default vpg-PID)")
     a = p.parse_args()
     if a.worker:
         sys.exit(worker(a.worker))
@@ -430,13 +447,14 @@ def main():
     for path in (a.bin, a.helper):
         if not os.access(path, os.X_OK):
             sys.exit(f"guard_bench: {path} is missing (bench/run builds both)")
-    a.ports, a.cycles, a.rounds, a.seconds, a.apply_runs = (1000, 4, 4, 2, 30) if a.mode == "full" else (50, 2, 1, 1, 3)
+    a.ports, a.rounds, a.seconds, a.apply_runs = (1000, 20, 2, 30) if a.mode == "full" else (50, 3, 0.5, 3)
     # SIGTERM (bench/run's cleanup) unwinds like an exception: namespaces and processes go.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    b = GuardBench(a)
+    b = Suite(a)
     m0 = machine()
     try:
-        b.run()
+        b.setup()
+        b.measure()
     finally:
         b.cleanup()
     b.res["machine"] = m0
