@@ -60,25 +60,30 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
 ///     set mac { type ifname . ether_addr }  set ip4 { ifname . ipv4_addr }  set ip6 { ifname . ipv6_addr }
 ///     map drop_REASON { type ifname : counter }       counters REASON_TAP
 ///     chain prerouting { type filter hook prerouting priority -300
-///         iifname @guarded jump port }
-///     chain port {
-///         ether type ip udp sport 67 iifname != @dhcp_ok counter name iifname map @drop_dhcp drop
-///         ether type ip6 udp sport 547 iifname != @dhcp_ok … drop_dhcp drop
-///         ether type ip6 icmpv6 type { 134, 137 } iifname != @ra_ok … drop_ra drop
-///         iifname != @spoof accept
-///         iifname . ether saddr != @mac … drop_mac drop
-///         ether type ip jump ip4;  ether type arp jump arp;  ether type ip6 jump ip6
-///         … drop_other drop }
-///     chain ip4 { ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept
-///                 iifname . ip saddr @ip4 accept;  … drop_ip4 drop }
+///         iifname @spoof jump port           (every chain below it ends in a verdict)
+///         iifname @guarded jump servers }    (spoofing off: the DHCP/RA guards only)
+///     chain servers { ether type ip udp sport 67 iifname != @dhcp_ok … drop_dhcp drop
+///                     ether type ip6 udp sport 547 …;  icmpv6 type { 134, 137 } iifname != @ra_ok … drop_ra drop }
+///     chain port { iifname . ether saddr != @mac … drop_mac drop
+///                  ether type ip jump ip4;  ether type arp jump arp;  ether type ip6 jump ip6
+///                  … drop_other drop }
+///     chain ip4 { udp sport 67 iifname != @dhcp_ok … drop_dhcp drop
+///                 iifname . ip saddr @ip4 accept;  ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept
+///                 … drop_ip4 drop }
 ///     chain arp { not Ethernet/IPv4 ARP … drop_arp drop;  iifname . arp saddr ether != @mac … drop
 ///                 arp saddr ip 0.0.0.0 accept;  iifname . arp saddr ip @ip4 accept;  … drop }
-///     chain ip6 { NS whose source link-layer option is not its MAC … drop_nd drop
-///                 NA whose target link-layer option is not its MAC … drop_nd drop
-///                 NA of a target outside fe80::/10 not in @ip6 … drop_nd drop
-///                 ip6 saddr :: icmpv6 accept;  ip6 saddr fe80::/10 accept
-///                 iifname . ip6 saddr @ip6 accept;  … drop_ip6 drop }
+///     chain ip6 { udp sport 547 iifname != @dhcp_ok … drop_dhcp drop
+///                 meta l4proto icmpv6 jump icmp6
+///                 iifname . ip6 saddr @ip6 accept;  ip6 saddr :: icmpv6 accept;  ip6 saddr fe80::/10 accept
+///                 … drop_ip6 drop }
+///     chain icmp6 { icmpv6 type { 134, 137 } iifname != @ra_ok … drop_ra drop
+///                   NS whose source link-layer option is not its MAC … drop_nd drop
+///                   NA whose target link-layer option is not its MAC … drop_nd drop
+///                   NA of a target outside fe80::/10 not in @ip6 … drop_nd drop }
 ///
+/// The order is the common frame's: an IPv4 or IPv6 packet from its own address of a guarded
+/// port runs ~15 expressions (4 lookups) and is accepted; the server guards are tested only on
+/// frames of their family (measured: BENCHMARKS.md "Guard").
 /// The link-layer option checked is the first one (where every stack puts it).
 enum GuardTable {
     static let family = TableFamily.bridge
@@ -100,14 +105,13 @@ enum GuardTable {
     static var chains: [TableSkeleton.Chain] {
         [
             TableSkeleton.Chain(name: "prerouting", hook: NF_INET_PRE_ROUTING, priority: -300, rules: [
-                [.meta(NFT_META_IIFNAME, dreg: k0), .lookup(set: "guarded", sreg: k0, dreg: nil), .jump("port")],
+                [.meta(NFT_META_IIFNAME, dreg: k0), .lookup(set: "spoof", sreg: k0, dreg: nil), .jump("port")],
+                [.meta(NFT_META_IIFNAME, dreg: k0), .lookup(set: "guarded", sreg: k0, dreg: nil), .jump("servers")],
             ], type: "filter"),
+            TableSkeleton.Chain(name: "servers", hook: nil, priority: 0, rules: [
+                etherType(0x0800) + dhcpServer4,
+            ] + [etherType(0x86dd)].flatMap { ip6 in serverGuards6.map { ip6 + $0 } }),
             TableSkeleton.Chain(name: "port", hook: nil, priority: 0, rules: [
-                etherType(0x0800) + udp(sourcePort: 67) + notIn("dhcp_ok") + drop(.dhcp),
-                etherType(0x86dd) + udp(sourcePort: 547) + notIn("dhcp_ok") + drop(.dhcp),
-                etherType(0x86dd) + icmpv6(134) + notIn("ra_ok") + drop(.ra),
-                etherType(0x86dd) + icmpv6(137) + notIn("ra_ok") + drop(.ra),
-                notIn("spoof") + [.accept],
                 keyNotIn("mac", .payload(base: NFT_PAYLOAD_LL_HEADER, offset: 6, length: 6, dreg: k1)) + drop(.mac),
                 etherType(0x0800) + [.jump("ip4")],
                 etherType(0x0806) + [.jump("arp")],
@@ -115,9 +119,10 @@ enum GuardTable {
                 drop(.other),
             ]),
             TableSkeleton.Chain(name: "ip4", hook: nil, priority: 0, rules: [
+                dhcpServer4,
+                keyIn("ip4", nh(12, 4)) + [.accept],
                 equal(NFT_PAYLOAD_NETWORK_HEADER, 12, [0, 0, 0, 0]) + l4proto(17)
                     + equal(NFT_PAYLOAD_TRANSPORT_HEADER, 0, [0, 68, 0, 67]) + [.accept],
-                keyIn("ip4", nh(12, 4)) + [.accept],
                 drop(.ip4),
             ]),
             TableSkeleton.Chain(name: "arp", hook: nil, priority: 0, rules: [
@@ -129,20 +134,36 @@ enum GuardTable {
                 drop(.arp),
             ]),
             TableSkeleton.Chain(name: "ip6", hook: nil, priority: 0, rules: [
+                serverGuards6[0],
+                l4proto(58) + [.jump("icmp6")],
+                keyIn("ip6", nh(8, 16)) + [.accept],
+                equal(NFT_PAYLOAD_NETWORK_HEADER, 8, [UInt8](repeating: 0, count: 16)) + l4proto(58) + [.accept],
+                [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 8, length: 2, dreg: tmp),
+                 .bitwise(reg: tmp, mask: [0xff, 0xc0], xor: [0, 0]),
+                 .cmp(sreg: tmp, op: NFT_CMP_EQ, data: [0xfe, 0x80]), .accept],
+                drop(.ip6),
+            ]),
+            // ICMPv6 only (returns to ip6 for the source check).
+            TableSkeleton.Chain(name: "icmp6", hook: nil, priority: 0, rules: Array(serverGuards6.dropFirst()) + [
                 icmpv6(135) + equal(NFT_PAYLOAD_TRANSPORT_HEADER, 24, [1])
                     + keyNotIn("mac", th(26, 6)) + drop(.nd),
                 icmpv6(136) + equal(NFT_PAYLOAD_TRANSPORT_HEADER, 24, [2])
                     + keyNotIn("mac", th(26, 6)) + drop(.nd),
                 icmpv6(136) + notLinkLocal(NFT_PAYLOAD_TRANSPORT_HEADER, 8)
                     + keyNotIn("ip6", th(8, 16)) + drop(.nd),
-                equal(NFT_PAYLOAD_NETWORK_HEADER, 8, [UInt8](repeating: 0, count: 16)) + l4proto(58) + [.accept],
-                [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 8, length: 2, dreg: tmp),
-                 .bitwise(reg: tmp, mask: [0xff, 0xc0], xor: [0, 0]),
-                 .cmp(sreg: tmp, op: NFT_CMP_EQ, data: [0xfe, 0x80]), .accept],
-                keyIn("ip6", nh(8, 16)) + [.accept],
-                drop(.ip6),
             ]),
         ]
+    }
+
+    /// A DHCP server reply (udp sport 67) from a port not in @dhcp_ok, in an IPv4 packet.
+    static var dhcpServer4: [RuleExpression] { udp(sourcePort: 67) + notIn("dhcp_ok") + drop(.dhcp) }
+
+    /// DHCPv6 server replies, router advertisements and redirects from ports not allowed them, in
+    /// an IPv6 packet.
+    static var serverGuards6: [[RuleExpression]] {
+        [udp(sourcePort: 547) + notIn("dhcp_ok") + drop(.dhcp),
+         icmpv6(134) + notIn("ra_ok") + drop(.ra),
+         icmpv6(137) + notIn("ra_ok") + drop(.ra)]
     }
 
     static func nh(_ offset: UInt32, _ length: UInt32) -> RuleExpression {

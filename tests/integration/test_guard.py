@@ -347,3 +347,15 @@ def test_the_agent_follows_the_lease_and_heals_the_bridge_table(glab):
                for l in log.lines())
     glab.stop(xml)
     assert glab.set_elements("guarded") == []
+
+
+def test_spoofing_off_keeps_only_the_server_guards_asked_for(glab):
+    xml = glab.xml("<vp:guard spoofing='off' dhcpServer='block'/>", glab.layout)
+    glab.start(xml)
+    # No anti-spoofing: another MAC and address pass; DHCP server replies do not; RAs are allowed
+    # (routerAdvert defaults to allow with spoofing off).
+    assert glab.through(["spoof-mac", "spoof-ipv4", "dhcp-offer", "dhcpv6-advertise", "ra", "ipv4"]) == \
+        {"spoof-mac", "spoof-ipv4", "ra", "ipv4"}
+    [row] = glab.guards_json()
+    assert {k: v for k, v in row["dropped"].items() if v} == {"dhcp": 2}
+    glab.stop(xml)
