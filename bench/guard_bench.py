@@ -463,6 +463,7 @@ def main():
                        f"load average {m0['load']} at start, {b.res['load_at_end']} at end; {m0['date']}.\n"
     print(text)
     if a.out:
+        pathlib.Path(a.out).mkdir(parents=True, exist_ok=True)
         pathlib.Path(a.out, "guard.json").write_text(json.dumps(b.res, indent=2))
         pathlib.Path(a.out, "guard.md").write_text(text)
 
