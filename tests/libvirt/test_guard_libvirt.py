@@ -21,7 +21,7 @@ import pytest
 
 import harness
 from harness import out
-from test_virtport_libvirt import BIN, install, installed, uninstall, vp  # noqa: F401  (fixtures)
+from test_virtport_libvirt import BIN, install, installed, refused_start, uninstall, vp  # noqa: F401  (fixtures)
 
 BRIDGE = "vpgbr0"
 MAC = "52:54:00:76:70:21"
@@ -53,23 +53,6 @@ while time.time() < deadline:
 
 def guard_meta(attrs):
     return f"<vp:virtport xmlns:vp='{NS}'><vp:guard {attrs}/></vp:virtport>"
-
-
-def define_bridged_vm(lab, name, mac, metadata_xml="", pxe=False):
-    """The lab's diskless domain, its NIC moved from `default` to `<interface type='bridge'>` on
-    BRIDGE (libvirt creates the tap and enslaves it; no libvirt network is involved)."""
-    xml = lab.domain_xml(name, mac, metadata_xml, pxe=pxe)
-    nic = "<interface type='network'><source network='default'/>"
-    assert nic in xml, xml
-    xml = xml.replace(nic, f"<interface type='bridge'><source bridge='{BRIDGE}'/>")
-    path = f"{lab.workdir}/{name}.xml"
-    with open(path, "w") as f:
-        f.write(xml)
-    if name not in lab.vms:
-        lab.vms.append(name)
-        lab._save_state()
-    lab.virsh("define", path)
-    return name
 
 
 def tap_of(lab, name):
@@ -171,7 +154,7 @@ def test_guarded_bridged_vm_start_and_destroy(lab, test_bridge, installed):
     picked is guarded (elements, isolated flag, list, journal) and the VM's own DHCP discovers pass
     the guard; at `virsh destroy` all of it goes, with history on/off."""
     vp, vm = installed, "vpg-bridged"
-    define_bridged_vm(lab, vm, MAC, guard_meta(f"ip='{VM_IP}' isolated='yes'"), pxe=True)
+    lab.define_vm(vm, MAC, guard_meta(f"ip='{VM_IP}' isolated='yes'"), pxe=True, bridge=BRIDGE)
     sniffer = Sniffer(lab, MAC, 60)
     lab.start_vm(vm)
     tap = tap_of(lab, vm)
@@ -206,7 +189,7 @@ def test_guard_policy_guards_a_vm_without_metadata(lab, test_bridge, installed):
     unguarded at destroy — the hook's fast path must not skip it."""
     vp, vm = installed, "vpg-policy"
     lab.write_etc("virtport/virtport.conf", vp.config + f'[guard]\nbridges = ["{BRIDGE}"]\n')
-    define_bridged_vm(lab, vm, MAC)
+    lab.define_vm(vm, MAC, bridge=BRIDGE)
     assert NS not in lab.dumpxml(vm)
     lab.start_vm(vm)
     tap = tap_of(lab, vm)
@@ -227,17 +210,8 @@ def test_guard_naming_no_nic_is_refused_by_virsh_start(lab, test_bridge, install
     """`<vp:guard mac=…>` that names no NIC of the domain: `virsh start` fails, its error ends in
     virtport's one line, and nothing is applied or journaled."""
     vp, vm = installed, "vpg-badmac"
-    define_bridged_vm(lab, vm, MAC, guard_meta("mac='52:54:00:76:70:99'"))
-    mark = lab.log_mark()
-    r = lab.start_vm(vm, check=False)
-    err = r.stderr.decode()
-    assert r.returncode != 0, err
-    assert lab.vm_state(vm) == "shut off"
-    m = re.search(r"unexpected exit status 2: (.*)\Z", err.strip(), re.S)
-    assert m, err
-    assert m.group(1) == (f"virtport: domain '{vm}' prepare: guard[1]: mac=\"52:54:00:76:70:99\" "
-                          f"matches no interface of domain {vm}"), err
-    calls = lab.hook_calls(mark)
-    assert calls[0] == ("qemu", vm, "prepare", "begin") and ("qemu", vm, "start", "begin") not in calls, calls
+    lab.define_vm(vm, MAC, guard_meta("mac='52:54:00:76:70:99'"), bridge=BRIDGE)
+    assert refused_start(lab, vm) == (f"virtport: domain '{vm}' prepare: guard[1]: mac=\"52:54:00:76:70:99\" "
+                                      f"matches no interface of domain {vm}")
     assert bridge_table(lab) is None
     assert guards(vp) == []
