@@ -74,6 +74,14 @@ extension JournalDB {
         try guardRows(where: domainUUID == nil ? "1" : "domain_uuid = ?", domainUUID.map { [.text($0)] } ?? [])
     }
 
+    /// Other domains' rows on any of `taps`: stale ones (that domain stopped without a hook)
+    /// when libvirt has given a tap to `uuid`'s domain.
+    public func guardsHeldByOthers(taps: [String], except uuid: String) throws(VirtPortError) -> [GuardRow] {
+        if taps.isEmpty { return [] }
+        return try guardRows(where: "domain_uuid <> ? AND tap IN (\(taps.map { _ in "?" }.joined(separator: ", ")))",
+                             [.text(uuid)] + taps.map { .text($0) })
+    }
+
     private func guardRows(where condition: String, _ args: [SQLValue]) throws(VirtPortError) -> [GuardRow] {
         var out: [GuardRow] = []
         try conn.query("SELECT \(Self.guardColumns) FROM guards WHERE \(condition) ORDER BY tap", args) { (r: Row) throws(VirtPortError) in
@@ -109,7 +117,7 @@ extension JournalDB {
                 // A tap another domain held (it stopped without a hook) changes hands: that
                 // domain's guard ends here, and its history says so (no `stopped` will).
                 if old == nil {
-                    for holder in try guardRows(where: "tap = ? AND domain_uuid <> ?", [.text(row.tap), .text(domain.uuid)]) {
+                    for holder in try guardsHeldByOthers(taps: [row.tap], except: domain.uuid) {
                         try appendGuardHistory("off", holder, reason: "\(reason) (tap now guarded for domain '\(domain.name)')", at: now)
                     }
                 }
