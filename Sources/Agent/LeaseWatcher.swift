@@ -107,7 +107,8 @@ final class LeaseWatcher: Watcher, @unchecked Sendable {
         let bridge = String(file.dropLast(".status".count))
         let running = RunningDomains.list(runDir: agent.config.libvirtRunDir)
         for entry in running.values.sorted(by: { $0.name < $1.name }) {
-            guard let domain = entry.domain, domain.metadata != nil else { continue }
+            // With metadata, or guarded by the [guard] policy (its allowed addresses follow the lease).
+            guard let domain = entry.domain, domain.metadata != nil || agent.config.policy.guardsAnyPort else { continue }
             let owned = domain.interfaces.compactMap(\.mac).filter(macs.contains)
             guard !owned.isEmpty else { continue }
             let what = owned.map { "\($0) -> \((seen[file]?[$0] ?? []).map { "\($0)" }.joined(separator: ","))" }

@@ -7,6 +7,7 @@ import VirtPortCore
 enum HistoryCommand {
     static func run(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
         let format = try OutputFormat.from(&args)
+        let guards = args.flag("--guards")
         var filter = HistoryFilter()
         filter.domain = try args.option("--domain")
         if let p = try args.option("--port") {
@@ -25,6 +26,10 @@ enum HistoryCommand {
         filter.at = try time("--at")
         try args.finish("history")
         let config = try Config.load()
+        if guards {
+            if filter.port != nil || filter.at != nil { throw .invalid("history --guards: --port and --at apply to forwards only") }
+            return try guardHistory(filter, format: format, config: config)
+        }
         var events: [HistoryEvent] = []
         if Listing.journalPresent(config.databasePath) {
             events = try JournalDB(path: config.databasePath, readOnly: true).history(filter)
@@ -48,6 +53,36 @@ enum HistoryCommand {
                                rows: events.map { e in
                                    [formatLocal(e.at), e.action.rawValue, e.domain.name, e.mapping.proto.rawValue,
                                     Listing.hostText(e.mapping), Listing.guestText(e.mapping), e.reason]
+                               })
+        }
+        return 0
+    }
+
+    /// `history --guards`: guard on/change/off events, oldest first.
+    static func guardHistory(_ filter: HistoryFilter, format: OutputFormat, config: Config) throws(VirtPortError) -> Int32 {
+        var events: [GuardHistoryEvent] = []
+        if Listing.journalPresent(config.databasePath) {
+            events = try JournalDB(path: config.databasePath, readOnly: true).guardHistory(domain: filter.domain, since: filter.since)
+        }
+        if let until = filter.until { events.removeAll { $0.at > until } }
+        switch format {
+        case .json:
+            Output.out(JSONValue.array(events.map { e in
+                .object([("at", .string(formatISO8601UTC(e.at))), ("action", .string(e.action)), ("reason", .string(e.reason)),
+                         ("domain", .string(e.domain.name)), ("uuid", .string(e.domain.uuid)), ("tap", .string(e.tap)),
+                         ("mac", .string(e.mac)), ("addresses", .string(e.addresses)), ("flags", .string(e.flags))])
+            }).serialized(pretty: true))
+        case .csv:
+            Listing.printCSV(header: ["at", "action", "reason", "domain", "uuid", "tap", "mac", "addresses", "flags"],
+                             rows: events.map { e in
+                                 [formatISO8601UTC(e.at), e.action, e.reason, e.domain.name, e.domain.uuid, e.tap, e.mac,
+                                  e.addresses, e.flags]
+                             })
+        case .table:
+            Listing.printTable(header: ["TIME", "ACTION", "DOMAIN", "TAP", "MAC", "ADDRESSES", "FLAGS", "REASON"],
+                               rows: events.map { e in
+                                   [formatLocal(e.at), e.action, e.domain.name, e.tap, e.mac,
+                                    e.addresses.isEmpty ? "-" : e.addresses, e.flags, e.reason]
                                })
         }
         return 0

@@ -78,7 +78,7 @@ enum Usage {
             ],
             operands: [.domain]),
         Command(
-            name: "list", synopsis: "[--guards] [--json|--csv] [--domain D]",
+            name: "list", synopsis: "[--json|--csv] [--domain D] [--guards]",
             summary: "active mappings: VM, proto, host address:port, guest address:port, state, since",
             details: ["The active mappings in the journal. Tables use local time; JSON and CSV use UTC ISO 8601.",
                       "With --guards: the guarded bridge ports instead (tap, MAC, flags, allowed addresses) with the frames "
@@ -90,13 +90,16 @@ enum Usage {
                 Option(name: "--domain", value: "D", help: "only the mappings of domain D (name or UUID)", kind: .domain),
             ]),
         Command(
-            name: "history", synopsis: "[--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv]",
+            name: "history", synopsis: "[--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv] [--guards]",
             summary: "add/remove events of the journal: who had which host port when",
             details: [
                 "The append-only history of the journal (it survives undefine). Filters combine.",
+                "With --guards: the bridge port guards' events instead (on, change, off: tap, MAC, allowed addresses "
+                    + "with their source, flags); --port and --at do not apply.",
                 timeHelp,
             ],
             options: [
+                Option(name: "--guards", help: "the bridge port guards' on/change/off events"),
                 Option(name: "--domain", value: "D", help: "events of domain D (name or UUID)", kind: .domain),
                 Option(name: "--port", value: "P", help: "events whose host port range contains P", kind: .text),
                 Option(name: "--since", value: "T", help: "events at or after T", kind: .text),

@@ -176,7 +176,7 @@ func tempFile(_ name: String, _ text: String) throws -> String {
         }
         #expect(try complete(["virtport", "hi"]) == ["history"])
         #expect(Set(try complete(["virtport", ""])).isSuperset(of: Usage.commandNames))
-        #expect(Set(try complete(["virtport", "list", "--"])) == ["--json", "--csv", "--domain", "--help"])
+        #expect(Set(try complete(["virtport", "list", "--"])) == ["--json", "--csv", "--domain", "--guards", "--help"])
         #expect(try complete(["virtport", "completion", "z"]) == ["zsh"])
         #expect(Set(try complete(["virtport", "add", "vm1", ""])) == ["tcp", "udp", "sctp"])
         #expect(Set(try complete(["virtport", "add", "vm1", "--mac", "m", ""])) == ["tcp", "udp", "sctp"])

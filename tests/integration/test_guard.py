@@ -275,6 +275,68 @@ def test_reconcile_and_network_started_rebuild_the_bridge_table(glab):
     assert glab.through(["spoof-mac"]) == {"spoof-mac"}
 
 
+def test_the_agent_follows_the_lease_and_heals_the_bridge_table(glab):
+    """The agent (issue "event agent") keeps a guard's allowed addresses on the DHCP lease and puts
+    back `table bridge virtport` when someone deletes it."""
+    if glab.layout != "nat":
+        pytest.skip("a plain bridge has no lease")
+    from test_agent import Agent, agent_socket_config
+    log = glab.syslog()
+    with open(glab.run_dir / "network" / "default.xml", "w") as f:  # no reservation: the lease decides
+        f.write("<networkstatus><network><name>default</name><uuid>3f86f7d7-e967-45ae-9648-18fd73be9c4b</uuid>"
+                f"<forward mode='nat'/><bridge name='{glab.bridge}'/>"
+                "<ip address='192.168.122.1' netmask='255.255.255.0'/></network></networkstatus>")
+    d = glab.dir / "var-lib-libvirt" / "dnsmasq"
+    d.mkdir(parents=True, exist_ok=True)
+
+    def lease(ip):  # replaced by rename, as libvirt's leaseshelper does
+        tmp = d / f"{glab.bridge}.status.new"
+        tmp.write_text(json.dumps([{"ip-address": ip, "mac-address": MAC1, "expiry-time": int(time.time()) + 3600}]))
+        os.rename(tmp, d / f"{glab.bridge}.status")
+
+    def addresses():
+        return [a["address"] for a in glab.guards_json()[0]["addresses"]]
+
+    def wait(pred, what, timeout=5.0):
+        deadline = time.time() + timeout
+        while not pred():
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    lease_file_absent = not (d / f"{glab.bridge}.status").exists()
+    assert lease_file_absent
+    xml = glab.xml("<vp:guard/>", "nat")
+    glab.start(xml)
+    glab.write_status(xml)
+    assert addresses() == []
+    agent_socket_config(glab)
+    Agent(glab)
+
+    lease("192.168.122.10")
+    wait(lambda: addresses() == ["192.168.122.10"], "the lease's address to be allowed")
+    assert glab.through(["ipv4", "arp-self", "spoof-ipv4"]) == {"ipv4", "arp-self"}
+    # The lease moves: the new address in, the old one out, in one change.
+    lease("192.168.122.11")
+    wait(lambda: addresses() == ["192.168.122.11"], "the allowed address to follow the lease")
+    [element] = glab.set_elements("ip4")
+    assert "192.168.122.11" in json.dumps(element) and "192.168.122.10" not in json.dumps(element)
+    assert glab.through(["ipv4"]) == set()  # 192.168.122.10 is no longer its address
+    hist = json.loads(glab.virtport("history", "--guards", "--json", check=True).stdout)
+    assert [e["action"] for e in hist] == ["on", "change", "change"]
+    assert "DHCP lease" in hist[-1]["reason"] and hist[-1]["addresses"] == "192.168.122.11=dhcp-lease"
+
+    # Someone deletes the bridge table: the agent rebuilds it from the journal.
+    sh("nft", "delete", "table", "bridge", "virtport", ns=glab.host)
+    wait(lambda: glab.set_elements("guarded") == ["vnet0"], "table bridge virtport to come back")
+    assert glab.through(["spoof-mac", "arp-probe"]) == {"arp-probe"}
+    [line] = log.wait_for("healed:")  # the first guard's creating the table is no heal
+    assert "table bridge virtport is missing" in line and "(deleted by pid" in line
+    assert any(l.startswith("guard changed: domain 'vm1' port vnet0") and "192.168.122.11=dhcp-lease" in l
+               for l in log.lines())
+    glab.stop(xml)
+    assert glab.set_elements("guarded") == []
+
+
 def test_a_tap_that_changes_hands_keeps_nothing_of_the_previous_holder(glab):
     """vm1 stops without a hook (its journal row stays) and libvirt gives its tap to vm2: vm2's
     port allows vm2's MAC and address only — vm1's elements on that tap go in the same batch, and

@@ -46,33 +46,27 @@ public enum GuardSync {
     }
 
     /// Network `started` (libvirt rebuilt its bridge and firewall, maybe after a firewall reload
-    /// that flushed ours): rebuilds the bridge table from the journal and puts back the isolated
-    /// flags virtport set on that network's ports. Rare, so a full rebuild.
+    /// that flushed ours): rebuilds the bridge table from the journal when anything of it is
+    /// missing (an intact table keeps its counters), and puts back the isolated flags virtport set
+    /// on that network's ports (a tap re-enslaved to a new bridge has lost its flag).
     static func reapply(network: String, reason: String, resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) {
         guard let db = try resources.existingJournal(readOnly: false) else { return }
         try resources.changeLock().withExclusive { () throws(VirtPortError) in
-            let rows = try db.activeGuards()
-            if rows.isEmpty { return }
-            try rebuild(rows, resources: resources)
-            for row in rows where row.network == network && row.isolatedByUs {
-                try? BridgePort.setIsolated(row.tap, true)
+            if let healed = try healLocked(db: db, resources: resources) {
+                EventLog(config: resources.config).notice("healed: \(healed) (\(reason))")
             }
-            EventLog(config: resources.config).info("rebuilt table bridge \(resources.config.table) from the journal: "
-                + "\(rows.count) guarded ports (\(reason))")
+            for row in try db.activeGuards() where row.network == network && row.isolatedByUs && BridgePort.isolated(row.tap) == false {
+                do throws(NetfilterError) { try BridgePort.setIsolated(row.tap, true) } catch {
+                    warnings(resources, diagnostics).emit("cannot set the isolated flag of bridge port \(row.tap) again: \(error)")
+                }
+            }
         }
     }
 
-    /// For the agent's self-heal watcher (netlink notifications about `bridge <config.table>`):
-    /// checks the bridge table against the journal and rebuilds what is missing in one batch.
-    /// - Returns: one line about what it healed, or nil when the table was intact (or nothing is guarded).
-    public static func heal(resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) -> String? {
-        guard let db = try resources.existingJournal(readOnly: false) else { return nil }
-        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> String? in
-            try healLocked(db: db, resources: resources)
-        }
-    }
-
-    /// `heal` for a caller that holds the lock exclusively (reconcile).
+    /// Self-heal and reconcile (the caller holds the change lock exclusively): checks `table bridge`
+    /// against the journal and rebuilds it in one batch when anything is missing.
+    /// - Returns: one line about what it healed (the caller logs it), or nil when the table was
+    ///   intact or nothing is guarded.
     static func healLocked(db: JournalDB, resources: Resources) throws(VirtPortError) -> String? {
         let rows = try db.activeGuards()
         if rows.isEmpty { return nil }
@@ -83,9 +77,7 @@ public enum GuardSync {
         }
         guard let damage else { return nil }
         try rebuild(rows, resources: resources)
-        let line = "healed: \(damage): rebuilt from the journal in one batch, \(rows.count) guarded ports"
-        EventLog(config: resources.config).notice(line)
-        return line
+        return "\(damage): rebuilt from the journal in one batch, \(rows.count) guarded ports"
     }
 
     /// Reconcile's part (lock held exclusively): guards of domains that are not running go;
@@ -169,7 +161,8 @@ public enum GuardSync {
         try db.setGuardState(domainUUID: domain.uuid, .applied)
         let log = EventLog(config: resources.config)
         for row in rows where !(before.contains { $0.sameGuard(row) }) {
-            log.info("guard on: domain '\(Quoted.message(domain.name))' port \(row.tap) (\(row.mac)) \(row.flags); "
+            let verb = before.contains { $0.tap == row.tap } ? "guard changed" : "guard on"
+            log.info("\(verb): domain '\(Quoted.message(domain.name))' port \(row.tap) (\(row.mac)) \(row.flags); "
                 + "addresses: \(row.addresses.isEmpty ? (row.spoofing ? "none yet (DHCP and DAD only)" : "any") : row.addressText) (\(reason))")
         }
         for row in gone { log.info("guard off: domain '\(Quoted.message(domain.name))' port \(row.tap) (\(reason))") }
@@ -221,6 +214,9 @@ public enum GuardSync {
         try lock.convertToExclusive()
         let rows = try db.activeGuards().filter { $0.domain.uuid != uuid }
         try rebuild(rows, resources: resources)
+        // The first guard of the host creates the table: nothing was lost, nothing to say.
+        let adding = Set(adding.map(\.tap))
+        if previous.isEmpty && rows.allSatisfy({ adding.contains($0.tap) }) { return }
         EventLog(config: resources.config).notice("healed: table bridge \(resources.config.table) \(damage): "
             + "rebuilt from the journal in one batch, \(rows.count) guarded ports")
     }

@@ -2,7 +2,8 @@ public import VirtPortCore
 
 /// The agent's self-heal (README "Self-heal"): after nf_tables said that something was deleted,
 /// puts back what the journal has in the kernel and someone else took away — virtport's table,
-/// its chains and rules, map elements, hairpin subnets, libvirt's accept rule — under the
+/// its chains and rules, map elements, hairpin subnets, libvirt's accept rule, and `table bridge`'s
+/// port guards (their isolated flags are not nf_tables and are not watched) — under the
 /// exclusive change lock (so a hook mid-change is waited for, never raced). Kernel only: the
 /// journal is the truth here, running domains are not consulted (that is reconcile's business).
 /// Nothing is deleted: an element nobody owns is reconcile's to judge.
@@ -32,6 +33,7 @@ public enum Healer {
             }
             let warn = Warnings(diagnostics: diagnostics, log: EventLog(config: config)).emit
             healed += try NetworkSync(nf: nf, resolver: reconciler.files, warn: warn).sync(db: db, others: [])
+            if let guards = try GuardSync.healLocked(db: db, resources: resources) { healed.append(guards) }
             return healed
         }
     }
