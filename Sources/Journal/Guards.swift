@@ -71,10 +71,20 @@ extension JournalDB {
 
     /// Every guard row, or one domain's, by tap.
     public func activeGuards(domainUUID: String? = nil) throws(VirtPortError) -> [GuardRow] {
+        try guardRows(where: domainUUID == nil ? "1" : "domain_uuid = ?", domainUUID.map { [.text($0)] } ?? [])
+    }
+
+    /// Other domains' rows on any of `taps`: stale ones (that domain stopped without a hook)
+    /// when libvirt has given a tap to `uuid`'s domain.
+    public func guardsHeldByOthers(taps: [String], except uuid: String) throws(VirtPortError) -> [GuardRow] {
+        if taps.isEmpty { return [] }
+        return try guardRows(where: "domain_uuid <> ? AND tap IN (\(taps.map { _ in "?" }.joined(separator: ", ")))",
+                             [.text(uuid)] + taps.map { .text($0) })
+    }
+
+    private func guardRows(where condition: String, _ args: [SQLValue]) throws(VirtPortError) -> [GuardRow] {
         var out: [GuardRow] = []
-        let condition = domainUUID == nil ? "1" : "domain_uuid = ?"
-        try conn.query("SELECT \(Self.guardColumns) FROM guards WHERE \(condition) ORDER BY tap",
-                       domainUUID.map { [.text($0)] } ?? []) { (r: Row) throws(VirtPortError) in
+        try conn.query("SELECT \(Self.guardColumns) FROM guards WHERE \(condition) ORDER BY tap", args) { (r: Row) throws(VirtPortError) in
             guard let mac = MACAddress(r.text(3)), let state = GuardRow.State(rawValue: r.text(12)) else {
                 throw .operational("database row guards tap=\(r.text(2)) has an invalid mac or state")
             }
@@ -104,7 +114,13 @@ extension JournalDB {
             let before = try activeGuards(domainUUID: domain.uuid)
             for row in rows {
                 let old = before.first { $0.tap == row.tap }
-                // A tap another domain held (it stopped without a hook) changes hands.
+                // A tap another domain held (it stopped without a hook) changes hands: that
+                // domain's guard ends here, and its history says so (no `stopped` will).
+                if old == nil {
+                    for holder in try guardsHeldByOthers(taps: [row.tap], except: domain.uuid) {
+                        try appendGuardHistory("off", holder, reason: "\(reason) (tap now guarded for domain '\(domain.name)')", at: now)
+                    }
+                }
                 try conn.run("DELETE FROM guards WHERE tap = ?", [.text(row.tap)])
                 try conn.run("INSERT INTO guards (\(Self.guardColumns), since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                     .text(row.domain.uuid), .text(row.domain.name), .text(row.tap), .text(row.mac.description),

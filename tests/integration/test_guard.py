@@ -359,3 +359,43 @@ def test_spoofing_off_keeps_only_the_server_guards_asked_for(glab):
     [row] = glab.guards_json()
     assert {k: v for k, v in row["dropped"].items() if v} == {"dhcp": 2}
     glab.stop(xml)
+
+
+def test_a_tap_that_changes_hands_keeps_nothing_of_the_previous_holder(glab):
+    """vm1 stops without a hook (its journal row stays) and libvirt gives its tap to vm2: vm2's
+    port allows vm2's MAC and address only — vm1's elements on that tap go in the same batch, and
+    vm1's history says its guard ended. A later edit to isolation only (nothing to filter)
+    takes every element of the port away."""
+    vm1 = glab.xml(guard_for(glab), glab.layout)
+    glab.start(vm1)
+    assert glab.through(["ipv4", "arp-self"]) == {"ipv4", "arp-self"}
+
+    mac3 = "52:54:00:aa:bb:03"
+    vm2 = (glab.xml("<vp:guard ip='192.168.122.30'/>", glab.layout, uuid="7a3c1e52-0c55-4a31-9d7e-6f1b2a3c4d02")
+           .replace("<name>vm1</name>", "<name>vm2</name>").replace(MAC1, mac3))
+    glab.start(vm2)
+    assert [e["concat"] for e in glab.set_elements("mac")] == [["vnet0", mac3]]
+    assert [e["concat"] for e in glab.set_elements("ip4")] == [["vnet0", "192.168.122.30"]]
+    # The stand-in still sends as vm1 (MAC1, 192.168.122.10): spoofing now, each frame dropped for
+    # its source MAC (through() cannot tell: its end marker comes from MAC1 too).
+    sh(sys.executable, FRAMES, "send", "eth0", "ipv4", "arp-self", "dhcp-discover", ns=glab.guest)
+    [row] = glab.guards_json()
+    assert (row["domain"], row["mac"]) == ("vm2", mac3)
+    # (>= 3: the guest's own kernel may send an IPv6 frame of its own from MAC1 meanwhile)
+    dropped = {k: v for k, v in row["dropped"].items() if v}
+    assert set(dropped) == {"mac"} and dropped["mac"] >= 3, dropped
+    hist = glab.sql("SELECT action, domain_name, reason FROM guard_history ORDER BY id")
+    assert hist == [{"action": "on", "domain_name": "vm1", "reason": "hook qemu start"},
+                    {"action": "off", "domain_name": "vm1", "reason": "hook qemu start (tap now guarded for domain 'vm2')"},
+                    {"action": "on", "domain_name": "vm2", "reason": "hook qemu start"}]
+
+    iso = vm2.replace("<vp:guard ip='192.168.122.30'/>",
+                      "<vp:guard spoofing='off' dhcpServer='allow' routerAdvert='allow' isolated='yes'/>")
+    r = glab.hook(iso, "reconnect")
+    assert r.returncode == 0, r.stderr.decode()
+    for s in ("guarded", "spoof", "mac", "ip4", "ip6"):
+        assert glab.set_elements(s) == [], s
+    assert "isolated on" in glab.port_flags("vnet0")
+    assert glab.through(["spoof-mac", "ipv4"]) == {"spoof-mac", "ipv4"}
+    glab.stop(iso)
+    assert "isolated off" in glab.port_flags("vnet0")

@@ -1034,16 +1034,19 @@ class LibvirtLab:
 
     # -- VMs ------------------------------------------------------------------------------------
     @staticmethod
-    def domain_xml(name, mac, metadata_xml="", pxe=False, memory_mib=64, extra_devices=""):
-        """A diskless domain: TCG, no disk/graphics, one virtio NIC on `default`.
+    def domain_xml(name, mac, metadata_xml="", pxe=False, memory_mib=64, extra_devices="", bridge=None):
+        """A diskless domain: TCG, no disk/graphics, one virtio NIC on `default` (bridge: an
+        `<interface type='bridge'>` on that bridge instead, no libvirt network involved).
         pxe=False adds <rom enabled='no'/>: otherwise SeaBIOS/iPXE DHCPs on the NIC (the VM then
         gets a real lease from dnsmasq a few seconds after start and answers ARP for it)."""
         meta = f"<metadata>{metadata_xml}</metadata>" if metadata_xml else ""
         rom = "" if pxe else "<rom enabled='no'/>"
+        source = f"<interface type='bridge'><source bridge='{bridge}'/>" if bridge else \
+            "<interface type='network'><source network='default'/>"
         return (f"<domain type='qemu'><name>{name}</name>{meta}"
                 f"<memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
                 f"<os><type arch='x86_64'>hvm</type></os>"
-                f"<devices><interface type='network'><source network='default'/><mac address='{mac}'/>"
+                f"<devices>{source}<mac address='{mac}'/>"
                 f"<model type='virtio'/>{rom}</interface>{extra_devices}</devices></domain>")
 
     def define_vm(self, name, mac, metadata_xml="", pxe=False, **kw):

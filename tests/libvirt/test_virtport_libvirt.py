@@ -181,6 +181,22 @@ def uuid_of(lab, name):
     return out(lab.virsh("domuuid", name))
 
 
+def refused_start(lab, vm):
+    """`virsh start` of `vm` that virtport's prepare hook refuses: the VM stays off, no `start`
+    hook ran; returns what the hook wrote (virsh: "error: Hook script execution failed: …
+    unexpected exit status 2: <the hook's stderr>")."""
+    mark = lab.log_mark()
+    r = lab.start_vm(vm, check=False)
+    err = r.stderr.decode()
+    assert r.returncode != 0, err
+    assert lab.vm_state(vm) == "shut off"
+    m = re.search(r"unexpected exit status 2: (.*)\Z", err.strip(), re.S)
+    assert m, err
+    calls = lab.hook_calls(mark)
+    assert calls[0] == ("qemu", vm, "prepare", "begin") and ("qemu", vm, "start", "begin") not in calls, calls
+    return m.group(1)
+
+
 def answer(guest_tag, port, source):
     return f"{guest_tag} {port} from {source}"
 
@@ -431,18 +447,8 @@ def test_conflicting_vm_is_refused_and_the_first_keeps_working(lab, installed):
     ua = uuid_of(lab, a)
     before = vp.history()
 
-    mark = lab.log_mark()
-    r = lab.start_vm(b, check=False)
-    err = r.stderr.decode()
-    assert r.returncode != 0, err
-    assert lab.vm_state(b) == "shut off"
-    # virsh: "error: Hook script execution failed: … unexpected exit status 2: <the hook's stderr>"
-    m = re.search(r"unexpected exit status 2: (.*)\Z", err.strip(), re.S)
-    assert m, err
-    assert m.group(1) == (f"virtport: domain '{b}' prepare: host port tcp/2222 is already forwarded "
-                          f"to domain '{a}' (uuid {ua})"), err
-    calls = lab.hook_calls(mark)
-    assert calls[0] == ("qemu", b, "prepare", "begin") and ("qemu", b, "start", "begin") not in calls, calls
+    assert refused_start(lab, b) == (f"virtport: domain '{b}' prepare: host port tcp/2222 is already forwarded "
+                                     f"to domain '{a}' (uuid {ua})")
 
     assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
     assert client.connect("tcp", HOST, 2224).startswith("ERROR")

@@ -132,21 +132,30 @@ public enum GuardSync {
     static func applyLocked(_ domain: DomainRef, _ guards: [GuardPlan], reason: String, db: JournalDB,
                             resources: Resources, lock: ChangeLock, warnings: Warnings) throws(VirtPortError) {
         let before = try db.activeGuards(domainUUID: domain.uuid)
+        // A tap the journal still has for another domain (it stopped without a hook) carries that
+        // domain's MAC, addresses and isolated flag: they must not stay for this one, so they
+        // count as this domain's previous state of the port.
+        let taken = try db.guardsHeldByOthers(taps: guards.compactMap(\.tap), except: domain.uuid)
+        let held = before + taken
         var rows: [GuardRow] = []
         for g in guards {
             guard let tap = g.tap else { continue }
-            let old = before.first { $0.tap == tap }
+            let old = held.first { $0.tap == tap }
             // Ours when we set it before, or when it is off now and the guard wants it: never
             // libvirt's own <port isolated='yes'/> (already on before us).
             let byUs = g.isolated && ((old?.isolatedByUs ?? false) || BridgePort.isolated(tap) == false)
             rows.append(GuardRow(domain: domain, plan: g, tap: tap, isolatedByUs: byUs))
         }
         let gone = before.filter { old in !rows.contains { $0.tap == old.tap } }
+        // A port that is no longer filtered (isolation only now) loses all its elements, not just
+        // the stale ones.
+        let adding = rows.compactMap(port)
+        let previous = held.compactMap(port)
         try db.putGuards(domain: domain, rows, reason: reason, now: nowMicros())
-        try program(adding: rows.compactMap(port), previous: before.compactMap(port), removing: gone.compactMap(port),
+        try program(adding: adding, previous: previous, removing: previous.filter { p in !adding.contains { $0.tap == p.tap } },
                     db: db, resources: resources, lock: lock)
         for row in rows {
-            let wasOurs = before.first { $0.tap == row.tap }?.isolatedByUs ?? false
+            let wasOurs = held.first { $0.tap == row.tap }?.isolatedByUs ?? false
             do throws(NetfilterError) {
                 if row.isolatedByUs && BridgePort.isolated(row.tap) != true {
                     try BridgePort.setIsolated(row.tap, true)
