@@ -69,6 +69,51 @@ extension JournalDB {
     static let guardColumns = "domain_uuid, domain_name, tap, mac, bridge, network, addresses, spoofing, dhcp_server, "
         + "router_advert, isolated, isolated_by_us, state"
 
+    /// The guard tables, created by the first guard written (`putGuards`), not by a schema
+    /// migration: a journal that never held a guard stays at the schema the previous release
+    /// reads, so an upgrade (or a downgrade, or the previous release's hooks beside the current
+    /// agent) keeps working; one that did is still read by it (SQLite ignores tables it is not
+    /// asked about). `addresses` is "ADDR=SOURCE ADDR=SOURCE…"; `isolated_by_us` says whether
+    /// virtport set the port's isolated flag (and so clears it at stopped).
+    static let guardTables = """
+    CREATE TABLE IF NOT EXISTS guards (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        domain_uuid    TEXT    NOT NULL,
+        domain_name    TEXT    NOT NULL,
+        tap            TEXT    NOT NULL UNIQUE,
+        mac            TEXT    NOT NULL,
+        bridge         TEXT    NOT NULL DEFAULT '',
+        network        TEXT    NOT NULL DEFAULT '',
+        addresses      TEXT    NOT NULL DEFAULT '',
+        spoofing       INTEGER NOT NULL,
+        dhcp_server    INTEGER NOT NULL,
+        router_advert  INTEGER NOT NULL,
+        isolated       INTEGER NOT NULL,
+        isolated_by_us INTEGER NOT NULL,
+        state          TEXT    NOT NULL CHECK (state IN ('adding', 'applied', 'removing')),
+        since          INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS guards_domain ON guards (domain_uuid);
+    CREATE TABLE IF NOT EXISTS guard_history (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        action      TEXT    NOT NULL CHECK (action IN ('on', 'off', 'change')),
+        reason      TEXT    NOT NULL,
+        domain_uuid TEXT    NOT NULL,
+        domain_name TEXT    NOT NULL,
+        tap         TEXT    NOT NULL,
+        mac         TEXT    NOT NULL,
+        addresses   TEXT    NOT NULL DEFAULT '',
+        flags       TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX IF NOT EXISTS guard_history_at ON guard_history (at);
+    """
+
+    /// Whether a guard was ever written (the tables exist).
+    func hasGuardTables() throws(VirtPortError) -> Bool {
+        try conn.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'guards'") == 1
+    }
+
     /// Every guard row, or one domain's, by tap.
     public func activeGuards(domainUUID: String? = nil) throws(VirtPortError) -> [GuardRow] {
         try guardRows(where: domainUUID == nil ? "1" : "domain_uuid = ?", domainUUID.map { [.text($0)] } ?? [])
@@ -84,6 +129,7 @@ extension JournalDB {
 
     private func guardRows(where condition: String, _ args: [SQLValue]) throws(VirtPortError) -> [GuardRow] {
         var out: [GuardRow] = []
+        if try !hasGuardTables() { return out }
         try conn.query("SELECT \(Self.guardColumns) FROM guards WHERE \(condition) ORDER BY tap", args) { (r: Row) throws(VirtPortError) in
             guard let mac = MACAddress(r.text(3)), let state = GuardRow.State(rawValue: r.text(12)) else {
                 throw .operational("database row guards tap=\(r.text(2)) has an invalid mac or state")
@@ -111,6 +157,7 @@ extension JournalDB {
     /// transaction.
     public func putGuards(domain: DomainRef, _ rows: [GuardRow], reason: String, now: Int64) throws(VirtPortError) {
         try conn.immediate { () throws(VirtPortError) in
+            try conn.exec(Self.guardTables)
             let before = try activeGuards(domainUUID: domain.uuid)
             for row in rows {
                 let old = before.first { $0.tap == row.tap }
@@ -141,6 +188,7 @@ extension JournalDB {
 
     /// Marks the domain's rows `state`.
     public func setGuardState(domainUUID: String, _ state: GuardRow.State) throws(VirtPortError) {
+        if try !hasGuardTables() { return }
         try conn.run("UPDATE guards SET state = ? WHERE domain_uuid = ?", [.text(state.rawValue), .text(domainUUID)])
     }
 
@@ -157,6 +205,7 @@ extension JournalDB {
     /// Guard events, oldest first (`virtport history` merges them with the forwards').
     public func guardHistory(domain: String? = nil, since: Int64? = nil) throws(VirtPortError) -> [GuardHistoryEvent] {
         var out: [GuardHistoryEvent] = []
+        if try !hasGuardTables() { return out }
         try conn.query("SELECT at, action, reason, domain_uuid, domain_name, tap, mac, addresses, flags FROM guard_history "
                            + "WHERE (? = '' OR domain_name = ? OR domain_uuid = ?) AND at >= ? ORDER BY at, id",
                        [.text(domain ?? ""), .text(domain ?? ""), .text(domain ?? ""), .int(since ?? Int64.min)]) { r in

@@ -73,42 +73,6 @@ enum Schema {
         """
         DROP INDEX mappings_domain;
         """,
-        // 5: bridge port guards (one row per guarded tap while its domain runs) and their history.
-        // `addresses` is "ADDR=SOURCE ADDR=SOURCE…"; `isolated_by_us` says whether virtport set
-        // the port's isolated flag (and so clears it at stopped).
-        """
-        CREATE TABLE guards (
-            id             INTEGER PRIMARY KEY AUTOINCREMENT,
-            domain_uuid    TEXT    NOT NULL,
-            domain_name    TEXT    NOT NULL,
-            tap            TEXT    NOT NULL UNIQUE,
-            mac            TEXT    NOT NULL,
-            bridge         TEXT    NOT NULL DEFAULT '',
-            network        TEXT    NOT NULL DEFAULT '',
-            addresses      TEXT    NOT NULL DEFAULT '',
-            spoofing       INTEGER NOT NULL,
-            dhcp_server    INTEGER NOT NULL,
-            router_advert  INTEGER NOT NULL,
-            isolated       INTEGER NOT NULL,
-            isolated_by_us INTEGER NOT NULL,
-            state          TEXT    NOT NULL CHECK (state IN ('adding', 'applied', 'removing')),
-            since          INTEGER NOT NULL
-        );
-        CREATE INDEX guards_domain ON guards (domain_uuid);
-        CREATE TABLE guard_history (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
-            at          INTEGER NOT NULL,
-            action      TEXT    NOT NULL CHECK (action IN ('on', 'off', 'change')),
-            reason      TEXT    NOT NULL,
-            domain_uuid TEXT    NOT NULL,
-            domain_name TEXT    NOT NULL,
-            tap         TEXT    NOT NULL,
-            mac         TEXT    NOT NULL,
-            addresses   TEXT    NOT NULL DEFAULT '',
-            flags       TEXT    NOT NULL DEFAULT ''
-        );
-        CREATE INDEX guard_history_at ON guard_history (at);
-        """,
     ]
 
     /// The mapping columns, in the order `bind(_:)` produces and `decode(_:from:)` reads them.

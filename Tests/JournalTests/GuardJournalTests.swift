@@ -21,6 +21,23 @@ import VirtPortCore
         try db.guardHistory(domain: domain).map { "\($0.at) \($0.action) \($0.domain.name) \($0.tap) [\($0.addresses)] \($0.reason)" }
     }
 
+    /// The guard tables come with the first guard, not with a schema migration: a journal
+    /// without guards is exactly what the previous release reads (same schema, same tables), and
+    /// one with guards keeps the schema version too.
+    @Test func guardTablesComeWithTheFirstGuardAndKeepTheSchema() throws {
+        try withTempDir { dir in
+            let db = try JournalDB(path: dir + "/j.db")
+            #expect(try !db.hasGuardTables())
+            #expect(try db.activeGuards().isEmpty && db.guardHistory().isEmpty)
+            try db.setGuardState(domainUUID: web1.uuid, .applied)  // nothing to mark: no error, no tables
+            #expect(try !db.hasGuardTables())
+            try db.putGuards(domain: web1, [row(web1, "vnet0")], reason: "hook qemu start", now: 100)
+            #expect(try db.hasGuardTables())
+            #expect(try db.conn.scalar("PRAGMA user_version") == Int64(JournalDB.schemaVersion))
+            #expect(try JournalDB(path: dir + "/j.db", readOnly: true).activeGuards().map(\.tap) == ["vnet0"])
+        }
+    }
+
     @Test func putGuardsRecordsOnChangeAndOff() throws {
         try withTempDir { dir in
             let db = try JournalDB(path: dir + "/j.db")
