@@ -48,7 +48,7 @@ enum GuardList {
             Listing.printTable(header: ["DOMAIN", "TAP", "MAC", "FLAGS", "ADDRESSES", "DROPPED", "BY REASON"],
                                rows: rows.map { r in
                                    [r.domain.name, r.tap, r.mac.description, r.flags,
-                                    r.addresses.isEmpty ? (r.spoofing ? "(dhcp only)" : "any") : r.addresses.map(\.address.description).joined(separator: " "),
+                                    addresses(r, none: "any"),
                                     total(r.tap), byReason(r.tap)]
                                })
         }
@@ -62,8 +62,14 @@ enum GuardList {
         Output.out("guarded bridge ports (details and dropped frames: virtport list --guards):")
         for r in rows {
             Output.out("  \(r.domain.name) \(r.tap) \(r.mac) \(r.flags) "
-                + (r.addresses.isEmpty ? (r.spoofing ? "(dhcp only)" : "") : r.addresses.map(\.address.description).joined(separator: " ")))
+                + addresses(r, none: ""))
         }
+    }
+
+    /// The allowed addresses as a list shows them; a guard without any is "(dhcp only)" when it
+    /// checks sources, else `none`.
+    static func addresses(_ r: GuardRow, none: String) -> String {
+        r.addresses.isEmpty ? (r.spoofing ? "(dhcp only)" : none) : r.addresses.map(\.address.description).joined(separator: " ")
     }
 
     static func guards(config: Config, domain: String?) throws(VirtPortError) -> [GuardRow] {

@@ -58,10 +58,10 @@ public enum HookProcess {
         // are guarded, metadata or not: one config read more for those hosts only).
         // (Teardown of a domain whose metadata vanished while running is reconcile's job; at
         // stopped/release the XML is the definition the domain ran with.)
-        var config: Config?
+        var policyGuarded: Config?
         if !stdin.mentions {
             guard let c = try? Config.load(warn: false), c.policy.guardsAnyPort else { return 0 }
-            config = c
+            policyGuarded = c
         }
         // Too large to parse: refused before the guest runs; teardown still finds the <uuid>.
         if stdin.oversize && !operation.isTeardown {
@@ -71,13 +71,13 @@ public enum HookProcess {
                                     log: EventLog(config: Config()))
         }
         let input = stdin.bytes
-        if config == nil {
+        let config: Config
+        if let policyGuarded { config = policyGuarded } else {
             do { config = try Config.load(warn: false) } catch {
                 return QemuWork.report(error, op: op, domain: domainName, policy: Policy(), diagnostics: diagnostics,
                                         log: EventLog(config: Config()))
             }
         }
-        guard let config else { return 0 }
         if let code = AgentClient.handOver(config: config, kind: .qemu, args: [domainName, op, subop], input: input) {
             return code
         }

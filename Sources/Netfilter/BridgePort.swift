@@ -23,42 +23,31 @@ public enum BridgePort {
         let operation = "set isolated \(on ? "on" : "off") on bridge port \(tap)"
         let index = Interfaces.isName(tap) ? if_nametoindex(tap) : 0
         guard index != 0 else { throw NetfilterError(errno: ENODEV, operation: operation) }
-        guard let nl = mnl_socket_open2(NETLINK_ROUTE, Int32(SOCK_CLOEXEC.rawValue)) else {
-            throw NetfilterError(errno: errno, operation: "open netlink socket (NETLINK_ROUTE)")
-        }
-        defer { mnl_socket_close(nl) }
-        guard mnl_socket_bind(nl, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
-            throw NetfilterError(errno: errno, operation: "bind netlink socket (NETLINK_ROUTE)")
-        }
-        let size = 512
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(size, vp_mnl_socket_buffer_size()), alignment: 8)
-        defer { buffer.deallocate() }
-        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        let socket = try MnlSocket(netnsPath: nil, route: true)
         let sequence = UInt32(truncatingIfNeeded: time(nil))
-        let header = mnl_nlmsg_put_header(buffer)!
-        header.pointee.nlmsg_type = UInt16(RTM_SETLINK)
-        header.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK)
-        header.pointee.nlmsg_seq = sequence
-        let info = mnl_nlmsg_put_extra_header(header, MemoryLayout<ifinfomsg>.size)!.assumingMemoryBound(to: ifinfomsg.self)
-        info.pointee.ifi_family = UInt8(AF_BRIDGE)
-        info.pointee.ifi_index = Int32(index)
-        let nest = mnl_attr_nest_start(header, UInt16(IFLA_PROTINFO))
-        mnl_attr_put_u8(header, UInt16(IFLA_BRPORT_ISOLATED), on ? 1 : 0)
-        mnl_attr_nest_end(header, nest)
-        guard mnl_socket_sendto(nl, header, Int(header.pointee.nlmsg_len)) >= 0 else {
-            throw NetfilterError(errno: errno, operation: operation)
+        var request = [UInt8](repeating: 0, count: 128)
+        let length = request.withUnsafeMutableBytes { raw -> Int in
+            let header = mnl_nlmsg_put_header(raw.baseAddress)!
+            header.pointee.nlmsg_type = UInt16(RTM_SETLINK)
+            header.pointee.nlmsg_flags = UInt16(NLM_F_REQUEST | NLM_F_ACK)
+            header.pointee.nlmsg_seq = sequence
+            let info = mnl_nlmsg_put_extra_header(header, MemoryLayout<ifinfomsg>.size)!.assumingMemoryBound(to: ifinfomsg.self)
+            info.pointee.ifi_family = UInt8(AF_BRIDGE)
+            info.pointee.ifi_index = Int32(index)
+            let nest = mnl_attr_nest_start(header, UInt16(IFLA_PROTINFO))
+            mnl_attr_put_u8(header, UInt16(IFLA_BRPORT_ISOLATED), on ? 1 : 0)
+            mnl_attr_nest_end(header, nest)
+            return Int(header.pointee.nlmsg_len)
         }
-        let portID = mnl_socket_get_portid(nl)
-        while true {
-            let n = mnl_socket_recvfrom(nl, buffer, vp_mnl_socket_buffer_size())
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw NetfilterError(errno: errno, operation: operation)
+        try socket.send(Array(request[0..<length]))
+        while let reply = try socket.receive(timeout: BatchExchange.replyTimeout) {
+            for message in NetlinkMessage.split(reply) where message.sequence == sequence {
+                guard let ack = NetlinkAck(message, in: reply) else { continue }
+                if ack.errno == 0 { return }
+                throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message)
             }
-            let rc = mnl_cb_run(buffer, n, sequence, portID, nil, nil)
-            if rc < 0 { throw NetfilterError(errno: errno, operation: operation) }
-            if rc == MNL_CB_STOP { return }
         }
+        throw NetfilterError(errno: ETIMEDOUT, operation: operation)
     }
 }
 

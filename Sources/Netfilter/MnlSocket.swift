@@ -4,10 +4,13 @@ import Glibc
 import CNftnl
 import POSIX
 
-/// A NETLINK_NETFILTER socket (libmnl), with extended acks on and request echo off.
+/// A NETLINK_NETFILTER socket (libmnl), with extended acks on and request echo off; or, for the
+/// few rtnetlink requests (a bridge port's flags), a NETLINK_ROUTE one.
 final class MnlSocket: NetlinkTransport {
     private let socket: OpaquePointer
     private let fd: Int32
+    /// Who answers, as errors name it ("nf_tables", "rtnetlink").
+    private let peer: String
     /// Not zero-filled (64 KiB of memset is measurable in a hook): only the bytes `recv` wrote are read.
     private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 8)
     private var sendBufferSize = 0
@@ -19,17 +22,20 @@ final class MnlSocket: NetlinkTransport {
     ///
     /// Wraps `mnl_socket_open2`, `mnl_socket_bind`, `setsockopt(NETLINK_EXT_ACK, NETLINK_CAP_ACK)`;
     /// with `netnsPath`, `setns(2)` there and back (needs CAP_SYS_ADMIN).
-    init(netnsPath: String?) throws(NetfilterError) {
+    init(netnsPath: String?, route: Bool = false) throws(NetfilterError) {
+        let family = route ? NETLINK_ROUTE : NETLINK_NETFILTER
+        peer = route ? "rtnetlink" : "nf_tables"
         let opened: OpaquePointer?
         if let netnsPath {
             opened = try NetworkNamespace.run(in: netnsPath) { () throws(NetfilterError) -> OpaquePointer? in
-                mnl_socket_open2(NETLINK_NETFILTER, Int32(SOCK_CLOEXEC.rawValue))
+                mnl_socket_open2(family, Int32(SOCK_CLOEXEC.rawValue))
             }
         } else {
-            opened = mnl_socket_open2(NETLINK_NETFILTER, Int32(SOCK_CLOEXEC.rawValue))
+            opened = mnl_socket_open2(family, Int32(SOCK_CLOEXEC.rawValue))
         }
         guard let opened else {
-            throw NetfilterError(errno: Glibc.errno, operation: "open netlink socket (NETLINK_NETFILTER)")
+            throw NetfilterError(errno: Glibc.errno,
+                                 operation: "open netlink socket (\(route ? "NETLINK_ROUTE" : "NETLINK_NETFILTER"))")
         }
         socket = opened
         fd = mnl_socket_get_fd(opened)
@@ -78,7 +84,7 @@ final class MnlSocket: NetlinkTransport {
         do {
             _ = try valueOrErrno("sendto") { datagram.withUnsafeBytes { mnl_socket_sendto(socket, $0.baseAddress, $0.count) } }
         } catch {
-            throw NetfilterError(errno: error.code, operation: "send \(datagram.count) bytes to nf_tables")
+            throw NetfilterError(errno: error.code, operation: "send \(datagram.count) bytes to \(peer)")
         }
     }
 
@@ -87,7 +93,7 @@ final class MnlSocket: NetlinkTransport {
             do {
                 if try !FileDescriptor(rawValue: fd).waitReadable(timeoutMs: timeout) { return nil }
             } catch {
-                throw NetfilterError(errno: error.code, operation: "wait for nf_tables")
+                throw NetfilterError(errno: error.code, operation: "wait for \(peer)")
             }
         }
         let count: Int
@@ -99,10 +105,10 @@ final class MnlSocket: NetlinkTransport {
             return nil
         } catch {
             // ENOBUFS: the kernel dropped replies because the receive buffer overflowed.
-            throw NetfilterError(errno: error.code, operation: "receive from nf_tables")
+            throw NetfilterError(errno: error.code, operation: "receive from \(peer)")
         }
         guard count <= receiveBuffer.count else {
-            throw NetfilterError(errno: EMSGSIZE, operation: "receive from nf_tables (\(count)-byte reply)")
+            throw NetfilterError(errno: EMSGSIZE, operation: "receive from \(peer) (\(count)-byte reply)")
         }
         return Array(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count]))
     }

@@ -272,16 +272,13 @@ struct Doctor {
             return
         }
         for f in real {
-            out.append(.fail(isGuard(f) ? "guards" : "forwards", "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
+            out.append(.fail(f.guards ? "guards" : "forwards", "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
                              why: describe(f), fix: "virtport reconcile"))
         }
     }
 
-    /// A fix of the bridge port guards' part of reconcile (`GuardSync.reconcile`).
-    func isGuard(_ f: Fix) -> Bool { f.what.hasPrefix("port guards") || f.what.hasPrefix("table bridge") }
-
     func describe(_ f: Fix) -> String {
-        if isGuard(f) {
+        if f.guards {
             return f.action == .removeMapping
                 ? "a VM that is not running still has its bridge port guard in the journal (\(f.reason))"
                 : "a bridge port guard is not in place as declared (\(f.reason)): frames from that VM's port are not checked"

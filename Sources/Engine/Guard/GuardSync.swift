@@ -94,12 +94,13 @@ public enum GuardSync {
             if let lock, !dryRun {
                 try removeLocked(uuid: uuid, reason: reason, db: db, resources: resources, lock: lock, warnings: warn)
             }
-            fixes.append(Fix(.removeMapping, domain: name, what: "port guards", reason: "domain is not running"))
+            fixes.append(Fix(.removeMapping, domain: name, what: "port guards", reason: "domain is not running", guards: true))
         }
         // The table first, from the journal: what a flush took is reported as such, not hidden in
         // the per-domain pass below (whose batches would rebuild it silently).
         if let healed = try healLocked(db: db, resources: resources, dryRun: dryRun) {
-            fixes.append(Fix(.rebuildTable, domain: nil, what: "table bridge \(resources.config.table)", reason: healed))
+            fixes.append(Fix(.rebuildTable, domain: nil, what: "table bridge \(resources.config.table)", reason: healed,
+                             guards: true))
         }
         for (uuid, r) in running.sorted(by: { $0.key < $1.key }) {
             guard let domain = r.domain else { continue }
@@ -122,7 +123,7 @@ public enum GuardSync {
                 try applyLocked(ref, want, reason: reason, db: db, resources: resources, lock: lock, warnings: warn)
             }
             fixes.append(Fix(.addMapping, domain: domain.name, what: "port guards (\(want.compactMap(\.tap).joined(separator: ", ")))",
-                             reason: "journal did not match the running domain"))
+                             reason: "journal did not match the running domain", guards: true))
         }
         return fixes
     }

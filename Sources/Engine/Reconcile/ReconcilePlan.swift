@@ -25,12 +25,15 @@ public struct Fix: Sendable, Equatable {
     public var domain: String?
     public var what: String
     public var reason: String
+    /// About a bridge port guard (`GuardSync.reconcile`), not a forward.
+    public var guards: Bool
 
-    public init(_ action: Action, domain: String?, what: String, reason: String) {
+    public init(_ action: Action, domain: String?, what: String, reason: String, guards: Bool = false) {
         self.action = action
         self.domain = domain
         self.what = what
         self.reason = reason
+        self.guards = guards
     }
 }
 
