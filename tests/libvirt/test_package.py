@@ -124,9 +124,8 @@ def journal_aside():
         os.rename(aside, path)
 
 
-@pytest.fixture
-def debs(tmp_path_factory, journal_aside):
-    """(previous .deb, its version, current .deb, its version, the previous release's binary)."""
+def package_preconditions():
+    """Skips unless the release binary and dpkg/apt are here and the package is not installed for real."""
     if not os.access(BIN, os.X_OK):
         pytest.skip(f"no release binary at {BIN}")
     if not shutil.which("dpkg-deb") or not shutil.which("apt-get"):
@@ -137,6 +136,12 @@ def debs(tmp_path_factory, journal_aside):
     installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "virtport"], capture_output=True).stdout
     if b"installed" in installed or os.path.exists("/usr/sbin/virtport"):
         pytest.skip("virtport is installed on this machine (package or /usr/sbin/virtport)")
+
+
+@pytest.fixture
+def debs(tmp_path_factory, journal_aside):
+    """(previous .deb, its version, current .deb, its version, the previous release's binary)."""
+    package_preconditions()
     prev_bin = prev_release_binary()
     tmp = str(tmp_path_factory.mktemp("debs"))
     version = f"{binary_version(BIN)}-1"
@@ -147,9 +152,18 @@ def debs(tmp_path_factory, journal_aside):
 
 
 @pytest.fixture
-def pkg_lab(lab, debs):
+def cur_deb(tmp_path_factory, journal_aside):
+    """(None, None, current .deb, its version, None): the current release only (no previous build)."""
+    package_preconditions()
+    version = f"{binary_version(BIN)}-1"
+    return None, None, build_deb(str(tmp_path_factory.mktemp("debs")), BIN, version), version, None
+
+
+@pytest.fixture
+def pkg_lab(lab, journal_aside):
     """The lab without a virtport.conf of an earlier test; afterwards the package purged (in the
     namespace), whatever the test did."""
+    package_preconditions()                         # before anything here could purge a real package
     with_conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
     if os.path.exists(with_conf):
         os.unlink(with_conf)
@@ -438,3 +452,147 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     assert not [p for p in os.listdir("/var/lib/systemd/deb-systemd-helper-enabled") if "virtport" in p] \
         if os.path.isdir("/var/lib/systemd/deb-systemd-helper-enabled") else True
     assert "virtport" not in out(lab.exec("nft", "list", "tables"))
+
+
+# -- Over a source install (issue 22) -------------------------------------------------------------
+# What scripts/install.sh leaves on a machine besides the hooks and the journal (README "Debian
+# package", "Over a source install"); the package takes all of it over, scripts/uninstall.sh removes it.
+SRC_BIN = "/usr/local/bin/virtport"
+SRC_DOCS = ("/usr/local/share/man/man8/virtport.8", "/usr/local/share/man/man5/virtport.conf.5",
+            "/usr/local/share/bash-completion/completions/virtport", "/usr/local/share/zsh/site-functions/_virtport",
+            "/usr/local/share/fish/vendor_completions.d/virtport.fish")
+UNIT_DIR = "/etc/systemd/system"
+SRC_UNITS = tuple(f"{UNIT_DIR}/{u}" for u in UNITS)
+SRC_WANTS = tuple(f"{UNIT_DIR}/multi-user.target.wants/{u}" for u in UNITS)
+SRC_FILES = (SRC_BIN,) + SRC_DOCS + SRC_UNITS + SRC_WANTS
+AA_PROFILE = "/etc/apparmor.d/usr.sbin.libvirtd"
+AA_LOCAL = "/etc/apparmor.d/local/usr.sbin.libvirtd"
+
+
+@pytest.fixture
+def source_aside(pkg_lab):
+    """The machine's own source install (if the README's first command ran here) moved aside, and
+    the AppArmor override's text saved; afterwards a source install the test left is taken out
+    (scripts/uninstall.sh --purge in the lab's namespace, before pkg_lab purges the package) and the
+    machine's files put back, so the test neither depends on nor changes them."""
+    moved = []
+    for path in SRC_FILES:
+        if os.path.lexists(path):
+            aside = f"{path}.before-package-test-{os.getpid()}"
+            os.rename(path, aside)
+            moved.append((path, aside))
+    saved = open(AA_LOCAL).read() if os.path.exists(AA_LOCAL) else None
+    yield
+    if os.path.exists(SRC_BIN) and not os.path.exists("/usr/sbin/virtport"):
+        pkg_lab.exec("bash", os.path.join(harness.ROOT, "scripts", "uninstall.sh"), "--purge", env=APT_ENV, check=False)
+    for path in SRC_FILES:
+        if os.path.lexists(path):
+            os.unlink(path)
+    for path, aside in moved:
+        os.rename(aside, path)
+    if saved is not None:
+        with open(AA_LOCAL, "w") as f:
+            f.write(saved)
+    elif os.path.exists(AA_LOCAL):
+        os.unlink(AA_LOCAL)
+
+
+def source_install(lab):
+    """scripts/install.sh --binary BIN inside the lab's namespace (its `virtport install` acts on the
+    lab's libvirtd and /etc/virtport); waits for libvirtd's rescan."""
+    mark = lab.log_mark()
+    r = lab.exec("bash", os.path.join(harness.ROOT, "scripts", "install.sh"), "--binary", BIN, env=APT_ENV,
+                 check=False, timeout=120)
+    assert r.returncode == 0, out(r) + r.stderr.decode()
+    assert hooks() == {"qemu": SRC_BIN, "network": SRC_BIN}, out(r)
+    harness.wait_for(lambda: any("Found hook script /etc/libvirt/hooks/qemu" in l for l in lab.log_lines(mark)),
+                     10, 0.05, "libvirtd to rescan after install.sh")
+    lab.wait_reload_idle()
+    for f in (SRC_BIN,) + SRC_DOCS + SRC_UNITS:
+        assert os.path.exists(f), f"install.sh did not install {f}"
+    if os.path.exists(AA_PROFILE):
+        assert f"\n{SRC_BIN} PUx,\n" in open(AA_LOCAL).read()
+    return out(r)
+
+
+def source_left():
+    """The source install's files still here (enablement links count when they lead to its units)."""
+    return ([f for f in (SRC_BIN,) + SRC_DOCS + SRC_UNITS if os.path.lexists(f)]
+            + [w for w in SRC_WANTS if os.path.lexists(w) and not os.readlink(w).startswith("/lib/systemd/system/")])
+
+
+def test_package_takes_over_a_source_install(source_aside, pkg_lab, cur_deb):
+    """README's source install, a VM forwarded through its hooks, then `apt-get install` of the
+    package with stdin closed: no conffile prompt, the forward stays, and what the source install left
+    is replaced — hooks on /usr/sbin/virtport, the package's units (the source ones gone), the source
+    binary, man pages and completions gone, its AppArmor rule gone, the default config now the
+    package's conffile. A changed config is kept. Then scripts/uninstall.sh removes a source install
+    entirely."""
+    lab = pkg_lab
+    _, _, cur, version, _ = cur_deb
+    conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
+    default = open(os.path.join(harness.ROOT, "packaging", "virtport.conf")).read()
+
+    # 1. The source install and a VM forwarded through its hooks.
+    source_install(lab)
+    assert open(conf).read() == default, "`virtport install` wrote another default than the package's conffile"
+    db_inode = os.stat("/var/lib/virtport/virtport.db").st_ino if os.path.exists("/var/lib/virtport/virtport.db") else None
+    vm = "vpe-src"
+    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
+    guest = lab.stand_in_guest(G1)
+    echo_service(guest, 22, "G1")
+    client = lab.client()
+    lab.start_vm(vm)
+    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+
+    # 2. The package over it, nobody answering (stdin is /dev/null): no prompt, nothing left over.
+    text, mark = apt_install(lab, cur)
+    assert out(dpkg(lab, "-s", "virtport")).count(f"Version: {version}") == 1
+    assert "Configuration file" not in text and "removed the source install's" in text, text
+    assert hooks() == {"qemu": "/usr/sbin/virtport", "network": "/usr/sbin/virtport"}, text
+    harness.wait_for(lambda: any("Found hook script /etc/libvirt/hooks/qemu" in l for l in lab.log_lines(mark)),
+                     10, 0.05, "libvirtd to rescan after the postinst's SIGHUP")
+    lab.wait_reload_idle()
+    assert source_left() == [], text
+    assert {u: unit_state(u) for u in UNITS} == {u: "enabled" for u in UNITS}
+    assert all(os.path.exists(f"/lib/systemd/system/{u}") for u in UNITS)
+    if os.path.exists(AA_PROFILE):
+        assert SRC_BIN not in open(AA_LOCAL).read(), "the source binary's AppArmor rule outlived the takeover"
+    assert open(conf).read() == default and sorted(os.listdir(os.path.dirname(conf))) == ["virtport.conf"]
+    if db_inode is not None:
+        assert os.stat("/var/lib/virtport/virtport.db").st_ino == db_inode, "the journal was replaced"
+    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    assert history(lab) == [("add", vm, 2222, "hook qemu start")], "the takeover took the forward down"
+    lab.destroy_vm(vm)
+
+    # 3. A source install whose config the admin changed: kept over the package's default, no prompt.
+    dpkg(lab, "--purge", "virtport")
+    source_install(lab)
+    edited = open(conf).read() + "# the admin's line\n"
+    with open(conf, "w") as f:
+        f.write(edited)
+    text, _ = apt_install(lab, cur)
+    assert "Configuration file" not in text and "kept your /etc/virtport/virtport.conf" in text, text
+    assert open(conf).read() == edited and sorted(os.listdir(os.path.dirname(conf))) == ["virtport.conf"]
+    assert source_left() == [] and hooks() == {"qemu": "/usr/sbin/virtport", "network": "/usr/sbin/virtport"}
+    lab.wait_reload_idle()
+
+    # 4. The reverse: a source install removed entirely by scripts/uninstall.sh --purge, with a
+    # forward up (taken down, its history closed by `virtport uninstall`).
+    dpkg(lab, "--purge", "virtport")
+    source_install(lab)
+    lab.start_vm(vm)
+    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    mark = lab.log_mark()
+    r = lab.exec("bash", os.path.join(harness.ROOT, "scripts", "uninstall.sh"), "--purge", env=APT_ENV, check=False)
+    assert r.returncode == 0, out(r) + r.stderr.decode()
+    harness.wait_for(lambda: any("No hook script /etc/libvirt/hooks/qemu" in l for l in lab.log_lines(mark)),
+                     10, 0.05, "libvirtd to rescan after uninstall.sh")
+    lab.wait_reload_idle()
+    assert hooks() == {"qemu": None, "network": None} and source_left() == [], out(r)
+    assert client.connect("tcp", HOST, 2222).startswith("ERROR")
+    assert lab.exec("nft", "list", "table", "inet", "virtport", check=False).returncode != 0
+    if os.path.exists(AA_PROFILE):
+        assert SRC_BIN not in open(AA_LOCAL).read()
+    assert not os.path.exists(conf) and not os.path.exists("/var/lib/virtport"), out(r)
+    assert subprocess.run(["systemctl", "--root=/", "list-unit-files", "virtport*"], capture_output=True).stdout.count(b"virtport") == 0
