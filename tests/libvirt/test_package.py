@@ -94,9 +94,25 @@ def prev_release_binary():
     return cached
 
 
-def build_deb(tmp, binary, version):
+# The previous release's conffile: the keys that release reads (it predates [guard], [agent], [log]
+# and refuses a file naming them). The current package ships packaging/virtport.conf.
+PREV_CONF = """# virtport configuration (TOML subset). Every key is optional; the values shown are the defaults.
+
+# database = "/var/lib/virtport/virtport.db"
+# table = "virtport"
+# agent_socket = "/run/virtport/agent.sock"
+
+[policy]
+# host_ports = ["1024-65535"]
+# listen_addresses = ["any"]
+# on_internal_error = "warn"
+"""
+
+
+def build_deb(tmp, binary, version, conffile=None):
+    extra = ["--conffile", conffile] if conffile else []
     r = subprocess.run([os.path.join(harness.ROOT, "packaging", "build-deb"), "--fast", "--binary", binary,
-                        "--version", version, "--out", tmp], capture_output=True, timeout=300)
+                        "--version", version, "--out", tmp] + extra, capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr.decode()
     deb = r.stdout.decode().strip().splitlines()[-1]
     assert deb.endswith(f"virtport_{version}_amd64.deb") and os.path.exists(deb), r.stdout
@@ -148,7 +164,11 @@ def debs(tmp_path_factory, journal_aside):
     # Both print 0.1.0: the previous one is the git snapshot before it, as Debian orders "~".
     prev_version = f"{binary_version(prev_bin)}~git{PREV_COMMIT}-1"
     assert subprocess.run(["dpkg", "--compare-versions", prev_version, "lt", version]).returncode == 0
-    return build_deb(tmp, prev_bin, prev_version), prev_version, build_deb(tmp, BIN, version), version, prev_bin
+    prev_conf = os.path.join(tmp, "virtport.conf.prev")
+    with open(prev_conf, "w") as f:
+        f.write(PREV_CONF)
+    return (build_deb(tmp, prev_bin, prev_version, prev_conf), prev_version, build_deb(tmp, BIN, version), version,
+            prev_bin)
 
 
 @pytest.fixture
@@ -300,8 +320,9 @@ class Agent:
     def __enter__(self):
         with open(self.conf) as f:
             self.saved = f.read()
+        # Only keys both releases read (the current conffile names sections the previous one refuses).
         with open(self.conf, "w") as f:
-            f.write(("" if self.libvirt else 'libvirt_uri = ""\n') + self.saved + f'\n[paths]\nagent_socket = "{self.sock}"\n')
+            f.write(("" if self.libvirt else 'libvirt_uri = ""\n') + f'\n[paths]\nagent_socket = "{self.sock}"\n')
         with open(self.log, "w") as f:
             self.proc = subprocess.Popen(["ip", "netns", "exec", self.lab.ns, self.binary, "agent", "--verbose"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f)
@@ -346,7 +367,7 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     lab.wait_reload_idle()
     assert {u: unit_state(u) for u in UNITS} == {u: "enabled" for u in UNITS}
     conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
-    assert open(conf).read() == open(os.path.join(harness.ROOT, "packaging", "virtport.conf")).read()
+    assert open(conf).read() == PREV_CONF
     assert os.stat("/var/lib/virtport").st_mode & 0o777 == 0o700
     # The postinst's reconcile (the previous binary) created the journal: the same file to the end.
     db_inode = os.stat("/var/lib/virtport/virtport.db").st_ino
@@ -389,6 +410,9 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
               "/usr/share/fish/vendor_completions.d/virtport.fish"):
         assert f in files, f"{f} not in the package"
     assert say(held, "after") == "G1 echo after", "the connection held across the upgrade broke"
+    # The unchanged conffile became the new version's, without a question (stdin is /dev/null).
+    assert open(conf).read() == open(os.path.join(harness.ROOT, "packaging", "virtport.conf")).read()
+    assert "Configuration file" not in text, text
     assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
     assert history(lab) == [("add", vm, 2222, "hook qemu start")], "the upgrade took the forward down"
     assert listing(lab) == listed, "the new binary reads the old journal differently"
