@@ -140,6 +140,21 @@ def journal_aside():
         os.rename(aside, path)
 
 
+# -- Over a source install (issue 22) -------------------------------------------------------------
+# What scripts/install.sh leaves on a machine besides the hooks and the journal (README "Debian
+# package", "Over a source install"); the package takes all of it over, scripts/uninstall.sh removes it.
+SRC_BIN = "/usr/local/bin/virtport"
+SRC_DOCS = ("/usr/local/share/man/man8/virtport.8", "/usr/local/share/man/man5/virtport.conf.5",
+            "/usr/local/share/bash-completion/completions/virtport", "/usr/local/share/zsh/site-functions/_virtport",
+            "/usr/local/share/fish/vendor_completions.d/virtport.fish")
+UNIT_DIR = "/etc/systemd/system"
+SRC_UNITS = tuple(f"{UNIT_DIR}/{u}" for u in UNITS)
+SRC_WANTS = tuple(f"{UNIT_DIR}/multi-user.target.wants/{u}" for u in UNITS)
+SRC_FILES = (SRC_BIN,) + SRC_DOCS + SRC_UNITS + SRC_WANTS
+AA_PROFILE = "/etc/apparmor.d/usr.sbin.libvirtd"
+AA_LOCAL = "/etc/apparmor.d/local/usr.sbin.libvirtd"
+
+
 def package_preconditions():
     """Skips unless the release binary and dpkg/apt are here and the package is not installed for real."""
     if not os.access(BIN, os.X_OK):
@@ -181,19 +196,41 @@ def cur_deb(tmp_path_factory, journal_aside):
 
 @pytest.fixture
 def pkg_lab(lab, journal_aside):
-    """The lab without a virtport.conf of an earlier test; afterwards the package purged (in the
-    namespace), whatever the test did."""
+    """The lab without a virtport.conf of an earlier test, and the machine's own source install (if
+    the README's first command ran here: the package would take it over) moved aside with the
+    AppArmor override's text saved. Afterwards, whatever the test did: a source install it left
+    taken out (scripts/uninstall.sh --purge in the namespace), the package purged (in the
+    namespace), the machine's files put back — the test neither depends on nor changes them."""
     package_preconditions()                         # before anything here could purge a real package
     with_conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
     if os.path.exists(with_conf):
         os.unlink(with_conf)
+    moved = []
+    for path in SRC_FILES:
+        if os.path.lexists(path):
+            aside = f"{path}.before-package-test-{os.getpid()}"
+            os.rename(path, aside)
+            moved.append((path, aside))
+    saved = open(AA_LOCAL).read() if os.path.exists(AA_LOCAL) else None
     yield lab
     if lab.running:
         for n in list(lab.vms):
             if lab.vm_state(n) not in (None, "shut off"):
                 lab.destroy_vm(n, check=False)
+    if os.path.exists(SRC_BIN) and not os.path.exists("/usr/sbin/virtport"):
+        lab.exec("bash", os.path.join(harness.ROOT, "scripts", "uninstall.sh"), "--purge", env=APT_ENV, check=False)
     dpkg(lab, "--purge", "virtport", check=False)
     lab.exec("nft", "delete", "table", "inet", "virtport", check=False)
+    for path in SRC_FILES:
+        if os.path.lexists(path):
+            os.unlink(path)
+    for path, aside in moved:
+        os.rename(aside, path)
+    if saved is not None:
+        with open(AA_LOCAL, "w") as f:
+            f.write(saved)
+    elif os.path.exists(AA_LOCAL):
+        os.unlink(AA_LOCAL)
     assert not os.path.exists("/var/lib/virtport")
 
 
@@ -478,47 +515,6 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     assert "virtport" not in out(lab.exec("nft", "list", "tables"))
 
 
-# -- Over a source install (issue 22) -------------------------------------------------------------
-# What scripts/install.sh leaves on a machine besides the hooks and the journal (README "Debian
-# package", "Over a source install"); the package takes all of it over, scripts/uninstall.sh removes it.
-SRC_BIN = "/usr/local/bin/virtport"
-SRC_DOCS = ("/usr/local/share/man/man8/virtport.8", "/usr/local/share/man/man5/virtport.conf.5",
-            "/usr/local/share/bash-completion/completions/virtport", "/usr/local/share/zsh/site-functions/_virtport",
-            "/usr/local/share/fish/vendor_completions.d/virtport.fish")
-UNIT_DIR = "/etc/systemd/system"
-SRC_UNITS = tuple(f"{UNIT_DIR}/{u}" for u in UNITS)
-SRC_WANTS = tuple(f"{UNIT_DIR}/multi-user.target.wants/{u}" for u in UNITS)
-SRC_FILES = (SRC_BIN,) + SRC_DOCS + SRC_UNITS + SRC_WANTS
-AA_PROFILE = "/etc/apparmor.d/usr.sbin.libvirtd"
-AA_LOCAL = "/etc/apparmor.d/local/usr.sbin.libvirtd"
-
-
-@pytest.fixture
-def source_aside(pkg_lab):
-    """The machine's own source install (if the README's first command ran here) moved aside, and
-    the AppArmor override's text saved; afterwards a source install the test left is taken out
-    (scripts/uninstall.sh --purge in the lab's namespace, before pkg_lab purges the package) and the
-    machine's files put back, so the test neither depends on nor changes them."""
-    moved = []
-    for path in SRC_FILES:
-        if os.path.lexists(path):
-            aside = f"{path}.before-package-test-{os.getpid()}"
-            os.rename(path, aside)
-            moved.append((path, aside))
-    saved = open(AA_LOCAL).read() if os.path.exists(AA_LOCAL) else None
-    yield
-    if os.path.exists(SRC_BIN) and not os.path.exists("/usr/sbin/virtport"):
-        pkg_lab.exec("bash", os.path.join(harness.ROOT, "scripts", "uninstall.sh"), "--purge", env=APT_ENV, check=False)
-    for path in SRC_FILES:
-        if os.path.lexists(path):
-            os.unlink(path)
-    for path, aside in moved:
-        os.rename(aside, path)
-    if saved is not None:
-        with open(AA_LOCAL, "w") as f:
-            f.write(saved)
-    elif os.path.exists(AA_LOCAL):
-        os.unlink(AA_LOCAL)
 
 
 def source_install(lab):
@@ -545,7 +541,7 @@ def source_left():
             + [w for w in SRC_WANTS if os.path.lexists(w) and not os.readlink(w).startswith("/lib/systemd/system/")])
 
 
-def test_package_takes_over_a_source_install(source_aside, pkg_lab, cur_deb):
+def test_package_takes_over_a_source_install(pkg_lab, cur_deb):
     """README's source install, a VM forwarded through its hooks, then `apt-get install` of the
     package with stdin closed: no conffile prompt, the forward stays, and what the source install left
     is replaced — hooks on /usr/sbin/virtport, the package's units (the source ones gone), the source
