@@ -16,7 +16,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.support.ui import WebDriverWait
 
 import harness
-from conftest import BIN, ROOT
+
+BIN = os.environ.get("VIRTPORT_BIN") or os.path.join(harness.ROOT, ".build", "release", "virtport")
 
 HOST = harness.CLIENT_HOST_IP
 CLIENT = harness.CLIENT_IP
