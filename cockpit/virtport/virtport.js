@@ -84,7 +84,7 @@ function guestText(m) {
     if (!m.guest_address) return `pending:${p}`;
     return `${m.guest_address.includes(":") ? `[${m.guest_address}]` : m.guest_address}:${p}`;
 }
-function isPending(m) { return m.state === "pending" || !m.guest_address }
+function isPending(m) { return !m.declared && (m.state === "pending" || !m.guest_address) }
 /* What a pending forward waits for, in the words of virtport's log line. */
 function pendingReason(m) {
     if (m.mac && m.network) return `NIC ${m.mac} on network ${m.network} has no address yet: completed when its DHCP lease appears`;
@@ -118,6 +118,33 @@ async function loadDomains() {
     state.running = new Set(active.status === 0 ? names(active) : []);
 }
 
+/* What each VM declares (`virtport plan VM`: the live XML while it runs, else its definition), so
+ * the page also shows forwards of VMs that do not run, and declared forwards a running VM does not
+ * have (refused at its start). A VM whose metadata is invalid gets plan's one line. */
+async function loadPlans() {
+    const plans = {};
+    await Promise.all(state.domains.map(async name => {
+        const r = await run(["virtport", "plan", name]);
+        try {
+            plans[name] = r.status === 0 ? { forwards: JSON.parse(r.out).forwards || [] } : { error: r.err.split("\n")[0] };
+        } catch (e) {
+            plans[name] = { error: `virtport plan: ${e.message}` };
+        }
+    }));
+    state.plans = plans;
+}
+
+const sameForward = (a, b) => a.proto === b.proto && a.host_port_start === b.host_port_start && (a.host_address || "") === (b.host_address || "");
+
+/* The rows of one VM: its active mappings (`list`), then what it declares but does not have. */
+function vmRows(vm) {
+    const active = state.forwards.filter(f => f.domain === vm);
+    const plan = (state.plans || {})[vm];
+    const declared = (plan && plan.forwards ? plan.forwards : []).filter(d => !active.some(a => sameForward(a, d))).map(d =>
+        Object.assign({}, d, { domain: vm, declared: true, state: state.running.has(vm) ? "not applied" : "declared", since: null }));
+    return active.concat(declared);
+}
+
 let refreshing = null, again = false;
 /* One refresh at a time; a change signal during a refresh makes one more. */
 function refresh() {
@@ -125,6 +152,7 @@ function refresh() {
     refreshing = (async () => {
         try {
             const [forwards] = await Promise.all([runJSON(["virtport", "list", "--json"]), loadDomains()]);
+            await loadPlans();
             state.forwards = forwards;
             $("load-error").textContent = "";
             renderForwards();
@@ -150,7 +178,8 @@ function renderForwards() {
 
     const applied = state.forwards.filter(f => !isPending(f) && f.state === "applied").length;
     const pending = state.forwards.filter(isPending).length;
-    $("vp-summary").textContent = `${state.forwards.length} forwards (${applied} applied, ${pending} pending) on ${vms.length} VMs`;
+    const declared = vms.reduce((n, vm) => n + vmRows(vm).filter(f => f.declared).length, 0);
+    $("vp-summary").textContent = `${applied} applied, ${pending} pending, ${declared} declared but not active; ${vms.length} VMs`;
 
     const table = el("table", { class: "pf-c-table pf-m-compact pf-m-grid-md vp-forwards", role: "grid", "aria-label": "Forwards per VM" },
         el("thead", {}, el("tr", {},
@@ -158,10 +187,12 @@ function renderForwards() {
     let shown = 0;
     for (const vm of vms) {
         if (fDomain && vm !== fDomain) continue;
-        const rows = state.forwards.filter(f => f.domain === vm).filter(f => {
+        const all = vmRows(vm);
+        const rows = all.filter(f => {
             if (!fState) return true;
             if (fState === "pending") return isPending(f);
             if (fState === "applied") return !isPending(f) && f.state === "applied";
+            if (fState === "declared") return !!f.declared;
             return !isPending(f) && f.state !== "applied";
         }).sort((a, b) => a.proto.localeCompare(b.proto) || a.host_port_start - b.host_port_start);
         const running = state.running.has(vm);
@@ -170,28 +201,36 @@ function renderForwards() {
                 el("span", { class: "vp-vm-name" }, vm), " ",
                 el("span", { class: `pf-c-label pf-m-compact ${running ? "pf-m-green" : ""}` },
                     el("span", { class: "pf-c-label__content" }, state.domains.includes(vm) ? (running ? "running" : "shut off") : "not in libvirt")),
-                " ", el("span", { class: "vp-muted" }, `${rows.length} forward${rows.length === 1 ? "" : "s"}`))));
-        if (rows.length === 0 && !fState) {
-            body.append(el("tr", { class: "vp-empty" }, el("td", { colspan: "7" }, "No active forwards.")));
+                " ", el("span", { class: "vp-muted" }, `${all.length} forward${all.length === 1 ? "" : "s"}`),
+                (state.plans || {})[vm] && state.plans[vm].error
+                    ? el("div", { class: "vp-error vp-plan-error" }, state.plans[vm].error) : null)));
+        if (all.length === 0 && !fState) {
+            body.append(el("tr", { class: "vp-empty" }, el("td", { colspan: "7" }, "No forwards declared.")));
         }
         for (const f of rows) {
             const pend = isPending(f);
-            const since = Date.parse(f.since);
-            const stateCell = pend
+            const since = f.since ? Date.parse(f.since) : NaN;
+            const stateCell = f.declared
+                ? el("td", { "data-label": "State" }, el("span", { class: `pf-c-label pf-m-compact ${f.state === "declared" ? "" : "pf-m-red"}` },
+                    el("span", { class: "pf-c-label__content" }, f.state)),
+                    el("div", { class: "vp-reason" }, f.state === "declared"
+                        ? "in the definition: applied when the VM starts"
+                        : "declared, but the VM runs without it (refused at its start?): see Doctor"))
+                : pend
                 ? el("td", { "data-label": "State" }, el("span", { class: "pf-c-label pf-m-orange pf-m-compact" }, el("span", { class: "pf-c-label__content" }, "pending")),
                     el("div", { class: "vp-reason" }, pendingReason(f)))
                 : el("td", { "data-label": "State" }, el("span", { class: `pf-c-label pf-m-compact ${f.state === "applied" ? "pf-m-green" : "pf-m-red"}` },
                     el("span", { class: "pf-c-label__content" }, f.state)));
             body.append(el("tr", {
                 class: "vp-forward", "data-domain": f.domain, "data-proto": f.proto, "data-host-port": String(f.host_port_start),
-                "data-state": pend ? "pending" : f.state,
+                "data-state": pend ? "pending" : f.state, "data-declared": f.declared ? "true" : null,
             },
             el("td", { "data-label": "VM" }, f.domain),
             el("td", { "data-label": "Proto" }, f.proto),
             el("td", { "data-label": "Host" }, hostText(f)),
             el("td", { "data-label": "Guest" }, guestText(f)),
             stateCell,
-            el("td", { "data-label": "Since", title: f.since }, isNaN(since) ? f.since : localTime(since)),
+            el("td", { "data-label": "Since", title: f.since || "" }, isNaN(since) ? (f.since || "") : localTime(since)),
             el("td", { class: "pf-c-table__action" }, el("button", {
                 type: "button", class: "pf-c-button pf-m-secondary pf-m-danger pf-m-small vp-remove",
                 "aria-label": `Remove ${f.proto} ${f.host_port_start} of ${f.domain}`,

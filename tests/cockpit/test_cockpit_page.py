@@ -95,12 +95,14 @@ def docs_shot(b, name):
 
 def test_forwards_with_states_guards_and_doctor(lab, vp, cockpit, browser):
     """A running VM with an applied forward (guest=), a pending one (no address known: no lease, no
-    reservation) and a guard on its tap; a VM without forwards. The page lists both VMs, each forward
-    with its domain, host port, guest address or "pending" (with why), the guard with its tap, MAC and
-    addresses, and doctor's findings; the page agrees with `virtport list --json`."""
+    reservation) and a guard on its tap; a VM without forwards; a VM that does not run but declares one.
+    The page lists the three VMs, each forward with its domain, host port, guest address or "pending"
+    (with why), the stopped VM's forward as declared, the guard with its tap, MAC and addresses, and
+    doctor's findings; the page agrees with `virtport list --json` and `virtport plan`."""
     lab.define_vm("vpc-web", MAC1, meta(("tcp", 2222, 22, G1), ("tcp", 5432, 5432, None),
                                         guard=f"<vp:guard mac='{MAC1}' spoofing='on' ip='{G1}'/>"))
     lab.define_vm("vpc-idle", MAC2)
+    lab.define_vm("vpc-off", MAC3, meta(("tcp", 3000, 80, G1)))
     guest = lab.stand_in_guest(G1)
     guest.listen("tcp", 22, "G1")
     lab.start_vm("vpc-web")
@@ -110,15 +112,17 @@ def test_forwards_with_states_guards_and_doctor(lab, vp, cockpit, browser):
 
     b = browser
     open_page(b, cockpit)
-    wait(b, lambda: len(forward_rows(b)) == 2, 10, "two forward rows")
+    wait(b, lambda: len(forward_rows(b)) == 3, 10, "three forward rows")
     st, text = row(b, "vpc-web", 2222)
     assert st == "applied" and "vpc-web" in text and "2222" in text and G1 in text, text
     st, text = row(b, "vpc-web", 5432)
     assert st == "pending" and "vpc-web" in text and "5432" in text and "pending" in text, text
     assert "no address yet" in text, text                         # what it waits for
+    st, text = row(b, "vpc-off", 3000)                            # from `virtport plan vpc-off`
+    assert st == "declared" and "vpc-off" in text and G1 in text and "when the VM starts" in text, text
     # The VM without forwards is there, and can be chosen in the add form.
     groups = b.driver.execute_script("return [...document.querySelectorAll('tbody.vp-vm')].map(t => t.dataset.domain)")
-    assert groups == ["vpc-idle", "vpc-web"], groups
+    assert groups == ["vpc-idle", "vpc-off", "vpc-web"], groups
     options = [o.get_attribute("value") for o in b.driver.find_elements(By.CSS_SELECTOR, "#add-domain option")]
     assert "vpc-idle" in options and "vpc-web" in options, options
     b.shot("forwards")
@@ -128,6 +132,8 @@ def test_forwards_with_states_guards_and_doctor(lab, vp, cockpit, browser):
     from selenium.webdriver.support.ui import Select
     Select(b.driver.find_element(By.ID, "filter-state")).select_by_value("pending")
     assert [r[2] for r in forward_rows(b)] == [5432]
+    Select(b.driver.find_element(By.ID, "filter-state")).select_by_value("declared")
+    assert [r[2] for r in forward_rows(b)] == [3000]
     Select(b.driver.find_element(By.ID, "filter-state")).select_by_value("")
     Select(b.driver.find_element(By.ID, "filter-domain")).select_by_value("vpc-idle")
     assert forward_rows(b) == []
