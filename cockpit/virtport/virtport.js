@@ -306,6 +306,7 @@ async function loadGuards() {
     try {
         state.guards = await runJSON(["virtport", "list", "--guards", "--json"]);
         renderGuards();
+        $("guards").dataset.refreshed = String(Date.now());
     } catch (e) {
         $("guards").replaceChildren(el("p", { class: "vp-error" }, `virtport list --guards: ${e.message}`));
     }
@@ -428,18 +429,18 @@ function renderHistory() {
     $("history-table").replaceChildren(el("table", { class: "pf-c-table pf-m-compact pf-m-grid-md", "aria-label": "Holdings per host port" },
         el("thead", {}, el("tr", {}, HISTORY_COLUMNS.map(c => el("th", { scope: "col" }, c)))),
         el("tbody", {}, rows.map(h => el("tr", { "data-port": String(h.port) },
-            historyRow(h, localTime).map((v, i) => el("td", { "data-label": HISTORY_COLUMNS[i] }, v)))))));
+            historyRow(h, localTime, "still held").map((v, i) => el("td", { "data-label": HISTORY_COLUMNS[i] }, v)))))));
 }
 
 const HISTORY_COLUMNS = ["Host port", "VM", "Host", "Guest", "From", "To", "Added by", "Removed by"];
-function historyRow(h, time) {
-    return [h.lane, h.domain, h.host, h.guest, time(h.from), h.to ? time(h.to) : "", h.addedBy, h.removedBy || ""];
+function historyRow(h, time, open) {
+    return [h.lane, h.domain, h.host, h.guest, time(h.from), h.to ? time(h.to) : open, h.addedBy, h.removedBy || ""];
 }
 
 function exportCSV() {
     const iso = ms => new Date(ms).toISOString();
     const field = v => /[",\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v;
-    const lines = [HISTORY_COLUMNS, ...holdings(state.history).map(h => historyRow(h, iso))].map(r => r.map(field).join(","));
+    const lines = [HISTORY_COLUMNS, ...holdings(state.history).map(h => historyRow(h, iso, ""))].map(r => r.map(field).join(","));
     const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
     const a = el("a", { href: url, download: "virtport-history.csv" });
     document.body.append(a);
@@ -593,6 +594,7 @@ function init() {
         state.historyMode = m;
         $("timeline").hidden = m !== "timeline";
         $("history-table").hidden = m !== "table";
+        $("bar-details").hidden = m !== "timeline";
     });
     $("csv-export").addEventListener("click", exportCSV);
     $("doctor-run").addEventListener("click", loadDoctor);

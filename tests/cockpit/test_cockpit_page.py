@@ -149,6 +149,9 @@ def test_forwards_with_states_guards_and_doctor(lab, vp, cockpit, browser):
     assert "vpc-web" in text and MAC1 in text and G1 in text and "total" in text, text
     b.shot("guards")
     docs_shot(b, "guards")
+    # Refreshed while the view is open (drop counters change without any file changing).
+    stamp = b.driver.find_element(By.ID, "guards").get_attribute("data-refreshed")
+    wait(b, lambda: b.driver.find_element(By.ID, "guards").get_attribute("data-refreshed") != stamp, 5, "the guards to refresh")
 
     # Doctor: the same findings as the CLI, each fix command shown.
     r = virtport(lab, "doctor", "--json", check=False)
@@ -161,6 +164,18 @@ def test_forwards_with_states_guards_and_doctor(lab, vp, cockpit, browser):
     assert fixes == [f["fix"] for f in sorted(findings, key=lambda f: {"fail": 0, "warn": 1, "ok": 2}.get(f["status"], 1)) if f["fix"]]
     b.shot("doctor")
     docs_shot(b, "doctor")
+
+    # Cockpit's dark theme (the shell's setting, shell:style in localStorage) applies at once.
+    show_tab(b, "forwards")
+    light = b.driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    b.driver.execute_script("localStorage.setItem('shell:style', 'dark');"
+                            "window.dispatchEvent(new StorageEvent('storage', {key: 'shell:style'}))")
+    assert "pf-theme-dark" in b.driver.find_element(By.TAG_NAME, "html").get_attribute("class")
+    dark = b.driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert dark != light, (light, dark)
+    b.shot("forwards-dark")
+    docs_shot(b, "forwards-dark")
+    b.driver.execute_script("localStorage.removeItem('shell:style')")
 
 
 def keyboard_to(b, element_id, limit=40):
@@ -244,27 +259,33 @@ def test_add_with_keyboard_conflict_and_remove(lab, vp, cockpit, browser):
 
 def test_timeline_after_start_stop_start(lab, vp, cockpit, browser):
     """Start, stop, start: host port 2222's lane has two bars for the VM, the first ended, the
-    second still open; focusing a bar gives its details; the table view and the CSV export hold the
-    same two holdings."""
+    second still open, and between them the bar of another VM that held the port meanwhile;
+    focusing a bar gives its details; the table view and the CSV export hold the same holdings."""
     lab.define_vm("vpc-tl", MAC1, meta(("tcp", 2222, 22, G1)))
     lab.define_vm("vpc-tl2", MAC2, meta(("udp", 5353, 53, G1)))
+    lab.define_vm("vpc-tl3", MAC3, meta(("tcp", 2222, 22, G1)))
     lab.start_vm("vpc-tl")
     lab.start_vm("vpc-tl2")
-    time.sleep(1)
+    time.sleep(1.5)
     lab.destroy_vm("vpc-tl")
-    time.sleep(1)
+    lab.start_vm("vpc-tl3")
+    time.sleep(1.5)
+    lab.destroy_vm("vpc-tl3")
+    time.sleep(0.5)
     lab.start_vm("vpc-tl")
+    time.sleep(1)
     events = json.loads(virtport(lab, "history", "--port", "2222", "--json").stdout)
-    assert [e["action"] for e in events] == ["add", "remove", "add"], events
+    assert [(e["action"], e["domain"]) for e in events] == [
+        ("add", "vpc-tl"), ("remove", "vpc-tl"), ("add", "vpc-tl3"), ("remove", "vpc-tl3"), ("add", "vpc-tl")], events
 
     b = browser
     open_page(b, cockpit, "#/?view=history")
     sel = '.vp-bar[data-port="2222"]'
-    wait(b, lambda: len(b.driver.find_elements(By.CSS_SELECTOR, sel)) == 2, 10, "two bars on 2222")
+    wait(b, lambda: len(b.driver.find_elements(By.CSS_SELECTOR, sel)) == 3, 10, "three bars on 2222")
     bars = b.driver.find_elements(By.CSS_SELECTOR, sel)
-    assert [x.get_attribute("data-domain") for x in bars] == ["vpc-tl", "vpc-tl"]
-    assert "vp-open" not in bars[0].get_attribute("class") and "vp-open" in bars[1].get_attribute("class")
-    assert bars[0].location["x"] < bars[1].location["x"]
+    assert [x.get_attribute("data-domain") for x in bars] == ["vpc-tl", "vpc-tl3", "vpc-tl"]
+    assert ["vp-open" in x.get_attribute("class") for x in bars] == [False, False, True]
+    assert bars[0].location["x"] < bars[1].location["x"] < bars[2].location["x"]
     assert len(b.driver.find_elements(By.CSS_SELECTOR, '.vp-bar[data-port="5353"]')) == 1
     lanes = b.driver.execute_script("return [...document.querySelectorAll('.vp-tl-lane')].map(l => l.dataset.lane)")
     assert lanes == ["tcp 2222", "udp 5353"], lanes
@@ -277,11 +298,11 @@ def test_timeline_after_start_stop_start(lab, vp, cockpit, browser):
     docs_shot(b, "history")
     for zoom in ("day", "week", "all"):
         b.driver.find_element(By.CSS_SELECTOR, f'#zoom [data-zoom="{zoom}"]').click()
-        assert len(b.driver.find_elements(By.CSS_SELECTOR, sel)) == 2, zoom
+        assert len(b.driver.find_elements(By.CSS_SELECTOR, sel)) == 3, zoom
 
     b.driver.find_element(By.CSS_SELECTOR, '#history-mode [data-mode="table"]').click()
     rows = b.driver.find_elements(By.CSS_SELECTOR, '#history-table tr[data-port="2222"]')
-    assert len(rows) == 2 and all("vpc-tl" in r.text for r in rows), [r.text for r in rows]
+    assert [r.text.split()[2] for r in rows] == ["vpc-tl", "vpc-tl3", "vpc-tl"], [r.text for r in rows]
     b.shot("history-table")
     docs_shot(b, "history-table")
     # CSV export: what the download would hold (the Blob the page builds), without a download dir.
@@ -292,7 +313,8 @@ def test_timeline_after_start_stop_start(lab, vp, cockpit, browser):
         document.getElementById('csv-export').click();""")
     lines = csv.strip().splitlines()
     assert lines[0].startswith("Host port,VM,"), lines
-    assert sum(l.startswith("tcp 2222,vpc-tl,") for l in lines) == 2 and len(lines) == 4, lines
+    assert sum(l.startswith("tcp 2222,vpc-tl,") for l in lines) == 2 and len(lines) == 5, lines
+    assert sum(l.startswith("tcp 2222,vpc-tl3,") for l in lines) == 1, lines
 
 
 def test_cli_add_appears_live(lab, vp, cockpit, browser):
