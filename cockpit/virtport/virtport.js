@@ -7,6 +7,9 @@
 "use strict";
 
 const SUPERUSER = { superuser: "require", err: "message" };
+/* The command: `virtport` on the superuser's PATH, else where the package and install.sh put it. */
+let VIRTPORT = "virtport";
+const VIRTPORT_PLACES = ["/usr/sbin/virtport", "/usr/local/bin/virtport", "/usr/local/sbin/virtport", "/usr/bin/virtport"];
 const DEFAULT_DB = "/var/lib/virtport/virtport.db";
 const FALLBACK_POLL_MS = 10000;       // the change signal does the real work; this only catches VMs without forwards
 const GUARD_POLL_MS = 2000;           // drop counters live in the kernel: no file changes with them
@@ -124,7 +127,7 @@ async function loadDomains() {
 async function loadPlans() {
     const plans = {};
     await Promise.all(state.domains.map(async name => {
-        const r = await run(["virtport", "plan", name]);
+        const r = await run([VIRTPORT, "plan", name]);
         try {
             plans[name] = r.status === 0 ? { forwards: JSON.parse(r.out).forwards || [] } : { error: r.err.split("\n")[0] };
         } catch (e) {
@@ -151,7 +154,7 @@ function refresh() {
     if (refreshing) { again = true; return refreshing }
     refreshing = (async () => {
         try {
-            const [forwards] = await Promise.all([runJSON(["virtport", "list", "--json"]), loadDomains()]);
+            const [forwards] = await Promise.all([runJSON([VIRTPORT, "list", "--json"]), loadDomains()]);
             await loadPlans();
             state.forwards = forwards;
             $("load-error").textContent = "";
@@ -267,7 +270,7 @@ async function addForward(ev) {
         return;
     }
     $("add-ports").removeAttribute("aria-invalid");
-    const args = ["virtport", "add", domain, proto, portSpec];
+    const args = [VIRTPORT, "add", domain, proto, portSpec];
     if (guest) args.push("--guest", guest);
     if (address) args.push("--address", address);
     const button = $("add-submit");
@@ -283,7 +286,7 @@ async function addForward(ev) {
 
 async function removeForward(f) {
     announce("add-result", ""); announce("add-error", "");
-    const r = await run(["virtport", "remove", f.domain, f.proto, String(f.host_port_start)]);
+    const r = await run([VIRTPORT, "remove", f.domain, f.proto, String(f.host_port_start)]);
     showEdit(r, `virtport remove ${f.domain} ${f.proto} ${f.host_port_start}`);
     await refresh();
     if (r.status !== 0) $("add-error").focus();
@@ -304,7 +307,7 @@ function showEdit(r, what) {
 
 async function loadGuards() {
     try {
-        state.guards = await runJSON(["virtport", "list", "--guards", "--json"]);
+        state.guards = await runJSON([VIRTPORT, "list", "--guards", "--json"]);
         renderGuards();
         $("guards").dataset.refreshed = String(Date.now());
     } catch (e) {
@@ -345,7 +348,7 @@ function renderGuards() {
 
 async function loadHistory() {
     try {
-        state.history = await runJSON(["virtport", "history", "--json"]);
+        state.history = await runJSON([VIRTPORT, "history", "--json"]);
         renderHistory();
     } catch (e) {
         $("timeline").replaceChildren(el("p", { class: "vp-error" }, `virtport history: ${e.message}`));
@@ -453,7 +456,7 @@ function exportCSV() {
 
 async function loadDoctor() {
     $("doctor").replaceChildren(el("p", { class: "vp-muted" }, "Checking…"));
-    const r = await run(["virtport", "doctor", "--json"]);     // exit 1 means "findings", still JSON
+    const r = await run([VIRTPORT, "doctor", "--json"]);     // exit 1 means "findings", still JSON
     let findings;
     try { findings = JSON.parse(r.out) } catch (e) {
         $("doctor").replaceChildren(el("p", { class: "vp-error" }, `virtport doctor: ${r.err || e.message}`));
@@ -571,13 +574,23 @@ async function watch() {
     });
     channel.addEventListener("close", (ev, options) => {
         state.watching = false;
-        if (options && options.problem) document.body.dataset.watch = `closed: ${options.problem}`;
+        document.body.dataset.watch = `closed: ${(options && options.problem) || "closed"}`;
+        // The journal's directory may not exist yet (no hook has run): watch again a little later.
+        setTimeout(() => watch().catch(() => {}), 5000);
     });
     state.watching = true;
     document.body.dataset.watch = dir;
 }
 
 /* -- start ---------------------------------------------------------------------------------------- */
+
+async function findVirtport() {
+    const r = await run([VIRTPORT, "version"]);
+    if (r.problem !== "not-found") return;
+    for (const path of VIRTPORT_PLACES) {
+        if ((await run([path, "version"])).status === 0) { VIRTPORT = path; return }
+    }
+}
 
 function init() {
     applyTheme();
@@ -600,7 +613,7 @@ function init() {
     $("doctor-run").addEventListener("click", loadDoctor);
 
     const view = cockpit.location.options.view;
-    refresh().then(() => {
+    findVirtport().then(refresh).then(() => {
         document.body.dataset.loaded = "true";
         if (["guards", "history", "doctor"].includes(view)) show(view);
     });
