@@ -159,7 +159,7 @@ class Browser:
         from selenium.webdriver.chrome.service import Service
         o = webdriver.ChromeOptions()
         for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--window-size=1280,860", "--force-device-scale-factor=1", "--lang=en-US"):
+                  "--window-size=1280,960", "--force-device-scale-factor=1", "--lang=en-US"):
             o.add_argument(a)
         o.binary_location = CHROMIUM
         o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
