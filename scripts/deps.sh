@@ -10,9 +10,11 @@ RUN_PKGS=(nftables iproute2 sqlite3)
 # apparmor's apparmor_parser compiles libvirt's profiles with virtport's override (no kernel needed).
 TEST_PKGS=(hyperfine iptables socat time python3-pytest groff-base man-db bash-completion zsh fish apparmor)
 LIBVIRT_PKGS=(libvirt-daemon-system libvirt-clients qemu-system-x86 dnsmasq-base bridge-utils)
+# The Cockpit page's browser tests (tests/cockpit): Cockpit itself, a headless browser and its driver.
+COCKPIT_PKGS=(cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium)
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 case "${1:-}" in
-  --test) want+=("${TEST_PKGS[@]}" "${LIBVIRT_PKGS[@]}") ;;
+  --test) want+=("${TEST_PKGS[@]}" "${LIBVIRT_PKGS[@]}" "${COCKPIT_PKGS[@]}") ;;
   --libvirt) want+=("${LIBVIRT_PKGS[@]}") ;;
 esac
 missing=()

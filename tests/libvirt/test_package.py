@@ -621,3 +621,68 @@ def test_package_takes_over_a_source_install(pkg_lab, cur_deb):
         assert SRC_BIN not in open(AA_LOCAL).read()
     assert not os.path.exists(conf) and not os.path.exists("/var/lib/virtport"), out(r)
     assert subprocess.run(["systemctl", "--root=/", "list-unit-files", "virtport*"], capture_output=True).stdout.count(b"virtport") == 0
+# ---- cockpit-virtport (issue 25) -----------------------------------------------------------------
+# packaging/build-deb also builds cockpit-virtport (the Cockpit page, Architecture: all) next to the
+# virtport .deb. Installed with apt beside the current virtport package, upgraded from an earlier
+# version of itself (the same tree packaged as VERSION~prev), removed and purged: cockpit-bridge
+# finds the page while it is installed, and nothing is left after.
+
+@pytest.fixture
+def cockpit_debs(tmp_path_factory, journal_aside):
+    """(virtport .deb, cockpit-virtport .deb of an earlier version, cockpit-virtport .deb, version)."""
+    if not os.access(BIN, os.X_OK):
+        pytest.skip(f"no release binary at {BIN}")
+    if not shutil.which("cockpit-bridge"):
+        pytest.skip("cockpit-bridge not installed (scripts/deps.sh --test)")
+    for pkg in ("virtport", "cockpit-virtport"):
+        st = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True).stdout
+        if b"installed" in st or os.path.exists("/usr/sbin/virtport"):
+            pytest.skip(f"{pkg} is installed on this machine")
+    tmp = str(tmp_path_factory.mktemp("cockpit-debs"))
+    version = f"{binary_version(BIN)}-1"
+    prev_dir = os.path.join(tmp, "prev")
+    build_deb(prev_dir, BIN, f"{binary_version(BIN)}~prev-1")
+    deb = build_deb(tmp, BIN, version)
+    prev = os.path.join(prev_dir, f"cockpit-virtport_{binary_version(BIN)}~prev-1_all.deb")
+    cur = os.path.join(tmp, f"cockpit-virtport_{version}_all.deb")
+    assert os.path.exists(prev) and os.path.exists(cur), os.listdir(tmp)
+    return deb, prev, cur, version
+
+
+def test_cockpit_package_install_upgrade_remove_purge(pkg_lab, cockpit_debs):
+    lab = pkg_lab                                  # (the machine's own source install set aside)
+    deb, prev, cur, version = cockpit_debs
+    page = "/usr/share/cockpit/virtport"
+    with_conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
+    if os.path.exists(with_conf):
+        os.unlink(with_conf)
+    try:
+        apt_install(lab, deb)
+        control = out(lab.exec("dpkg-deb", "-f", cur, "Package", "Architecture", "Depends"))
+        assert control.splitlines() == ["Package: cockpit-virtport", "Architecture: all",
+                                        "Depends: cockpit-bridge, virtport"], control
+        apt_install(lab, prev)
+        assert "Version: " + os.path.basename(prev).split("_")[1] in out(dpkg(lab, "-s", "cockpit-virtport"))
+        apt_install(lab, cur)
+        assert f"Version: {version}" in out(dpkg(lab, "-s", "cockpit-virtport"))
+        assert sorted(os.listdir(page)) == ["index.html", "manifest.json", "virtport.css", "virtport.js"]
+        for f in os.listdir(page):
+            with open(os.path.join(page, f), "rb") as a, open(os.path.join(harness.ROOT, "cockpit", "virtport", f), "rb") as b:
+                assert a.read() == b.read(), f
+        # Cockpit's bridge finds it (what the shell's menu and /cockpit/@localhost/virtport/ use).
+        listed = out(subprocess.run(["cockpit-bridge", "--packages"], capture_output=True))
+        assert any(l.split()[:1] == ["virtport"] for l in listed.splitlines()), listed
+        # virtport cannot go while the page depends on it; the page can.
+        assert dpkg(lab, "--remove", "virtport", check=False).returncode != 0
+        dpkg(lab, "--remove", "cockpit-virtport")
+        assert not os.path.exists(page)
+        dpkg(lab, "--purge", "cockpit-virtport")
+        assert dpkg(lab, "-L", "cockpit-virtport", check=False).returncode != 0
+        assert not os.path.exists("/usr/share/doc/cockpit-virtport")
+        assert os.path.exists("/usr/sbin/virtport")
+    finally:
+        dpkg(lab, "--purge", "cockpit-virtport", check=False)
+        dpkg(lab, "--purge", "virtport", check=False)
+        lab.exec("nft", "delete", "table", "inet", "virtport", check=False)
+    assert not os.path.exists("/var/lib/virtport")
+# ---- end cockpit-virtport --------------------------------------------------------------------------
