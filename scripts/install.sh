@@ -7,22 +7,23 @@
 # --test, --libvirt  passed to scripts/deps.sh (also install the test / libvirt packages)
 # --binary PATH      install this already built binary: no deps, no build (tests/libvirt/test_package.py)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="/opt/swift/usr/bin:$PATH"
 BIN= DEPS=
 while (($#)); do
   case "$1" in
     --test|--libvirt) DEPS="$1"; shift ;;
-    --binary) BIN="${2:?install.sh: --binary needs a path}"; shift 2 ;;
+    --binary) BIN="$(readlink -f "${2:?install.sh: --binary needs a path}")"; shift 2 ;;
     *) echo "install.sh: unknown argument '$1' (usage: scripts/install.sh [--test|--libvirt] [--binary PATH])" >&2; exit 2 ;;
   esac
 done
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root (it installs packages and writes /usr/local, /etc)" >&2; exit 1; }
 # Beside the package, a source install would take its hooks and override its units.
 if dpkg-query -W -f='${Status}' virtport 2>/dev/null | grep -q "ok installed"; then
   echo "install.sh: the virtport package is installed (/usr/sbin/virtport): 'apt remove virtport' first, or build a .deb (packaging/build-deb)" >&2
   exit 1
 fi
+[ -z "$BIN" ] || [ -x "$BIN" ] || { echo "install.sh: --binary: no executable at $BIN" >&2; exit 2; }
 if [ -z "$BIN" ]; then
   bash scripts/deps.sh $DEPS
   swift build -c release
