@@ -39,9 +39,17 @@ enum InstallCommand {
             Output.out("\(Config.defaultPath): default configuration written")
         }
         try AppArmor.install(exe: exe)
+        // The SIGHUP makes libvirt rebuild its firewall, which leaves virtport's accept rule below
+        // its reject: watch from before the signal, wait for the rebuild to end, then reconcile.
+        let reload = noReconcile ? nil : LibvirtReload.prepare(config)
         rescan(config)
+        if let reload { LibvirtReload.report(reload.wait(), config: config) }
         if !noReconcile {
-            do { _ = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries).run(dryRun: false, reason: "install") } catch {
+            do {
+                let fixes = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries)
+                    .run(dryRun: false, reason: "install")
+                for f in fixes where f.action == .acceptRule { Output.out("fixed \(f.action.rawValue) \(f.what) (\(f.reason))") }
+            } catch {
                 Output.err("reconcile after install failed: \(error)")
             }
         }

@@ -8,6 +8,14 @@ public import VirtPortCore
 /// journal is the truth here, running domains are not consulted (that is reconcile's business).
 /// Nothing is deleted: an element nobody owns is reconcile's to judge.
 public enum Healer {
+    /// Whether a line `heal` returned only restored the order of libvirt's chain (libvirt
+    /// re-inserted its rules above ours): routine after each libvirt reload, not another tool
+    /// fighting virtport, so the agent's back-off counts these apart.
+    public static func isReorder(_ line: String) -> Bool {
+        line.hasPrefix("libvirt's accept rule for network ") && line.contains(LibvirtFirewall.movedBack)
+            && !line.contains("put back at the top") && !line.contains("duplicates removed")
+    }
+
     /// - Returns: one line per thing put back (empty: all was in place).
     public static func heal(resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) -> [String] {
         guard let db = try resources.existingJournal(readOnly: false) else { return [] }
