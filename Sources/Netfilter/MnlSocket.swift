@@ -18,7 +18,7 @@ final class MnlSocket: NetlinkTransport {
     /// A child already holds the socket until this process exits (`closeInBackground`).
     private var backgrounded = false
     /// The port id the kernel gave the socket (NETLINK_NETFILTER only; 0 otherwise): `OwnCommits`.
-    private var port: UInt32 = 0
+    private(set) var port: UInt32 = 0
 
     /// Opens and binds the socket, inside the network namespace at `netnsPath` if given.
     ///

@@ -148,3 +148,135 @@ def test_agent_restores_the_order_within_a_second_of_a_rebuild(lab, how):
     assert "virtport" not in line.split("(it was below it in ip libvirt_network guest_input)")[1], line
     time.sleep(0.5)
     assert len(log.lines("healed:")) == 3, log.lines("healed:")
+
+
+# A stand-in for virtnetworkd as `install` sees it: its pid file in /run, its name in
+# /proc/PID/comm; on SIGHUP it rebuilds libvirt's rules (after `delay` s, with the script given),
+# like the real daemon, and calls no hook. It runs with install in a private mount namespace whose
+# /run is a fresh tmpfs, so neither touches the machine's own /run (or a real libvirt daemon).
+FAKE_DAEMON = textwrap.dedent("""
+    import ctypes, os, signal, subprocess, sys, time
+    ctypes.CDLL(None).prctl(15, b"virtnetworkd", 0, 0, 0)
+    script, delay = sys.argv[1], float(sys.argv[2])
+    hup = []
+    signal.signal(signal.SIGHUP, lambda *a: hup.append(time.monotonic()))
+    with open("/run/virtnetworkd.pid", "w") as f:
+        f.write(f"{os.getpid()}\\n")
+    deadline = time.monotonic() + 30
+    while not hup and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if hup and script != "-":
+        time.sleep(delay)
+        subprocess.run(["sh", script] if script.endswith(".sh") else ["nft", "-f", script], check=True)
+        print(f"rebuilt {time.monotonic() - hup[0]:.3f}", flush=True)
+""")
+
+
+def install_with_daemon(lab, script, delay):
+    daemon = lab.dir / "fake_virtnetworkd.py"
+    daemon.write_text(FAKE_DAEMON)
+    run = lab.dir / "install.sh"
+    run.write_text(textwrap.dedent(f"""
+        mount -t tmpfs tmpfs /run || exit 99
+        {sys.executable} {daemon} {script} {delay} > {lab.dir}/daemon.out 2>&1 &
+        while [ ! -s /run/virtnetworkd.pid ]; do sleep 0.01; done
+        {BIN} install
+        rc=$?
+        wait
+        exit $rc
+    """))
+    t0 = time.monotonic()
+    r = sh("unshare", "-m", "--propagation", "private", "sh", str(run), ns=lab.host, env=lab.env(), check=False,
+           timeout=60)
+    return r, time.monotonic() - t0, (lab.dir / "daemon.out").read_text()
+
+
+@pytest.mark.parametrize("how", ["one-transaction", "per-process"])
+def test_install_waits_for_libvirts_rebuild_then_puts_the_rule_back(lab, how):
+    """Without the agent: `install` (and the postinst, which runs it) SIGHUPs virtnetworkd, waits
+    for its rebuild to end, and then reconciles: the forward carries traffic when install returns."""
+    log = lab.syslog()
+    nft_setup(lab)
+    script = libvirt_rebuild_script(lab) if how == "one-transaction" else None
+    if script is None:
+        # the per-process rebuild, written out now (the handles it deletes are today's)
+        deletes, inserts = [], []
+        for chain in ("guest_output", "guest_input", "guest_cross", "guest_nat"):
+            rules = [(h, t) for h, t in chain_rules(lab, chain) if "virtport" not in t]
+            deletes += [f"nft delete rule ip libvirt_network {chain} handle {h}" for h, _ in rules]
+            inserts += [f"sleep 0.02; nft 'insert rule ip libvirt_network {chain} "
+                        + re.sub(r"counter packets [0-9]+ bytes [0-9]+", "counter", t) + "'" for _, t in reversed(rules)]
+        script = lab.dir / "rebuild.sh"
+        script.write_text("set -e\n" + "\n".join(deletes + inserts) + "\n")
+    r, took, daemon = install_with_daemon(lab, script, 0.3)
+    out = r.stdout.decode()
+    assert r.returncode == 0, (out, r.stderr.decode(), daemon)
+    assert "virtnetworkd" in out and "SIGHUP" in out, out
+    assert daemon.startswith("rebuilt "), daemon  # the rebuild did happen, during install
+    assert "libvirt rebuilt its firewall rules after the SIGHUP" in out, out
+    assert "fixed accept-rule network default" in out and "below libvirt's reject" in out, out
+    assert in_front(lab), chain_rules(lab)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == GOOD
+    print(f"\n{how}: install took {took:.2f} s, the daemon's rebuild ended {daemon.split()[1]} s after its SIGHUP")
+    assert took < 5, took
+    assert log.wait_for("fixed accept-rule: network default")
+
+
+def test_install_says_when_libvirt_does_not_rebuild(lab):
+    """A daemon that does nothing on SIGHUP: install waits a bounded time, says so, and goes on."""
+    nft_setup(lab)
+    r, took, daemon = install_with_daemon(lab, "-", 0)
+    out = r.stdout.decode()
+    assert r.returncode == 0, (out, r.stderr.decode(), daemon)
+    assert "libvirt did not rebuild its firewall rules within 5 s of the SIGHUP" in out, out
+    assert 5 <= took < 10, took
+    assert in_front(lab) and "accept-rule" not in out, out
+
+
+def forward_rules(lab):
+    return sh("iptables", "-w", "-S", "FORWARD", ns=lab.host).stdout.decode().splitlines()[1:]
+
+
+def ipt_setup(lab):
+    write_network(lab)
+    libvirt_iptables(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "guest1")
+    lab.start(running(lab, fwd_xml("192.168.122.10")))
+    assert "virtport:br0" in forward_rules(lab)[0], forward_rules(lab)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == GOOD
+
+
+def test_iptables_backend_libvirts_rebuild_of_its_chains_leaves_forward_first(lab):
+    """libvirt 9.0's SIGHUP: its rules deleted and inserted again in its own LIBVIRT_* chains (as
+    iptables-nft batches); FORWARD, where virtport's rule is, is not touched: nothing to do."""
+    ipt_setup(lab)
+    rules = sh("iptables", "-w", "-S", "LIBVIRT_FWI", ns=lab.host).stdout.decode().splitlines()[1:]
+    for r in rules:
+        sh("iptables", "-w", *r.replace("-A", "-D", 1).split(), ns=lab.host)
+    for r in reversed(rules):
+        sh("iptables", "-w", *r.replace("-A", "-I", 1).split(), ns=lab.host)
+    assert "virtport:br0" in forward_rules(lab)[0]
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == GOOD
+    assert "nothing to do" in lab.reconcile("--dry-run").stdout.decode()
+
+
+def test_iptables_backend_rule_below_the_jump_is_reported_fixed_and_healed(lab):
+    log = lab.syslog()
+    ipt_setup(lab)
+    sh("iptables", "-w", "-I", "FORWARD", "-j", "LIBVIRT_FWI", ns=lab.host)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    out = lab.reconcile("--dry-run").stdout.decode()
+    assert "would accept-rule network default" in out and "below the jump to LIBVIRT_FWI in ip filter FORWARD" in out, out
+    doc = json.loads(lab.virtport("doctor", "--json").stdout)
+    assert any(f["check"] == "libvirt firewall" and f["status"] == "fail" for f in doc), doc
+    assert "accept-rule" in lab.reconcile().stdout.decode()
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == GOOD
+    # The agent does the same by itself, within a second.
+    start_agent(lab)
+    t0 = time.monotonic()
+    sh("iptables", "-w", "-I", "FORWARD", "-j", "LIBVIRT_FWI", ns=lab.host)
+    took = first_connection(lab, t0)
+    print(f"\niptables: first answered connection {took * 1000:.0f} ms after the jump was inserted above")
+    assert took < 1, took
+    line = log.wait_for("healed: libvirt's accept rule for network default")[0]
+    assert "moved back in front of the jump to LIBVIRT_FWI" in line and "(iptables" in line, line
