@@ -51,6 +51,10 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         }
         monitor = m
         try agent.loop.watch(m.fd) { [self] in readable(agent) }
+        // What changed while no agent watched (libvirt rebuilt its firewall while the agent was
+        // being restarted, by a package upgrade say) is put right now, not at the next notification.
+        let started = monotonicMicros()
+        agent.work.async { [self] in check(agent, culprit: "found when the agent started", noticed: started) }
     }
 
     /// Whether `b` may have taken away or displaced something of virtport's: a deletion from its

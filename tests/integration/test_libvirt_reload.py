@@ -280,3 +280,16 @@ def test_iptables_backend_rule_below_the_jump_is_reported_fixed_and_healed(lab):
     assert took < 1, took
     line = log.wait_for("healed: libvirt's accept rule for network default")[0]
     assert "moved back in front of the jump to LIBVIRT_FWI" in line and "(iptables" in line, line
+
+
+def test_an_agent_started_after_the_rebuild_puts_the_rule_back_at_once(lab):
+    """A rebuild while no agent watched (its restart by a package upgrade, say): the agent's first
+    check at start restores the order, without waiting for another notification."""
+    log = lab.syslog()
+    nft_setup(lab)
+    rebuild_nftables(lab)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    start_agent(lab)
+    wait(lambda: in_front(lab), timeout=2, what="the accept rule back in front")
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == GOOD
+    assert "(found when the agent started)" in log.wait_for("healed: libvirt's accept rule")[0]
