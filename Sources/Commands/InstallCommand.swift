@@ -42,8 +42,10 @@ enum InstallCommand {
         // The SIGHUP makes libvirt rebuild its firewall, which leaves virtport's accept rule below
         // its reject: watch from before the signal, wait for the rebuild to end, then reconcile.
         let reload = noReconcile ? nil : LibvirtReload.prepare(config)
-        rescan(config)
-        if let reload { LibvirtReload.report(reload.wait(), config: config) }
+        let signalled = rescan(config)
+        if let reload, signalled.contains(where: LibvirtReload.rebuilders.contains) {
+            LibvirtReload.report(reload.wait(), config: config)
+        }
         if !noReconcile {
             do {
                 let fixes = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries)
@@ -102,7 +104,9 @@ enum InstallCommand {
     }
 
     /// libvirt's daemons read hook files only at start or on SIGHUP.
-    static func rescan(_ config: Config) {
+    /// - Returns: the names of the daemons signalled.
+    @discardableResult
+    static func rescan(_ config: Config) -> [String] {
         LibvirtDaemons.rescan(stampDir: FileSystem.dirname(config.agentSocket))
     }
 }

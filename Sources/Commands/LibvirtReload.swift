@@ -28,11 +28,15 @@ struct LibvirtReload {
 
     private let monitor: NftablesMonitor
 
-    /// Starts watching, before the signal is sent. Nil when no rebuild that matters is coming: no
-    /// daemon that owns libvirt's networks runs (libvirtd or virtnetworkd), or libvirt has no NAT
-    /// network's firewall in nf_tables (then there is no reject to come first).
+    /// The daemons that rebuild libvirt's network firewall on SIGHUP.
+    static let rebuilders: Set<String> = ["libvirtd", "virtnetworkd"]
+
+    /// Starts watching, before the signal is sent (waited for only if one of `rebuilders` got it).
+    /// Nil when no rebuild that matters is coming: no daemon that owns libvirt's networks runs
+    /// (libvirtd or virtnetworkd), or libvirt has no NAT network's firewall in nf_tables (then
+    /// there is no reject to come first).
     static func prepare(_ config: Config) -> LibvirtReload? {
-        guard LibvirtDaemons.running().contains(where: { $0.name == "libvirtd" || $0.name == "virtnetworkd" }),
+        guard LibvirtDaemons.running().contains(where: { rebuilders.contains($0.name) }),
               let nf = try? Resources.perProcess(config).kernel(), LibvirtChains.present(nf),
               let monitor = try? NftablesMonitor()
         else { return nil }

@@ -62,11 +62,13 @@ public struct Reconciler {
         let rows = try db?.activeMappings() ?? []
         let resolver = files
         let policy = config.policy
-        var plan = ReconcilePlan.make(rows: rows, running: running, kernel: try readKernel(), table: config.table,
+        let kernel = try readKernel()
+        var plan = ReconcilePlan.make(rows: rows, running: running, kernel: kernel, table: config.table,
                                       reason: reason) { (d) throws(VirtPortError) -> [Mapping] in
             try Planner.plan(domain: d, resolver: resolver, policy: policy).mappings
         }
-        plan.fixes += try acceptRuleFixes(plan.kept, reason: reason)
+        // A kernel that cannot be read (no CAP_NET_ADMIN) is already the plan's finding.
+        if kernel.readError == nil { plan.fixes += try acceptRuleFixes(plan.kept, reason: reason) }
         return plan
     }
 
