@@ -51,10 +51,13 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         }
         monitor = m
         try agent.loop.watch(m.fd) { [self] in readable(agent) }
-        // What changed while no agent watched (libvirt rebuilt its firewall while the agent was
-        // being restarted, by a package upgrade say) is put right now, not at the next notification.
+        // libvirt's accept rule, displaced while no agent watched (libvirt rebuilt its firewall
+        // while the agent was being restarted, by a package upgrade say), is put right now, not at
+        // the next notification. Only that: the rest is the start-up reconcile's business.
         let started = monotonicMicros()
-        agent.work.async { [self] in check(agent, culprit: "found when the agent started", noticed: started) }
+        agent.work.async { [self] in
+            check(agent, culprit: "found when the agent started", noticed: started, acceptRulesOnly: true)
+        }
     }
 
     /// Whether `b` may have taken away or displaced something of virtport's: a deletion from its
@@ -109,7 +112,7 @@ final class HealWatcher: Watcher, @unchecked Sendable {
     }
 
     /// On the work queue.
-    private func check(_ agent: AgentContext, culprit: String, noticed: Int64) {
+    private func check(_ agent: AgentContext, culprit: String, noticed: Int64, acceptRulesOnly: Bool = false) {
         let now = monotonicMicros() / 1000
         if deferred { return }  // a deferred check is due; it looks at everything
         if now < notBefore {
@@ -125,7 +128,8 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         let healed: [String]
         do {
             healed = try agent.withResources { (r) throws(VirtPortError) in
-                try Healer.heal(resources: r, diagnostics: CollectedDiagnostics())
+                acceptRulesOnly ? try Healer.healAcceptRules(resources: r, diagnostics: CollectedDiagnostics())
+                    : try Healer.heal(resources: r, diagnostics: CollectedDiagnostics())
             }
         } catch {
             agent.log.warning("agent: self-heal failed: \(error) (run 'virtport reconcile')")

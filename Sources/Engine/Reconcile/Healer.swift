@@ -16,6 +16,20 @@ public enum Healer {
             && !line.contains("put back at the top") && !line.contains("duplicates removed")
     }
 
+    /// Only libvirt's accept rule, for each network the journal has forwards on in the kernel:
+    /// missing, doubled or below libvirt's reject → put back in front (the agent's check at start).
+    /// - Returns: one line per network put right.
+    public static func healAcceptRules(resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) -> [String] {
+        guard let db = try resources.existingJournal(readOnly: false) else { return [] }
+        let config = resources.config
+        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> [String] in
+            let files = LibvirtFiles(config: config, overrides: [])
+            let needs = NetworkNeeds.of(try db.activeMappings().filter(\.isInKernel).map(\.mapping), resolver: files)
+            let warn = Warnings(diagnostics: diagnostics, log: EventLog(config: config)).emit
+            return try NetworkSync(nf: try resources.kernel(), resolver: files, warn: warn).syncFirewall(needs)
+        }
+    }
+
     /// - Returns: one line per thing put back (empty: all was in place).
     public static func heal(resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) -> [String] {
         guard let db = try resources.existingJournal(readOnly: false) else { return [] }
