@@ -13,7 +13,8 @@ import VirtPortCore
 /// would be left, with no hook call. Either makes the agent check, once the changes have settled
 /// (20 ms without a new one, at most 250 ms after the first: libvirt's rebuild is a run of `nft`
 /// or `iptables` processes), and put back from the journal what is missing or misplaced
-/// (`Healer`), under the exclusive change lock. The agent's own batches (its hook workers' and its
+/// (`Healer`), under the exclusive change lock: everything after a deletion, only the accept
+/// rule's place after insertions alone. The agent's own batches (its hook workers' and its
 /// heals') are recognised by the committing thread id and netlink port id the kernel names in
 /// each batch's NEWGEN message (`OwnCommits`) and ignored: putting the rule back does not start
 /// another check.
@@ -35,6 +36,9 @@ final class HealWatcher: Watcher, @unchecked Sendable {
     /// On the loop thread: a check is scheduled; who changed what, for the log; when (µs).
     private var scheduled = false
     private var culprits: [String] = []
+    /// Something relevant was deleted (or notifications were lost): a full check, not only the
+    /// accept rule's place.
+    private var deletions = false
     private var firstNotice: Int64 = 0
     private var lastNotice: Int64 = 0
     /// On the work queue: recent heals and order restorations (CLOCK_MONOTONIC ms), the back-off.
@@ -63,13 +67,15 @@ final class HealWatcher: Watcher, @unchecked Sendable {
     /// Whether `b` may have taken away or displaced something of virtport's: a deletion from its
     /// tables or from a table where libvirt's accept rule may live, or a rule inserted into a chain
     /// where that rule lives (which may now come first).
-    static func relevant(_ b: NftablesMonitor.Batch, table: String) -> String? {
+    /// - Returns: who did what, for the log, and whether it deleted (then everything is checked;
+    ///   an insertion can only have displaced libvirt's accept rule, so only that is).
+    static func relevant(_ b: NftablesMonitor.Batch, table: String) -> (who: String, deleted: Bool)? {
         let deleted = b.deletedFrom.contains { t in
             t == "inet \(table)" || t == "bridge \(table)" || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
                 || t.hasPrefix("inet libvirt")
         }
-        if deleted { return "deleted by \(b.committer)" }
-        if !b.addedTo.isDisjoint(with: LibvirtChains.acceptRuleChains) { return "rules inserted by \(b.committer)" }
+        if deleted { return ("deleted by \(b.committer)", true) }
+        if !b.addedTo.isDisjoint(with: LibvirtChains.acceptRuleChains) { return ("rules inserted by \(b.committer)", false) }
         return nil
     }
 
@@ -79,9 +85,11 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         let (batches, overrun) = monitor.read()
         let table = agent.config.table
         var relevant = overrun
+        if overrun { deletions = true }
         for b in batches where !OwnCommits.committed(b) {
-            guard let who = Self.relevant(b, table: table) else { continue }
+            guard let (who, deleted) = Self.relevant(b, table: table) else { continue }
             relevant = true
+            if deleted { deletions = true }
             if !culprits.contains(who) { culprits.append(who) }
         }
         guard relevant else { return }
@@ -105,10 +113,11 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         }
         let who = culprits.isEmpty ? "unknown (notifications were lost)"
             : culprits.prefix(3).joined(separator: ", ") + (culprits.count > 3 ? " and \(culprits.count - 3) more batches" : "")
-        let noticed = firstNotice
+        let noticed = firstNotice, full = deletions
         culprits = []
+        deletions = false
         scheduled = false
-        agent.work.async { [self] in check(agent, culprit: who, noticed: noticed) }
+        agent.work.async { [self] in check(agent, culprit: who, noticed: noticed, acceptRulesOnly: !full) }
     }
 
     /// On the work queue.

@@ -111,11 +111,16 @@ struct LibvirtFirewall {
     /// Reads, for each subnet of a NAT network in `families`, whether the accept rule is in effect:
     /// present once, before the first rule that mentions `mustPrecede`. Read-only.
     /// - Returns: one finding per subnet where it is not (empty: all in place, or no libvirt reject).
-    func inspect(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) -> [Finding] {
+    /// - Parameter noPlace: called for a subnet whose family has no libvirt reject chain.
+    func inspect(_ net: NetworkDefinition, families: Set<Family>,
+                 noPlace: (String, Family) -> Void = { _, _ in }) throws(VirtPortError) -> [Finding] {
         guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return [] }
         var out: [Finding] = []
         for ip in net.ips where families.contains(ip.family) {
-            guard let place = try place(ip.family) else { continue }
+            guard let place = try place(ip.family) else {
+                noPlace(bridge, ip.family)
+                continue
+            }
             let rules = try rules(ip.family, place)
             let ours = rules.indices.filter { rules[$0].mentions(Self.tag(bridge)) }
             let blocker = rules.firstIndex { !$0.mentions(Self.tag(bridge)) && $0.mentions(place.mustPrecede) }
@@ -141,14 +146,9 @@ struct LibvirtFirewall {
     /// - Returns: what had to be put right (empty: all was in place).
     @discardableResult
     func ensure(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) -> [Finding] {
-        if let bridge = net.bridge, (net.forwardMode ?? "") == "nat" {
-            for ip in net.ips where families.contains(ip.family) {
-                if try place(ip.family) == nil, let line = LegacyIptables.warningIfInUse(bridge: bridge, family: ip.family) {
-                    warn(line)
-                }
-            }
+        let findings = try inspect(net, families: families) { bridge, family in
+            if let line = LegacyIptables.warningIfInUse(bridge: bridge, family: family) { warn(line) }
         }
-        let findings = try inspect(net, families: families)
         for f in findings { try replace(f) }
         return findings
     }
