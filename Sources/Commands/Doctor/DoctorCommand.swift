@@ -303,9 +303,9 @@ struct Doctor {
         case .addMapping: "a running VM declares a forward that is not applied (\(f.reason))"
         case .removeMapping: "a forward of a VM that is not running is still in place (\(f.reason))"
         case .acceptRule:
-            "virtport's accept rule in libvirt's firewall is not in front of libvirt's reject (\(f.reason)); libvirt "
-                + "re-inserts its rules at the top of its chains whenever it rebuilds them (virtnetworkd or libvirtd started "
-                + "or sent SIGHUP, virtport install, a package upgrade)"
+            "virtport keeps one accept rule in front of libvirt's reject for each NAT network with forwards (\(f.reason)); "
+                + "libvirt re-inserts its rules at the top of its chains whenever it rebuilds them (virtnetworkd or libvirtd "
+                + "started or sent SIGHUP, virtport install, a package upgrade)"
         default: f.reason
         }
     }

@@ -87,11 +87,18 @@ struct LibvirtFirewall {
         /// What is wrong, as reconcile and doctor say it.
         var text: String {
             switch problem {
-            case .missing: "missing from \(chainText): \(place.blockerText) refuses new connections to its forwards"
+            case .missing: "missing from \(chainText)"
             case .below(let ours, let blocker, let count):
-                "below \(place.blockerText) in \(chainText) (rule \(ours) of \(count), \(place.blockerText) is rule \(blocker)): "
-                    + "new connections to its forwards are refused"
+                "below \(place.blockerText) in \(chainText) (rule \(ours) of \(count), \(place.blockerText) is rule \(blocker))"
             case .duplicated(let n): "\(n) copies in \(chainText)"
+            }
+        }
+
+        /// What it does to traffic.
+        var consequence: String {
+            switch problem {
+            case .missing, .below: "new connections to the network's forwards are refused by \(place.blockerText)"
+            case .duplicated: "harmless, but only one belongs there"
             }
         }
 

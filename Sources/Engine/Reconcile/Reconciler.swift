@@ -77,8 +77,8 @@ public struct Reconciler {
     func acceptRuleFixes(_ mappings: [Mapping], reason: String) throws(VirtPortError) -> [Fix] {
         let findings = try NetworkSync.acceptRuleFindings(mappings, nf: try resources.kernel(), resolver: files)
         return findings.map { name, f in
-            Fix(.acceptRule, domain: nil, what: "network \(name): rule \(LibvirtFirewall.tag(f.bridge)) for \(f.subnet)",
-                reason: "\(reason): \(f.text)")
+            Fix(.acceptRule, domain: nil, what: "network \(name): rule \(LibvirtFirewall.tag(f.bridge)) (\(f.subnet)) \(f.text)",
+                reason: "\(reason): \(f.consequence)")
         }
     }
 
