@@ -1,5 +1,5 @@
 public import Netfilter
-public import VirtPortCore
+import VirtPortCore
 
 /// libvirt rejects new inbound connections to its NAT networks. This keeps one small, tagged rule
 /// that accepts only connections a DNAT translated, to that network's subnet and bridge, in front
