@@ -184,8 +184,20 @@ def install_with_daemon(lab, script, delay):
     daemon = lab.dir / "fake_virtnetworkd.py"
     daemon.write_text(FAKE_DAEMON)
     run = lab.dir / "install.sh"
+    # install signals libvirt's daemons only for libvirt's own hooks directory (HostScope): in the
+    # private mount namespace the lab's hooks directory is bind-mounted there, the config names it,
+    # and VIRTPORT_SYSROOT keeps the AppArmor override and units in the test's fake host tree.
+    hooks = lab.dir / "hooks"
+    hooks.mkdir(exist_ok=True)
+    sysroot = lab.dir / "sysroot"
+    sysroot.mkdir(exist_ok=True)
+    config = lab.dir / "virtport-libvirt-hooks.conf"
+    config.write_text(re.sub(r'(?m)^hooks_dir = .*$', 'hooks_dir = "/etc/libvirt/hooks"',
+                             open(lab.config).read()))
+    env = lab.env(VIRTPORT_CONFIG=str(config), VIRTPORT_SYSROOT=str(sysroot))
     run.write_text(textwrap.dedent(f"""
         mount -t tmpfs tmpfs /run || exit 99
+        mkdir -p /etc/libvirt/hooks && mount --bind {hooks} /etc/libvirt/hooks || exit 98
         {sys.executable} {daemon} {script} {delay} > {lab.dir}/daemon.out 2>&1 &
         while [ ! -s /run/virtnetworkd.pid ]; do sleep 0.01; done
         t0=$(date +%s%N)
@@ -195,7 +207,7 @@ def install_with_daemon(lab, script, delay):
         wait
         exit $rc
     """))
-    r = sh("unshare", "-m", "--propagation", "private", "sh", str(run), ns=lab.host, env=lab.env(), check=False,
+    r = sh("unshare", "-m", "--propagation", "private", "sh", str(run), ns=lab.host, env=env, check=False,
            timeout=60)
     took = int((lab.dir / "install.ms").read_text()) / 1000
     return r, took, (lab.dir / "daemon.out").read_text()
