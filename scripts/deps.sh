@@ -7,7 +7,8 @@ BUILD_PKGS=(pkg-config libnftnl-dev libmnl-dev libxml2-dev libicu-dev liblzma-de
             libstdc++-12-dev libvirt-dev)
 RUN_PKGS=(nftables iproute2 sqlite3)
 # groff-base/man-db render the man pages; bash-completion, zsh and fish load the completion scripts.
-TEST_PKGS=(hyperfine iptables socat time python3-pytest groff-base man-db bash-completion zsh fish)
+# python3-scapy crafts the hostile-guest frames, isc-dhcp-client is the victim's DHCP client there.
+TEST_PKGS=(hyperfine iptables socat time python3-pytest groff-base man-db bash-completion zsh fish python3-scapy isc-dhcp-client)
 LIBVIRT_PKGS=(libvirt-daemon-system libvirt-clients qemu-system-x86 dnsmasq-base bridge-utils)
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 case "${1:-}" in
