@@ -119,7 +119,8 @@ def rogue_dhcp(iface, sport, yiaddr, router, seconds):
                             ("subnet_mask", "255.255.255.0"), ("router", router), "end"]), iface=iface)
 
     print("ready", flush=True)
-    sniff(iface=iface, filter="udp and dst port 67", prn=answer, timeout=seconds, store=False)
+    sniff(iface=iface, lfilter=lambda p: p.haslayer(UDP) and p[UDP].dport == 67, prn=answer, timeout=seconds,
+          store=False)
 
 
 def rogue_dhcp6(iface, sport, address, seconds):
@@ -140,7 +141,8 @@ def rogue_dhcp6(iface, sport, address, seconds):
                 return
 
     print("ready", flush=True)
-    sniff(iface=iface, filter="udp and dst port 547", prn=answer, timeout=seconds, store=False)
+    sniff(iface=iface, lfilter=lambda p: p.haslayer(UDP) and p[UDP].dport == 547, prn=answer, timeout=seconds,
+          store=False)
 
 
 def a_ip(iface):

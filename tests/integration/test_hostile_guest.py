@@ -250,3 +250,106 @@ def test_frames_to_the_host_itself_get_the_same_checks(glab, group):
     assert drops(glab).get("ip4") == 1
     glab.stop(xml)
     assert mask() == "0x0"
+
+
+# -- DHCP ------------------------------------------------------------------------------------------
+
+def dnsmasq(lab, delay=0):
+    """A real DHCP server on the bridge (dnsmasq), the host's; returns its lease file."""
+    leases = lab.dir / "dnsmasq.leases"
+    p = subprocess.Popen(["ip", "netns", "exec", lab.host, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                          "--port=0", f"--interface={lab.bridge}", "--bind-interfaces", "--pid-file=",
+                          "--user=root", "--group=root", "--dhcp-range=192.168.122.100,192.168.122.150,255.255.255.0,1h",
+                          f"--dhcp-leasefile={leases}", "--dhcp-option=option:router,192.168.122.1",
+                          f"--dhcp-reply-delay={delay}", "--dhcp-authoritative"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lab.procs.append(p)
+    time.sleep(0.3)
+    assert p.poll() is None, p.stderr.read().decode()
+    return leases
+
+
+def dhclient(lab, six=False, seconds=8.0):
+    """The victim's ISC dhclient, from scratch: what it binds — (address, routers) for IPv4,
+    (address,) for IPv6 — or None when it bound nothing within `seconds`."""
+    d = lab.dir / f"dhclient-{uuidhex()}"
+    d.mkdir()
+    log = d / "log"
+    (d / "script").write_text(f'#!/bin/sh\necho "$reason $new_ip_address $new_routers $new_ip6_address" >> {log}\n')
+    os.chmod(d / "script", 0o755)
+    (d / "conf").write_text("timeout 30;\nretry 60;\ninitial-interval 1;\n")
+    p = subprocess.Popen(["ip", "netns", "exec", lab.guest2, "dhclient", *(["-6"] if six else []), "-d", "-1",
+                          "-sf", str(d / "script"), "-lf", str(d / "leases"), "-pf", str(d / "pid"),
+                          "-cf", str(d / "conf"), "eth0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(p)
+    deadline = time.time() + seconds
+    try:
+        while time.time() < deadline:
+            for line in (log.read_text().splitlines() if log.exists() else []):
+                f = line.split()
+                if f and f[0] == ("BOUND6" if six else "BOUND"):
+                    return tuple(f[1:])
+            time.sleep(0.1)
+        return None
+    finally:
+        p.kill()
+        p.wait()
+
+
+def uuidhex():
+    return "%08x" % random.getrandbits(32)
+
+
+def rogue(lab, *args):
+    p = subprocess.Popen(["ip", "netns", "exec", lab.guest, PY, HOSTILE, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    lab.procs.append(p)
+    assert p.stdout.readline().decode().strip() == "ready", p.stderr.read().decode()
+    time.sleep(0.5)
+    return p
+
+
+@pytest.mark.parametrize("sport", [1067, 68])
+def test_rogue_dhcp_server_from_any_source_port(glab, sport):
+    """The host's dnsmasq answers after 2 s; the attacker's rogue server at once, from a source
+    port that is not 67."""
+    dnsmasq(glab, delay=2)
+    rogue(glab, "rogue-dhcp", "eth0", str(sport), "192.168.122.66", "192.168.122.99", "60")
+    assert dhclient(glab) == ("192.168.122.66", "192.168.122.99")  # baseline: the victim took the rogue's
+
+    guarded(glab)
+    bound = dhclient(glab)
+    assert bound is not None and bound[1] == "192.168.122.1" and bound[0].startswith("192.168.122.1"), bound
+    assert drops(glab).get("dhcp", 0) >= 2  # its OFFER and its ACK
+
+
+def test_rogue_dhcpv6_server_from_another_port(glab):
+    rogue(glab, "rogue-dhcp6", "eth0", "1547", "fd00:122::66", "60")
+    assert dhclient(glab, six=True) == ("fd00:122::66",)
+
+    guarded(glab)
+    assert dhclient(glab, six=True, seconds=4) is None
+    assert drops(glab).get("dhcp", 0) >= 1  # its ADVERTISEs
+
+
+def test_dhcp_release_for_another_vms_chaddr(glab):
+    """DHCPRELEASE of the victim's lease, chaddr the victim's MAC, from the attacker's own MAC and
+    address: the server drops the victim's lease. (What lease following then does with it is
+    test_lease_trust's; here: the message never reaches the server.)"""
+    leases = dnsmasq(glab)
+    bmac = mac_of(glab, glab.host, glab.bridge)
+
+    def attack():
+        bound = dhclient(glab)
+        assert bound is not None
+        assert MAC2 in leases.read_text()
+        send(glab, "dhcp-release", chaddr=MAC2, ciaddr=bound[0], server="192.168.122.1", dmac=bmac, src=ME4)
+        deadline = time.time() + 2
+        while MAC2 in leases.read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        return MAC2 in leases.read_text()
+
+    assert attack() is False  # baseline: the victim's lease is gone
+    guarded(glab)
+    assert attack() is True
+    assert drops(glab) == {"dhcp": 1}
