@@ -58,7 +58,7 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
 ///
 ///     set guarded, spoof, dhcp_ok, ra_ok   { type ifname }
 ///     set mac { ifname . ether_addr }   set ip4 { ifname . ipv4_addr }
-///     set ip6 { ifname . ether_addr . ipv6_addr; flags dynamic }   its addresses, the EUI-64
+///     set ipv6 { ifname . ether_addr . ipv6_addr; flags dynamic }   its addresses, the EUI-64
 ///         link-local of its MAC, and up to 2 link-locals claimed by DAD (keyed by the MAC too:
 ///         what a tap's previous holder claimed is nothing to the next)
 ///     set ll_1, ll_2 { ifname . ether_addr; flags dynamic }   it has claimed 1 / 2 link-locals
@@ -74,9 +74,9 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
 ///         iifname @spoof jump port           (every chain below it ends in a verdict)
 ///         iifname @guarded jump servers }    (spoofing off: the DHCP/RA guards only)
 ///     chain port { iifname . ether saddr != @mac … drop_mac drop
-///                  ether type ip jump ip4;  arp jump arp;  ip6 jump ip6;  8021q/8021ad jump vlan
+///                  ether type ip jump ip4;  arp jump arp4;  ip6 jump ipv6;  8021q/8021ad jump tagged
 ///                  … drop_other drop }
-///     chain vlan { vlan id != 0 … drop_other drop       (a priority tag is looked through:
+///     chain tagged { vlan id != 0 … drop_other drop       (a priority tag is looked through:
 ///                  meta protocol ip jump ip4; arp …; ip6 …      receivers look through it too)
 ///                  … drop_other drop }                 (and so is a second tag: dropped)
 ///     chain ip4 { meta l4proto udp jump udp4
@@ -89,27 +89,28 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
 ///                           op BOOTREPLY with the DHCP magic cookie, any port … drop }
 ///     chain dhcp6_servers { udp dport 546 … drop;  udp dport 547 msg-type ADVERTISE, REPLY,
 ///                           RECONFIGURE or RELAY-REPL … drop }
-///     chain arp { not Ethernet/IPv4 ARP … drop_arp drop;  iifname . arp saddr ether != @mac … drop
+///     chain arp4 { not Ethernet/IPv4 ARP … drop_arp drop;  iifname . arp saddr ether != @mac … drop
 ///                 arp saddr ip 0.0.0.0 accept;  iifname . arp saddr ip @ip4 accept;  … drop }
-///     chain ip6 { meta l4proto udp iifname != @dhcp_ok jump dhcp6_servers
+///     chain ipv6 { meta l4proto udp iifname != @dhcp_ok jump dhcp6_servers
 ///                 meta l4proto icmpv6 jump icmp6
-///                 iifname . ether saddr . ip6 saddr @ip6 accept;  ip6 saddr :: icmpv6 accept
+///                 iifname . ether saddr . ip6 saddr @ipv6 accept;  ip6 saddr :: icmpv6 accept
 ///                 … drop_ip6 drop }
 ///     chain icmp6 { RS jump rs;  NS jump ns;  NA jump na;
 ///                   RA, redirect: iifname != @ra_ok … drop_ra drop }
 ///     chain rs/ns/na { extension headers, or more than 4 option slots … drop_nd drop
 ///                      every 8-byte option slot holding a link-layer address option:
 ///                        iifname . lladdr != @mac … drop_nd drop
-///                      (na) iifname . ether saddr . target != @ip6 … drop_nd drop
+///                      (na) iifname . ether saddr . target != @ipv6 … drop_nd drop
 ///                      (ns) ip6 saddr :: jump dad }
-///     chain dad { iifname . ether saddr . target @ip6 return;  target not link-local return
+///     chain dad { iifname . ether saddr . target @ipv6 return;  target not link-local return
 ///                 target EUI-64 (of another MAC) or with a zero top half of its interface
 ///                 id (fe80::1 and the like: routers) … drop_nd drop
 ///                 iifname . ether saddr @ll_2 … drop_nd drop (bound reached)
-///                 iifname . ether saddr @ll_1 add @ll_2 { … } add @ip6 { … . target } return
-///                 add @ll_1 { iifname . ether saddr } add @ip6 { … . target } return }
+///                 iifname . ether saddr @ll_1 add @ll_2 { … } add @ipv6 { … . target } return
+///                 add @ll_1 { iifname . ether saddr } add @ipv6 { … . target } return }
 ///
-/// The common frame, TCP or ICMP from the port's own MAC and address, costs one lookup
+/// Names are ones `nft -f` parses (not `ip6`, `arp` or `vlan`: keywords), so a saved ruleset loads
+/// back. The common frame, TCP or ICMP from the port's own MAC and address, costs one lookup
 /// (measured: BENCHMARKS.md "Guard"); the rest are only walked by UDP, ARP, ICMPv6 and frames
 /// that will be dropped.
 enum GuardTable {
@@ -126,13 +127,13 @@ enum GuardTable {
     /// The port-keyed sets: name, key fields (nft type id, bytes), flags.
     static let sets: [(name: String, fields: [(type: UInt32, length: Int)], flags: UInt32)] = [
         ("guarded", [ifname], 0), ("spoof", [ifname], 0), ("dhcp_ok", [ifname], 0), ("ra_ok", [ifname], 0),
-        ("mac", [ifname, (etherTypeID, 6)], 0), ("ip4", [ifname, (7, 4)], 0), ("ip6", [ifname, (etherTypeID, 6), (8, 16)], setEval),
+        ("mac", [ifname, (etherTypeID, 6)], 0), ("ip4", [ifname, (7, 4)], 0), ("ipv6", [ifname, (etherTypeID, 6), (8, 16)], setEval),
         ("ll_1", [ifname, (etherTypeID, 6)], setEval), ("ll_2", [ifname, (etherTypeID, 6)], setEval),
         ("fast4", [ifname, (etherTypeID, 6), (10, 2), (7, 4), (12, 1)], 0),
         ("fast6", [ifname, (etherTypeID, 6), (10, 2), (8, 16), (12, 1)], 0),
     ]
     /// Sets the data path adds to: elements the control plane did not put there.
-    static let learned = ["ip6", "ll_1", "ll_2"]
+    static let learned = ["ipv6", "ll_1", "ll_2"]
     static let ifname: (type: UInt32, length: Int) = (41, 16)
     /// Protocols of the fast path, by family (UDP and ICMPv6 take the checked path).
     static let fastProtocols: [Family: [UInt8]] = [.ipv4: [6, 1], .ipv6: [6]]
@@ -177,19 +178,19 @@ enum GuardTable {
             TableSkeleton.Chain(name: "port", hook: nil, priority: 0, rules: [
                 keyNotIn("mac", .payload(base: NFT_PAYLOAD_LL_HEADER, offset: 6, length: 6, dreg: k1)) + drop(.mac),
                 etherType(0x0800) + [.jump("ip4")],
-                etherType(0x86dd) + [.jump("ip6")],
-                etherType(0x0806) + [.jump("arp")],
-                etherType(0x8100) + [.jump("vlan")],
-                etherType(0x88a8) + [.jump("vlan")],
+                etherType(0x86dd) + [.jump("ipv6")],
+                etherType(0x0806) + [.jump("arp4")],
+                etherType(0x8100) + [.jump("tagged")],
+                etherType(0x88a8) + [.jump("tagged")],
                 drop(.other),
             ]),
-            TableSkeleton.Chain(name: "vlan", hook: nil, priority: 0, rules: [
+            TableSkeleton.Chain(name: "tagged", hook: nil, priority: 0, rules: [
                 [.payload(base: NFT_PAYLOAD_LL_HEADER, offset: 14, length: 2, dreg: tmp),
                  .bitwise(reg: tmp, mask: [0x0f, 0xff], xor: [0, 0]),
                  .cmp(sreg: tmp, op: NFT_CMP_NEQ, data: [0, 0])] + drop(.other),
                 proto(0x0800) + [.jump("ip4")],
-                proto(0x86dd) + [.jump("ip6")],
-                proto(0x0806) + [.jump("arp")],
+                proto(0x86dd) + [.jump("ipv6")],
+                proto(0x0806) + [.jump("arp4")],
                 drop(.other),
             ]),
             TableSkeleton.Chain(name: "ip4", hook: nil, priority: 0, rules: [
@@ -222,7 +223,7 @@ enum GuardTable {
             ]),
             TableSkeleton.Chain(name: "dhcp6_servers", hook: nil, priority: 0, rules: [dport(546) + drop(.dhcp)]
                 + [2, 7, 10, 13].map { type in dport(547) + equal(NFT_PAYLOAD_TRANSPORT_HEADER, 8, [type]) + drop(.dhcp) }),
-            TableSkeleton.Chain(name: "arp", hook: nil, priority: 0, rules: [
+            TableSkeleton.Chain(name: "arp4", hook: nil, priority: 0, rules: [
                 [.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 0, length: 6, dreg: tmp),
                  .cmp(sreg: tmp, op: NFT_CMP_NEQ, data: [0, 1, 8, 0, 6, 4])] + drop(.arp),
                 keyNotIn("mac", nh(8, 6)) + drop(.arp),
@@ -230,10 +231,10 @@ enum GuardTable {
                 keyIn("ip4", nh(14, 4)) + [.accept],
                 drop(.arp),
             ]),
-            TableSkeleton.Chain(name: "ip6", hook: nil, priority: 0, rules: [
+            TableSkeleton.Chain(name: "ipv6", hook: nil, priority: 0, rules: [
                 l4proto(17) + notIn("dhcp_ok") + [.jump("dhcp6_servers")],
                 l4proto(58) + [.jump("icmp6")],
-                keyMacIn("ip6", nh(8, 16, word: 6)) + [.accept],
+                keyMacIn("ipv6", nh(8, 16, word: 6)) + [.accept],
                 equal(NFT_PAYLOAD_NETWORK_HEADER, 8, [UInt8](repeating: 0, count: 16)) + l4proto(58) + [.accept],
                 drop(.ip6),
             ]),
@@ -250,11 +251,11 @@ enum GuardTable {
                 equal(NFT_PAYLOAD_NETWORK_HEADER, 8, [UInt8](repeating: 0, count: 16)) + [.jump("dad")],
             ]),
             TableSkeleton.Chain(name: "na", hook: nil, priority: 0, rules: ndShape(options: 24) + [
-                keyMacNotIn("ip6", th(8, 16, word: 6)) + drop(.nd),
+                keyMacNotIn("ipv6", th(8, 16, word: 6)) + drop(.nd),
             ]),
             // A DAD probe (NS from ::) for an address the port does not hold yet.
             TableSkeleton.Chain(name: "dad", hook: nil, priority: 0, rules: [
-                keyMacIn("ip6", th(8, 16, word: 6)) + [.return],
+                keyMacIn("ipv6", th(8, 16, word: 6)) + [.return],
                 // A global address: its DAD probe passes (from ::, it teaches no neighbour
                 // anything); the port may use the address only once it is one of its own.
                 notLinkLocal(NFT_PAYLOAD_TRANSPORT_HEADER, 8) + [.return],
@@ -263,9 +264,9 @@ enum GuardTable {
                 portMAC + [.lookup(set: "ll_\(claimBound)", sreg: k0, dreg: nil)] + drop(.nd),
             ] + (1..<claimBound).reversed().map { n in
                 portMAC + [.lookup(set: "ll_\(n)", sreg: k0, dreg: nil), .dynsetAdd(set: "ll_\(n + 1)", sreg: k0),
-                           th(8, 16, word: 6), .dynsetAdd(set: "ip6", sreg: k0), .return]
+                           th(8, 16, word: 6), .dynsetAdd(set: "ipv6", sreg: k0), .return]
             } + [
-                portMAC + [.dynsetAdd(set: "ll_1", sreg: k0), th(8, 16, word: 6), .dynsetAdd(set: "ip6", sreg: k0), .return],
+                portMAC + [.dynsetAdd(set: "ll_1", sreg: k0), th(8, 16, word: 6), .dynsetAdd(set: "ipv6", sreg: k0), .return],
             ]),
         ]
     }
@@ -439,7 +440,7 @@ enum GuardTable {
                 }
             }
             for a in six {
-                out.append(("ip6", key(port.tap, port.mac.bytes, a)))
+                out.append(("ipv6", key(port.tap, port.mac.bytes, a)))
                 for p in fastProtocols[.ipv6]! { out.append(("fast6", key(port.tap, port.mac.bytes, [0x86, 0xdd], a, [p]))) }
             }
         }

@@ -353,3 +353,4 @@ def test_dhcp_release_for_another_vms_chaddr(glab):
     guarded(glab)
     assert attack() is True
     assert drops(glab) == {"dhcp": 1}
+
