@@ -34,18 +34,21 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
     case mac
     /// IPv4 source is not one of the port's addresses (nor 0.0.0.0 in a DHCP request).
     case ip4
-    /// IPv6 source is not one of its addresses, link-local or :: (DAD).
+    /// IPv6 source is not one of its addresses or own link-locals, nor :: (DAD, MLD).
     case ip6
     /// ARP sender MAC or IP is not its own, or not Ethernet/IPv4 ARP.
     case arp
-    /// NDP solicitation/advertisement with another's link-layer address, or an advertisement of
-    /// another's address.
+    /// RS/NS/NA with a link-layer address option that is not its MAC (any option), extension
+    /// headers or too many options; an NA of an address not its own; a DAD claim of a link-local
+    /// it may not claim.
     case nd
-    /// DHCP or DHCPv6 server reply (udp sport 67 / 547).
+    /// A DHCP/DHCPv6 server message (by what it is, not its source port), or a DHCP client
+    /// message whose chaddr is not its MAC.
     case dhcp
     /// ICMPv6 router advertisement (134) or redirect (137).
     case ra
-    /// Any other ethertype (VLAN-tagged, IPX, LLDP…) from a port with spoofing on.
+    /// Any other ethertype (IPX, LLDP…) from a port with spoofing on; a VLAN tag with an id other
+    /// than 0; two tags (QinQ).
     case other
 
     var map: String { "drop_\(rawValue)" }
@@ -109,8 +112,9 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
 ///                 iifname . ether saddr @ll_1 add @ll_2 { … } add @ipv6 { … . target } return
 ///                 add @ll_1 { iifname . ether saddr } add @ipv6 { … . target } return }
 ///
-/// Names are ones `nft -f` parses (not `ip6`, `arp` or `vlan`: keywords), so a saved ruleset loads
-/// back. The common frame, TCP or ICMP from the port's own MAC and address, costs one lookup
+/// Names are not nft keywords (`ip6`, `arp`, `vlan` are refused as names by nft's parser). A saved
+/// `nft list` of this table still does not load back with nft 1.0.6, which refuses a raw payload
+/// field (`@th,…`) in a concatenation with a typed set; virtport rebuilds it itself. The common frame, TCP or ICMP from the port's own MAC and address, costs one lookup
 /// (measured: BENCHMARKS.md "Guard"); the rest are only walked by UDP, ARP, ICMPv6 and frames
 /// that will be dropped.
 enum GuardTable {
