@@ -354,3 +354,28 @@ def test_dhcp_release_for_another_vms_chaddr(glab):
     assert attack() is True
     assert drops(glab) == {"dhcp": 1}
 
+
+
+def test_a_re_enslaved_tap_gets_its_group_forward_bits_back(glab):
+    """A tap re-enslaved (libvirt restarting its network) loses its port settings: reconcile and
+    network `started` put the group_fwd_mask bits back, so LLDP-addressed frames meet the guard."""
+    def mask():
+        return sh("cat", "/sys/class/net/vnet0/brport/group_fwd_mask", ns=glab.host).stdout.decode().strip()
+
+    xml = guarded(glab)
+    glab.write_status(xml)
+    host = Listener(glab, glab.host, "0.0.0.0", seconds=60)
+    sh("ip", "link", "set", "dev", "vnet0", "type", "bridge_slave", "group_fwd_mask", "0", ns=glab.host)
+    send(glab, "udp4", src=VICTIM4, dst="192.168.122.1", dmac="01:80:c2:00:00:0e", port=9999)
+    assert host.sources() == {VICTIM4}  # without the bits: past every bridge hook
+    r = glab.reconcile()
+    assert r.returncode == 0 and "port guards (vnet0)" in r.stdout.decode(), r.stdout.decode()
+    assert mask() == "0x4001"
+    sh("ip", "link", "set", "dev", "vnet0", "type", "bridge_slave", "group_fwd_mask", "0", ns=glab.host)
+    net = (glab.run_dir / "network" / "default.xml").read_text()
+    assert glab.virtport("hook", "network", "default", "started", "begin", "-", input=net).returncode == 0
+    if glab.layout == "nat":  # network `started` concerns the ports of that network
+        assert mask() == "0x4001"
+        host.seen.clear()
+        send(glab, "udp4", src=VICTIM4, dst="192.168.122.1", dmac="01:80:c2:00:00:0e", port=9999)
+        assert host.sources() == set()
