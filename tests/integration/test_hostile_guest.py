@@ -269,7 +269,7 @@ def dnsmasq(lab, delay=0):
     return leases
 
 
-def dhclient(lab, six=False, seconds=8.0):
+def dhclient(lab, six=False, seconds=8.0, ns=None):
     """The victim's ISC dhclient, from scratch: what it binds — (address, routers) for IPv4,
     (address,) for IPv6 — or None when it bound nothing within `seconds`."""
     d = lab.dir / f"dhclient-{uuidhex()}"
@@ -278,7 +278,7 @@ def dhclient(lab, six=False, seconds=8.0):
     (d / "script").write_text(f'#!/bin/sh\necho "$reason $new_ip_address $new_routers $new_ip6_address" >> {log}\n')
     os.chmod(d / "script", 0o755)
     (d / "conf").write_text("timeout 30;\nretry 60;\ninitial-interval 1;\n")
-    p = subprocess.Popen(["ip", "netns", "exec", lab.guest2, "dhclient", *(["-6"] if six else []), "-d", "-1",
+    p = subprocess.Popen(["ip", "netns", "exec", ns or lab.guest2, "dhclient", *(["-6"] if six else []), "-d", "-1",
                           "-sf", str(d / "script"), "-lf", str(d / "leases"), "-pf", str(d / "pid"),
                           "-cf", str(d / "conf"), "eth0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(p)
@@ -352,6 +352,11 @@ def test_dhcp_release_for_another_vms_chaddr(glab):
     assert attack() is False  # baseline: the victim's lease is gone
     guarded(glab)
     assert attack() is True
+    assert drops(glab) == {"dhcp": 1}
+    # The guarded guest's own DHCP client still works (its messages carry its own chaddr).
+    bound = dhclient(glab, ns=glab.guest)
+    assert bound is not None and bound[1] == "192.168.122.1", bound
+    assert MAC1 in leases.read_text()
     assert drops(glab) == {"dhcp": 1}
 
 
