@@ -45,6 +45,17 @@ extension NetfilterSession {
             guard let keep = purge[tap] else { return false }
             return keep == nil || Array(key[16..<22]) != keep!.bytes
         }.filter { !deleting.contains("\($0.set)/\($0.key)") } }
+        // Their link-locals leave taken6 with them (a static EUI-64 one goes with the port's elements).
+        let kept = Set(stale.map { "\($0.set)/\($0.key)" }).union(deleting)
+            .union(adding.flatMap { GuardTable.elements($0).map { "\($0.set)/\($0.key)" } })
+        var derived = Set<String>()
+        let taken = GuardTable.taken(stale).filter { !kept.contains("\($0.set)/\($0.key)") && derived.insert("\($0.key)").inserted }
+        if !taken.isEmpty {
+            // Only those there: a missing one would fail the batch (and the caller would rebuild).
+            let present: Set<[UInt8]>
+            do { present = Set(try dumpSet("taken6", family: .bridge).map(\.key)) } catch where error.isMissingObject { present = [] }
+            stale += taken.filter { present.contains($0.key) }
+        }
         let failures = try execute { batch in
             GuardTable.appendPorts(to: &batch, table: table, adding: false, removing, counters: true)
             for set in Set(stale.map(\.set)).sorted() {
@@ -64,7 +75,8 @@ extension NetfilterSession {
         // Link-locals the ports still there (same tap, same MAC) claimed survive the rebuild:
         // their guests will not probe them again.
         let kept = Set(ports.filter(\.spoofing).map { GuardTable.key($0.tap, $0.mac.bytes) })
-        let learned = (try? learnedElements { kept.contains(Array($0.prefix(24))) }) ?? []
+        var learned = (try? learnedElements { kept.contains(Array($0.prefix(24))) }) ?? []
+        learned += GuardTable.taken(learned)
         let failures = try execute { batch in
             TableSkeleton.appendDeleteTable(to: &batch, table: table, family: .bridge)
             GuardTable.append(to: &batch, table: table)

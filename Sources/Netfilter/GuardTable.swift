@@ -65,6 +65,7 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
 ///         link-local of its MAC, and up to 2 link-locals claimed by DAD (keyed by the MAC too:
 ///         what a tap's previous holder claimed is nothing to the next)
 ///     set ll_1, ll_2 { ifname . ether_addr; flags dynamic }   it has claimed 1 / 2 link-locals
+///     set taken6 { ipv6_addr; flags dynamic }   every guarded port's EUI-64 and claimed link-locals
 ///     set fast4 { ifname . ether_addr . ether_type . ipv4_addr . inet_proto }   (tcp, icmp)
 ///     set fast6 { ifname . ether_addr . ether_type . ipv6_addr . inet_proto }   (tcp)
 ///     map drop_REASON { type ifname : counter }       counters REASON_TAP
@@ -107,10 +108,10 @@ public enum GuardDropReason: String, Sendable, CaseIterable {
 ///                      (ns) ip6 saddr :: jump dad }
 ///     chain dad { iifname . ether saddr . target @ipv6 return;  target not link-local return
 ///                 target EUI-64 (of another MAC) or with a zero top half of its interface
-///                 id (fe80::1 and the like: routers) … drop_nd drop
+///                 id (fe80::1 and the like: routers), or in @taken6 (another port's) … drop_nd drop
 ///                 iifname . ether saddr @ll_2 … drop_nd drop (bound reached)
-///                 iifname . ether saddr @ll_1 add @ll_2 { … } add @ipv6 { … . target } return
-///                 add @ll_1 { iifname . ether saddr } add @ipv6 { … . target } return }
+///                 iifname . ether saddr @ll_1 add @ll_2 { … } add @ipv6 { … . target } add @taken6 { target } return
+///                 add @ll_1 { iifname . ether saddr } add @ipv6 { … . target } add @taken6 { target } return }
 ///
 /// Names are not nft keywords (`ip6`, `arp`, `vlan` are refused as names by nft's parser). A saved
 /// `nft list` of this table still does not load back with nft 1.0.6, which refuses a raw payload
@@ -133,6 +134,7 @@ enum GuardTable {
         ("guarded", [ifname], 0), ("spoof", [ifname], 0), ("dhcp_ok", [ifname], 0), ("ra_ok", [ifname], 0),
         ("mac", [ifname, (etherTypeID, 6)], 0), ("ip4", [ifname, (7, 4)], 0), ("ipv6", [ifname, (etherTypeID, 6), (8, 16)], setEval),
         ("ll_1", [ifname, (etherTypeID, 6)], setEval), ("ll_2", [ifname, (etherTypeID, 6)], setEval),
+        ("taken6", [(8, 16)], setEval),
         ("fast4", [ifname, (etherTypeID, 6), (10, 2), (7, 4), (12, 1)], 0),
         ("fast6", [ifname, (etherTypeID, 6), (10, 2), (8, 16), (12, 1)], 0),
     ]
@@ -265,12 +267,16 @@ enum GuardTable {
                 notLinkLocal(NFT_PAYLOAD_TRANSPORT_HEADER, 8) + [.return],
                 equal(NFT_PAYLOAD_TRANSPORT_HEADER, 8 + 11, [0xff, 0xfe]) + drop(.nd),
                 equal(NFT_PAYLOAD_TRANSPORT_HEADER, 8 + 8, [0, 0, 0, 0, 0, 0]) + drop(.nd),
+                // Another guarded port's link-local (its EUI-64 one, or one it claimed).
+                [th(8, 16, word: 6), .lookup(set: "taken6", sreg: register(word: 6), dreg: nil)] + drop(.nd),
                 portMAC + [.lookup(set: "ll_\(claimBound)", sreg: k0, dreg: nil)] + drop(.nd),
             ] + (1..<claimBound).reversed().map { n in
                 portMAC + [.lookup(set: "ll_\(n)", sreg: k0, dreg: nil), .dynsetAdd(set: "ll_\(n + 1)", sreg: k0),
-                           th(8, 16, word: 6), .dynsetAdd(set: "ipv6", sreg: k0), .return]
+                           th(8, 16, word: 6), .dynsetAdd(set: "ipv6", sreg: k0),
+                           .dynsetAdd(set: "taken6", sreg: register(word: 6)), .return]
             } + [
-                portMAC + [.dynsetAdd(set: "ll_1", sreg: k0), th(8, 16, word: 6), .dynsetAdd(set: "ipv6", sreg: k0), .return],
+                portMAC + [.dynsetAdd(set: "ll_1", sreg: k0), th(8, 16, word: 6), .dynsetAdd(set: "ipv6", sreg: k0),
+                           .dynsetAdd(set: "taken6", sreg: register(word: 6)), .return],
             ]),
         ]
     }
@@ -386,7 +392,7 @@ enum GuardTable {
             TableSkeleton.appendSet(to: &batch, table: table, family: family, name: set.name, id: id,
                                     keyType: set.fields.reduce(0) { ($0 << 6) | $1.type },
                                     keyLength: set.fields.reduce(0) { $0 + (($1.length + 3) & ~3) }, data: nil,
-                                    flags: set.flags, hostOrderKey: set.fields.count == 1,
+                                    flags: set.flags, hostOrderKey: set.fields.count == 1 && set.fields[0].type == ifname.type,
                                     size: set.flags & setEval != 0 ? 65535 : nil)
             id += 1
         }
@@ -417,6 +423,12 @@ enum GuardTable {
         return out
     }
 
+    /// The `taken6` keys of learned `ipv6` elements (tap . MAC . address): their link-locals.
+    static func taken(_ learned: [(set: String, key: [UInt8])]) -> [(set: String, key: [UInt8])] {
+        learned.filter { $0.set == "ipv6" && $0.key.count == 40 && $0.key[24] == 0xfe && $0.key[25] & 0xc0 == 0x80 }
+            .map { ("taken6", Array($0.key[24..<40])) }
+    }
+
     /// The tap a key starts with.
     static func tap(of key: [UInt8]) -> String {
         String(decoding: key.prefix(16).prefix { $0 != 0 }, as: UTF8.self)
@@ -434,6 +446,7 @@ enum GuardTable {
         if port.spoofing {
             out.append(("spoof", key(port.tap)))
             out.append(("mac", key(port.tap, port.mac.bytes)))
+            out.append(("taken6", linkLocal(port.mac)))
             var six: [[UInt8]] = [linkLocal(port.mac)]
             for a in port.addresses {
                 if a.family == .ipv4 {

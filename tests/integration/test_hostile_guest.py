@@ -384,3 +384,41 @@ def test_a_re_enslaved_tap_gets_its_group_forward_bits_back(glab):
         host.seen.clear()
         send(glab, "udp4", src=VICTIM4, dst="192.168.122.1", dmac="01:80:c2:00:00:0e", port=9999)
         assert host.sources() == set()
+
+
+def test_a_link_local_another_port_claimed_cannot_be_claimed(glab):
+    """The victim, guarded too, uses a stable-privacy link-local (claimed by its DAD probe); the
+    attacker probes the same address and then advertises it: the host's neighbour entry for the
+    victim's link-local must stay the victim's."""
+    y = random_ll()
+    br = glab.bridge
+    sh("ip", "addr", "add", f"{y}/64", "dev", "eth0", "nodad", ns=glab.guest2)
+
+    def host_entry():
+        sh("ip", "-6", "neigh", "flush", "dev", br, ns=glab.host)
+        sh(PY, "-c", "import socket, sys; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+           "s.sendto(b'x', (sys.argv[1], 9, 0, socket.if_nametoindex(sys.argv[2])))", y, br, ns=glab.host)
+        time.sleep(0.3)
+        return lladdr_at_host()
+
+    def lladdr_at_host():
+        out = json.loads(sh("ip", "-j", "-6", "neigh", "show", y, "dev", br, ns=glab.host).stdout or b"[]")
+        return out[0].get("lladdr") if out else None
+
+    assert host_entry() == MAC2
+    send(glab, "na", target=y)
+    settle()
+    assert lladdr_at_host() == MAC1  # baseline: the attacker took the victim's link-local
+
+    vm2 = (glab.xml("<vp:guard ip='192.168.122.11'/>", glab.layout, tap="vnet1", uuid="7a3c1e52-0c55-4a31-9d7e-6f1b2a3c4d02")
+           .replace("<name>vm1</name>", "<name>vm2</name>").replace(MAC1, MAC2))
+    glab.start(vm2)
+    sh(PY, HOSTILE, "send", "eth0", "dad", f"target={y}", ns=glab.guest2)  # the victim's claim
+    guarded(glab)
+    assert host_entry() == MAC2
+    send(glab, "dad", target=y)
+    send(glab, "na", target=y)
+    settle()
+    assert lladdr_at_host() == MAC2
+    rows = {r["tap"]: {k: v for k, v in r["dropped"].items() if v} for r in glab.guards_json()}
+    assert rows == {"vnet0": {"nd": 2}, "vnet1": {}}
