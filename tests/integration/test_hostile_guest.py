@@ -334,8 +334,8 @@ def test_rogue_dhcpv6_server_from_another_port(glab):
 
 def test_dhcp_release_for_another_vms_chaddr(glab):
     """DHCPRELEASE of the victim's lease, chaddr the victim's MAC, from the attacker's own MAC and
-    address: the server drops the victim's lease. (What lease following then does with it is
-    test_lease_trust's; here: the message never reaches the server.)"""
+    address: the server drops the victim's lease. (What virtport's lease following then does
+    with such a lease is for the lease-validation tests; here: the message never reaches the server.)"""
     leases = dnsmasq(glab)
     bmac = mac_of(glab, glab.host, glab.bridge)
 
