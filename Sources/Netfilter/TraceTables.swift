@@ -55,6 +55,17 @@ public struct KernelRule: Sendable {
     /// The raw NEWRULE message (for `ForeignRule.mentions`).
     public var message: [UInt8]
 
+    public init(family: String, table: String, chain: String, handle: UInt64, expressions: [String],
+                verdicts: [(code: Int32, chain: String?)], message: [UInt8]) {
+        self.family = family
+        self.table = table
+        self.chain = chain
+        self.handle = handle
+        self.expressions = expressions
+        self.verdicts = verdicts
+        self.message = message
+    }
+
     /// Whether `text` (NUL-terminated) appears in the rule: a comment or an xt target's name.
     public func mentions(_ text: String) -> Bool { ForeignRule(handle: handle, message: message).mentions(text) }
 
