@@ -30,6 +30,7 @@ def trace(lab, *args):
 
 def finish(p):
     out, err = p.communicate(timeout=30)
+    print(out.decode(), err.decode())   # shown with -s: the README's examples come from here
     return p.returncode, out.decode(), err.decode()
 
 

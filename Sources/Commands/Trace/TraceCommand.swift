@@ -84,6 +84,7 @@ enum TraceCommand {
         defer { try? nf.removeTrace(name: name) }
 
         var report = TraceReport(table: config.table, traceTable: name, proto: proto, hostPort: port, guest: guest)
+        report.limit = count
         report.interfaceName = { index in
             var buf = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
             return if_indextoname(index, &buf) != nil ? String(cString: buf) : "if\(index)"

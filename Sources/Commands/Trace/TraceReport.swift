@@ -38,6 +38,9 @@ struct TraceReport {
 
     private(set) var packets: [Packet] = []
     private var open: [UInt32: Int] = [:]
+    /// Packets followed at most (the rest of a connection is not news): `--count` originals and
+    /// as many replies.
+    var limit = Int.max
 
     init(table: String, traceTable: String, proto: IPProto, hostPort: UInt16, guest: (address: IPAddress, port: UInt16)?) {
         self.table = table
@@ -78,7 +81,7 @@ struct TraceReport {
         switch e.kind {
         case .policy: return "policy \(v)"
         case .return: return "return"
-        default: return v
+        default: return e.handle == nil && e.verdict == -1 ? "end of chain" : v
         }
     }
 
@@ -101,6 +104,7 @@ struct TraceReport {
             } else {
                 if e.table == traceTable && e.kind == .rule && e.verdict == -1 && e.network.isEmpty { continue }
                 let reply = isReply(e)
+                if packets.filter({ $0.reply == reply }).count >= limit { continue }
                 packets.append(Packet(number: packets.count + 1, id: e.id, reply: reply, summary: summary(e, reply: reply)))
                 i = packets.count - 1
                 open[e.id] = i
@@ -199,7 +203,10 @@ struct TraceReport {
             var line = "verdict: reached the guest (forwarded out \(out)"
             if let g = guest { line += " to \(g.address.family == .ipv6 ? "[\(g.address)]" : "\(g.address)"):\(g.port)" }
             line += "); accepted by every table on the way"
-            if replies { line += "; the guest's reply came back through the guard" }
+            if replies {
+                let guarded = packets.contains { $0.reply && $0.hops.contains { $0.owner == "virtport's guard" } }
+                line += guarded ? "; the guest's reply came back through the guard" : "; the guest replied"
+            }
             return (line, .object([("result", .string("reached-guest")), ("out", .string(out)), ("reply", .bool(replies))]))
         }
         return ("verdict: accepted, but not forwarded: the host itself took the packet (no forward for \(proto.rawValue)/\(hostPort) applied?)",
