@@ -71,6 +71,15 @@ def test_reject_in_a_foreign_inet_filter_table(lab):
     assert v["owner"] == "someone's `inet filter`" and v["command"] == "nft -a list chain inet filter forward"
     assert "rejected by someone's `inet filter`" in doc["text"]
     assert no_trace_tables(lab)
+    # doctor, without traffic: the same table and rule, and the command to see it.
+    found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "foreign drops"]
+    assert len(found) == 1 and found[0]["status"] == "warn", found
+    assert f"table inet filter, chain forward, rule handle {v['handle']}" in found[0]["problem"], found
+    assert found[0]["fix"].startswith("nft -a list chain inet filter forward")
+    # Gone: doctor says so.
+    sh("nft", "delete", "table", "inet", "filter", ns=lab.host)
+    found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "foreign drops"]
+    assert [f["status"] for f in found] == ["ok"], found
 
 
 def test_libvirt_iptables_reject(lab):
