@@ -69,6 +69,9 @@ public struct KernelRule: Sendable {
     /// Whether `text` (NUL-terminated) appears in the rule: a comment or an xt target's name.
     public func mentions(_ text: String) -> Bool { ForeignRule(handle: handle, message: message).mentions(text) }
 
+    /// Carries virtport's tag (`virtport:BRIDGE`, the comment of its accept rule in libvirt's chains).
+    public var isVirtportTagged: Bool { Bytes.find(Array("virtport:".utf8), in: message) != nil }
+
     /// The rule ends a packet's path with `reject` (nft) or `-j REJECT` (iptables-nft).
     public var rejects: Bool {
         expressions.contains("reject") || (expressions.contains("target") && ForeignRule(handle: handle, message: message).mentions("REJECT"))

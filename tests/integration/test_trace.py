@@ -154,3 +154,27 @@ def test_usage_errors_exit_2(lab):
                  ["trace", "tcp", "22", "--from", "nope"]):
         r = lab.virtport(*args)
         assert r.returncode == 2 and len(r.stderr.decode().strip().splitlines()) >= 1, (args, r)
+
+
+def test_libvirt_nftables_backend_reject(lab):
+    """libvirt >= 10.4's nftables backend (the fixture): virtport's accept rule first in guest_input,
+    then libvirt's reject put in front of it (what libvirt does when it rebuilds its rules)."""
+    from test_libvirt_network import libvirt_nftables, write_network
+    write_network(lab)
+    libvirt_nftables(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G1")
+    lab.start(WEB)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("G1")
+    # virtport's tagged accept rule comes first: doctor's static check does not blame libvirt.
+    found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "foreign drops"]
+    assert [f["status"] for f in found] == ["ok"], found
+    sh("nft", "insert", "rule", "ip", "libvirt_network", "guest_input", "oif", "br0", "counter", "reject", ns=lab.host)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    p = trace(lab, "web1", "tcp", "2222", "--timeout", "10")
+    lab.connect(lab.client, "tcp", "203.0.113.1", 2222)
+    rc, out, err = finish(p)
+    assert rc == 0, (out, err)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("verdict: the packet was rejected by libvirt's table ip libvirt_network, chain guest_input"), out
+    found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "foreign drops"]
+    assert found[0]["status"] == "warn" and "table ip libvirt_network, chain guest_input" in found[0]["problem"], found

@@ -45,25 +45,41 @@ enum TraceDoctor {
               let rows = try? db.activeMappings() else { return [] }
         let applied = rows.filter { !$0.mapping.isPending }
         guard !applied.isEmpty, let chains = try? nf.listChains(), let rules = try? nf.listAllRules() else { return [] }
+        let files = LibvirtFiles(config: config, overrides: [])
         var out: [Finding] = []
-        // Per foreign table holding a forward-hook base chain: the first rule that drops.
+        // Per foreign forward-hook base chain and forward: the first rule that may drop its first
+        // packet (after DNAT, to the guest, out of its bridge, ct new).
         var seen = Set<String>()
-        for base in chains where base.hook == 2 && base.type == "filter" && isForeign(base, config: config) {
-            let tableKey = "\(base.family) \(base.table)"
-            if seen.contains(tableKey) { continue }
-            let inTable = rules.filter { $0.family == base.family && $0.table == base.table }
-            guard let (chain, rule) = firstDrop(from: base.name, rules: inTable, depth: 0) else {
-                if base.policy == 0 {
-                    seen.insert(tableKey)
-                    out.append(finding(family: base.family, table: base.table, chain: base.name, handle: nil, applied: applied))
+        for row in applied {
+            let m = row.mapping
+            guard let guest = m.guestAddress else { continue }
+            let packet = ForwardedPacket(family: guest.family, proto: m.proto, guest: guest, guestPort: m.guestPortStart,
+                                         bridge: m.network.flatMap { files.network(named: $0)?.bridge })
+            for base in chains where base.hook == 2 && base.type == "filter" && isForeign(base, config: config)
+                && (base.family == "inet" || base.family == (guest.family == .ipv4 ? "ip" : "ip6")) {
+                let inTable = rules.filter { $0.family == base.family && $0.table == base.table }
+                let hit = firstDrop(from: base.name, rules: inTable, packet: packet, depth: 0)
+                let key: String
+                switch hit {
+                case .drop(let chain, let rule):
+                    key = "\(base.family) \(base.table) \(chain) \(rule.handle)"
+                    if seen.insert(key).inserted {
+                        out.append(finding(family: base.family, table: base.table, chain: chain, handle: rule.handle, forward: m))
+                    }
+                case .accepted:
+                    continue
+                case .end where base.policy == 0:
+                    key = "\(base.family) \(base.table) \(base.name) policy"
+                    if seen.insert(key).inserted {
+                        out.append(finding(family: base.family, table: base.table, chain: base.name, handle: nil, forward: m))
+                    }
+                case .end:
+                    continue
                 }
-                continue
             }
-            seen.insert(tableKey)
-            out.append(finding(family: base.family, table: base.table, chain: chain, handle: rule.handle, applied: applied))
         }
         if out.isEmpty {
-            out.append(.ok("foreign drops", "no foreign forward chain drops or rejects before virtport's forwards (static check)"))
+            out.append(.ok("foreign drops", "no foreign forward chain drops or rejects an applied forward's packets (static check)"))
         }
         return out
     }
@@ -73,28 +89,39 @@ enum TraceDoctor {
         return c.table != config.table && !c.table.hasPrefix(config.table + "_trace_")
     }
 
-    /// The first rule reached from `chain` that drops, before a rule that accepts virtport's
-    /// traffic (its tagged accept rule in libvirt's chain) ends the scan.
-    static func firstDrop(from chain: String, rules: [KernelRule], depth: Int) -> (String, KernelRule)? {
-        guard depth < 8 else { return nil }
-        for r in rules where r.chain == chain {
-            if r.verdicts.contains(where: { $0.code == 1 }) && r.mentions("virtport") { return nil }
-            if r.drops { return (chain, r) }
-            for v in r.verdicts where (v.code == -3 || v.code == -4) {
-                if let target = v.chain, let found = firstDrop(from: target, rules: rules, depth: depth + 1) { return found }
-            }
-            // iptables-nft jumps are "target"-less immediates too; a plain "counter + jump" is covered above.
-        }
-        return nil
+    enum Scan {
+        case drop(String, KernelRule)
+        case accepted
+        case end
     }
 
-    static func finding(family: String, table: String, chain: String, handle: UInt64?, applied: [ActiveMapping]) -> Finding {
+    /// Walks `chain` as the packet would: a rule that surely matches and accepts (or is virtport's
+    /// tagged accept rule) ends it; a rule that may match and drops is the answer; jumps are followed.
+    static func firstDrop(from chain: String, rules: [KernelRule], packet: ForwardedPacket, depth: Int) -> Scan {
+        guard depth < 8 else { return .end }
+        for r in rules where r.chain == chain {
+            if r.isVirtportTagged { return .accepted }
+            let match = r.matches(packet)
+            if match == .no { continue }
+            if r.drops { return .drop(chain, r) }
+            if match == .yes && r.verdicts.contains(where: { $0.code == 1 }) { return .accepted }
+            for v in r.verdicts where v.code == -3 || v.code == -4 {
+                guard let target = v.chain else { continue }
+                switch firstDrop(from: target, rules: rules, packet: packet, depth: depth + 1) {
+                case .end: continue
+                case let other: return other
+                }
+            }
+            if match == .yes && r.verdicts.contains(where: { $0.code == -5 }) { return .end }
+        }
+        return .end
+    }
+
+    static func finding(family: String, table: String, chain: String, handle: UInt64?, forward m: Mapping) -> Finding {
         let which = handle.map { "rule handle \($0)" } ?? "policy drop"
-        let first = applied[0].mapping
-        let forwards = applied.prefix(3).map { MappingText.describe($0.mapping) }.joined(separator: ", ") + (applied.count > 3 ? ", …" : "")
-        return .fail("foreign drops", "table \(family) \(table), chain \(chain), \(which) drops or rejects forwarded packets and may stop \(forwards) (static check: its matches were not evaluated)",
+        return .fail("foreign drops", "table \(family) \(table), chain \(chain), \(which) may drop or reject \(MappingText.describe(m)) (static check: compares on sets, xt matches and the client's address are not evaluated)",
                      why: "a packet must be accepted by every table it crosses: a drop in another table stops a forward virtport applied",
-                     fix: "nft -a list chain \(family) \(table) \(chain)   (see the rule; allow the forward there), and virtport trace \(first.proto.rawValue) \(first.hostPorts.start) to see a real packet's path",
+                     fix: "nft -a list chain \(family) \(table) \(chain)   (see the rule; allow the forward there), and virtport trace \(m.proto.rawValue) \(m.hostPorts.start) to see a real packet's path",
                      status: "warn")
     }
 }
