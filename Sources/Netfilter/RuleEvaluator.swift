@@ -40,6 +40,8 @@ extension KernelRule {
         defer { nftnl_expr_iter_destroy(it) }
         // Register → the bytes it holds for this packet (nil: unknown).
         var regs: [UInt32: [UInt8]?] = [:]
+        // Registers holding the input interface's name: the packet did not come from the guest's bridge.
+        var notBridge = Set<UInt32>()
         var result = RuleMatch.yes
         func u32(_ e: OpaquePointer, _ a: Int) -> UInt32 { nftnl_expr_get_u32(e, UInt16(a)) }
         func data(_ e: OpaquePointer, _ a: Int) -> [UInt8] {
@@ -58,14 +60,18 @@ extension KernelRule {
             case "meta":
                 guard nftnl_expr_is_set(e, UInt16(NFTNL_EXPR_META_DREG)) else { continue }
                 let dreg = u32(e, NFTNL_EXPR_META_DREG)
+                notBridge.remove(dreg)
                 switch u32(e, NFTNL_EXPR_META_KEY) {
                 case NFT_META_L4PROTO.rawValue: regs[dreg] = [p.proto.number]
                 case NFT_META_NFPROTO.rawValue: regs[dreg] = [UInt8(p.family == .ipv4 ? NFPROTO_IPV4 : NFPROTO_IPV6)]
                 case NFT_META_OIFNAME.rawValue: regs[dreg] = p.bridge.map(name)
-                case NFT_META_IIFNAME.rawValue: regs[dreg] = .some(nil)
+                case NFT_META_IIFNAME.rawValue:
+                    regs[dreg] = .some(nil)
+                    if p.bridge != nil { notBridge.insert(dreg) }
                 default: regs[dreg] = .some(nil)
                 }
             case "payload":
+                notBridge.remove(u32(e, NFTNL_EXPR_PAYLOAD_DREG))
                 let dreg = u32(e, NFTNL_EXPR_PAYLOAD_DREG), base = u32(e, NFTNL_EXPR_PAYLOAD_BASE)
                 let off = Int(u32(e, NFTNL_EXPR_PAYLOAD_OFFSET)), len = Int(u32(e, NFTNL_EXPR_PAYLOAD_LEN))
                 var value: [UInt8]?
@@ -81,6 +87,7 @@ extension KernelRule {
                 }
                 regs[dreg] = .some(value)
             case "ct":
+                notBridge.remove(u32(e, NFTNL_EXPR_CT_DREG))
                 guard nftnl_expr_is_set(e, UInt16(NFTNL_EXPR_CT_DREG)) else { continue }
                 let dreg = u32(e, NFTNL_EXPR_CT_DREG)
                 switch u32(e, NFTNL_EXPR_CT_KEY) {
@@ -99,6 +106,13 @@ extension KernelRule {
             case "cmp":
                 let sreg = u32(e, NFTNL_EXPR_CMP_SREG), op = u32(e, NFTNL_EXPR_CMP_OP)
                 let d = data(e, NFTNL_EXPR_CMP_DATA)
+                if notBridge.contains(sreg), let bridge = p.bridge {
+                    // iptables-nft compares the name and its NUL (or a prefix for `br+`); nft all 16 bytes.
+                    let named = Array(d.prefix { $0 != 0 }) == Array(bridge.utf8)
+                    if op == NFT_CMP_EQ.rawValue && named { return .no }
+                    if !(op == NFT_CMP_NEQ.rawValue && named) { result = .maybe }
+                    continue
+                }
                 guard case .some(.some(let v)) = regs[sreg], v.count >= d.count else { result = .maybe; continue }
                 let equal = Array(v.prefix(d.count)) == d
                 switch op {

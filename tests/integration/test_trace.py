@@ -85,6 +85,12 @@ def test_reject_in_a_foreign_inet_filter_table(lab):
 def test_libvirt_iptables_reject(lab):
     """libvirt 9.0's iptables backend (iptables-nft): LIBVIRT_FWI's reject, virtport's accept rule removed."""
     up(lab)
+    # LIBVIRT_FWO first (guests' outgoing traffic: `-i br0`): doctor must see it cannot hit a
+    # packet going *to* the guest, and name LIBVIRT_FWI's reject instead.
+    sh("iptables", "-w", "-N", "LIBVIRT_FWO", ns=lab.host)
+    sh("iptables", "-w", "-A", "FORWARD", "-j", "LIBVIRT_FWO", ns=lab.host)
+    sh("iptables", "-w", "-A", "LIBVIRT_FWO", "-s", "192.168.122.0/24", "-i", "br0", "-j", "ACCEPT", ns=lab.host)
+    sh("iptables", "-w", "-A", "LIBVIRT_FWO", "-i", "br0", "-j", "REJECT", ns=lab.host)
     sh("iptables", "-w", "-N", "LIBVIRT_FWI", ns=lab.host)
     sh("iptables", "-w", "-A", "FORWARD", "-j", "LIBVIRT_FWI", ns=lab.host)
     sh("iptables", "-w", "-A", "LIBVIRT_FWI", "-d", "192.168.122.0/24", "-o", "br0", "-m", "conntrack",
@@ -101,7 +107,7 @@ def test_libvirt_iptables_reject(lab):
     # doctor sees it without traffic.
     r = lab.virtport("doctor", "--json")
     found = [f for f in json.loads(r.stdout) if f["check"] == "foreign drops"]
-    assert found and found[0]["status"] == "warn" and "LIBVIRT_FWI" in found[0]["problem"], found
+    assert len(found) == 1 and found[0]["status"] == "warn" and "chain LIBVIRT_FWI" in found[0]["problem"], found
     assert "nft -a list chain ip filter LIBVIRT_FWI" in found[0]["fix"]
 
 
