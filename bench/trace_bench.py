@@ -97,6 +97,9 @@ def main():
         sh(a.helper, "connect", "203.0.113.1", "2222", "0.5", ns=c)   # warm-up, and the path works
 
         def rate():
+            # Both states start from the same quiet: the trace's start (or the previous round's
+            # teardown, whose table deletion the kernel finishes in an RCU grace period) settles first.
+            time.sleep(0.5)
             out = sh(a.helper, "connect", "203.0.113.1", "2222", a.seconds, ns=c).stdout.split()
             return float(out[2])
 

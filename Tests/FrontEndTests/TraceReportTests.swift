@@ -42,6 +42,7 @@ struct TraceReportTests {
     @Test func rejectInAForeignTableIsTheVerdict() {
         var r = report()
         let lines = r.add([
+            event(9, 1, "filter", "forward", .rule, handle: 3, verdict: 1),        // someone else's trace: not ours
             event(1, 1, "virtport_trace_42", "prerouting", .rule, handle: 2, verdict: -1),
             event(1, 1, "virtport", "prerouting", .rule, handle: 15, verdict: 1),
             event(1, 1, "filter", "forward", .rule, handle: 3, verdict: 0, oif: 3),
@@ -58,18 +59,21 @@ struct TraceReportTests {
 
     @Test func policyDrop() {
         var r = report()
-        _ = r.add([event(1, 1, "filter", "forward", .policy, policy: 0)])
+        _ = r.add([event(1, 1, "virtport_trace_42", "prerouting", .rule, handle: 2, verdict: -1),
+                   event(1, 1, "filter", "forward", .policy, policy: 0)])
         #expect(r.verdict.line.contains("dropped by someone's `inet filter` table inet filter, the policy of chain forward"))
     }
 
     @Test func cleanPathThenTheGuardDropsTheReply() {
         var r = report()
         _ = r.add([
+            event(1, 1, "virtport_trace_42", "prerouting", .rule, handle: 2, verdict: -1),
             event(1, 1, "virtport", "prerouting", .rule, handle: 15, verdict: 1),
             event(1, 1, "virtport", "postrouting", .policy, policy: 1, oif: 3),
         ])
         #expect(r.verdict.line.hasPrefix("verdict: reached the guest (forwarded out br0 to 192.168.122.10:22)"))
-        let lines = r.add([event(2, 7, "virtport", "ip4", .rule, handle: 9, verdict: 0, iif: 4, reply: true)])
+        let lines = r.add([event(2, 7, "virtport_trace_42", "prerouting", .rule, handle: 1, verdict: -1, iif: 4, reply: true),
+                           event(2, 7, "virtport", "ip4", .rule, handle: 9, verdict: 0, iif: 4, reply: true)])
         #expect(lines.first == "#2 reply 192.168.122.10:22 -> 203.0.113.2:40000 tcp [S.] in vnet0")
         #expect(r.verdict.line.hasPrefix("verdict: the guest's reply was dropped by virtport's guard table bridge virtport, chain ip4, rule handle 9"))
         #expect(r.originalsDone == 1)

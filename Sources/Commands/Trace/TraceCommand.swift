@@ -75,6 +75,8 @@ enum TraceCommand {
         for s in [SIGINT, SIGTERM, SIGHUP] {
             _ = signal(s) { _ in traceStop = 1 }
         }
+        // A closed stdout (`| head`) must not kill the trace before it removes its tables.
+        _ = signal(SIGPIPE, SIG_IGN)
         do {
             try nf.installTrace(name: name, match: TraceMatch(proto: proto, hostPort: port, from: from, guest: guest))
         } catch {

@@ -102,7 +102,9 @@ struct TraceReport {
             if let known = open[e.id] {
                 i = known
             } else {
-                if e.table == traceTable && e.kind == .rule && e.verdict == -1 && e.network.isEmpty { continue }
+                // A packet is ours when our own marking rule is its first event (another tool's
+                // trace, or another virtport trace, marks its packets elsewhere).
+                guard e.table == traceTable, !e.network.isEmpty else { continue }
                 let reply = isReply(e)
                 if packets.filter({ $0.reply == reply }).count >= limit { continue }
                 packets.append(Packet(number: packets.count + 1, id: e.id, reply: reply, summary: summary(e, reply: reply)))
