@@ -184,3 +184,23 @@ def test_libvirt_nftables_backend_reject(lab):
     assert last.startswith("verdict: the packet was rejected by libvirt's table ip libvirt_network, chain guest_input"), out
     found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "foreign drops"]
     assert found[0]["status"] == "warn" and "table ip libvirt_network, chain guest_input" in found[0]["problem"], found
+
+
+def test_drop_before_virtports_dnat(lab):
+    """A foreign prerouting chain ahead of virtport's DNAT (priority raw) drops the host port:
+    the trace names it, and doctor finds it without traffic."""
+    up(lab)
+    sh("nft", "-f", "-", ns=lab.host, input=b"table inet raw {\n chain prerouting {\n type filter hook prerouting priority -300;\n"
+       b" tcp dport 2222 drop\n tcp dport 9999 drop\n }\n}\n")
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "foreign drops"]
+    assert len(found) == 1 and "table inet raw, chain prerouting, rule handle" in found[0]["problem"], found
+    handle = int(found[0]["problem"].split("rule handle ")[1].split()[0])
+    p = trace(lab, "tcp", "2222", "--timeout", "10", "--json")
+    lab.connect(lab.client, "tcp", "203.0.113.1", 2222)
+    rc, out, err = finish(p)
+    v = json.loads(out)["verdict"]
+    assert (v["result"], v["table"], v["chain"], v["handle"]) == ("dropped", "raw", "prerouting", handle), v
+    # The second rule (another port) is not blamed: the first rule is the one for 2222.
+    rules = sh("nft", "-a", "list", "chain", "inet", "raw", "prerouting", ns=lab.host).stdout.decode()
+    assert f"tcp dport 2222 drop # handle {handle}" in rules, rules

@@ -53,28 +53,32 @@ enum TraceDoctor {
         for row in applied {
             let m = row.mapping
             guard let guest = m.guestAddress else { continue }
-            let packet = ForwardedPacket(family: guest.family, proto: m.proto, guest: guest, guestPort: m.guestPortStart,
-                                         bridge: m.network.flatMap { files.network(named: $0)?.bridge })
-            for base in chains where base.hook == 2 && base.type == "filter" && isForeign(base, config: config)
-                && (base.family == "inet" || base.family == (guest.family == .ipv4 ? "ip" : "ip6")) {
+            let bridge = m.network.flatMap { files.network(named: $0)?.bridge }
+            let ip = guest.family == .ipv4 ? "ip" : "ip6"
+            // Which packets each hook sees: the first packet before DNAT (prerouting), after it
+            // (forward), and the guest's reply (forward).
+            for base in chains where base.type == "filter" && isForeign(base, config: config) && (base.family == "inet" || base.family == ip) {
+                let packets: [(PacketModel, String)]
+                switch base.hook {
+                case 0: packets = [(.prerouting(m, guest: guest, bridge: bridge, priority: base.priority ?? 0), "its packets")]
+                case 2: packets = [(.forwardOriginal(m, guest: guest, bridge: bridge), "its packets"),
+                                   (.forwardReply(m, guest: guest, bridge: bridge), "the guest's replies")]
+                default: continue
+                }
                 let inTable = rules.filter { $0.family == base.family && $0.table == base.table }
-                let hit = firstDrop(from: base.name, rules: inTable, packet: packet, depth: 0)
-                let key: String
-                switch hit {
-                case .drop(let chain, let rule):
-                    key = "\(base.family) \(base.table) \(chain) \(rule.handle)"
-                    if seen.insert(key).inserted {
-                        out.append(finding(family: base.family, table: base.table, chain: chain, handle: rule.handle, forward: m))
+                for (packet, what) in packets {
+                    switch firstDrop(from: base.name, rules: inTable, packet: packet, depth: 0) {
+                    case .drop(let chain, let rule):
+                        if seen.insert("\(base.family) \(base.table) \(chain) \(rule.handle)").inserted {
+                            out.append(finding(family: base.family, table: base.table, chain: chain, handle: rule.handle, forward: m, what: what))
+                        }
+                    case .end where base.policy == 0:
+                        if seen.insert("\(base.family) \(base.table) \(base.name) policy").inserted {
+                            out.append(finding(family: base.family, table: base.table, chain: base.name, handle: nil, forward: m, what: what))
+                        }
+                    case .accepted, .end:
+                        continue
                     }
-                case .accepted:
-                    continue
-                case .end where base.policy == 0:
-                    key = "\(base.family) \(base.table) \(base.name) policy"
-                    if seen.insert(key).inserted {
-                        out.append(finding(family: base.family, table: base.table, chain: base.name, handle: nil, forward: m))
-                    }
-                case .end:
-                    continue
                 }
             }
         }
@@ -97,7 +101,7 @@ enum TraceDoctor {
 
     /// Walks `chain` as the packet would: a rule that surely matches and accepts (or is virtport's
     /// tagged accept rule) ends it; a rule that may match and drops is the answer; jumps are followed.
-    static func firstDrop(from chain: String, rules: [KernelRule], packet: ForwardedPacket, depth: Int) -> Scan {
+    static func firstDrop(from chain: String, rules: [KernelRule], packet: PacketModel, depth: Int) -> Scan {
         guard depth < 8 else { return .end }
         for r in rules where r.chain == chain {
             if r.isVirtportTagged { return .accepted }
@@ -117,9 +121,9 @@ enum TraceDoctor {
         return .end
     }
 
-    static func finding(family: String, table: String, chain: String, handle: UInt64?, forward m: Mapping) -> Finding {
+    static func finding(family: String, table: String, chain: String, handle: UInt64?, forward m: Mapping, what: String) -> Finding {
         let which = handle.map { "rule handle \($0)" } ?? "policy drop"
-        return .fail("foreign drops", "table \(family) \(table), chain \(chain), \(which) may drop or reject \(MappingText.describe(m)) (static check: compares on sets, xt matches and the client's address are not evaluated)",
+        return .fail("foreign drops", "table \(family) \(table), chain \(chain), \(which) may drop or reject \(what) of \(MappingText.describe(m)) (static check: compares on sets, xt matches and the client's address are not evaluated)",
                      why: "a packet must be accepted by every table it crosses: a drop in another table stops a forward virtport applied",
                      fix: "nft -a list chain \(family) \(table) \(chain)   (see the rule; allow the forward there), and virtport trace \(m.proto.rawValue) \(m.hostPorts.start) to see a real packet's path",
                      status: "warn")
