@@ -68,6 +68,7 @@ struct Doctor {
         out.append(apparmor(exe: exe))
         out.append(selinux())
         out += FirewallDoctor.findings()
+        out += TraceDoctor.findings(config: config)
         out.append(ipForward())
         out.append(brNetfilter())
         let journalOK = journal(into: &out)
