@@ -456,6 +456,15 @@ public final class JournalDB {
 
     static func idArray(_ rows: [ActiveMapping]) -> SQLValue { idArray(rows.map(\.id)) }
 
+    /// Whether a forward on one of `hostPorts` (`proto`) was taken down at or after `since`
+    /// (microseconds): an ongoing flow to that port may then hold a conntrack entry made while
+    /// nothing forwarded it. One indexed query (history_at).
+    public func releasedRecently(proto: IPProto, hostPorts: PortRange, since: Int64) throws(VirtPortError) -> Bool {
+        try conn.scalar("SELECT 1 FROM history WHERE at >= ? AND action = 'remove' AND proto = ? "
+                        + "AND host_port_start <= ? AND host_port_end >= ? LIMIT 1",
+                        [.int(since), .text(proto.rawValue), .int(Int64(hostPorts.end)), .int(Int64(hostPorts.start))]) != nil
+    }
+
     /// The identity's last history action ("add"/"remove"), nil if none.
     func lastAction(domainUUID: String, mapping: Mapping) throws(VirtPortError) -> HistoryAction? {
         try conn.scalarText("SELECT action FROM history WHERE \(Schema.identityWhere) ORDER BY id DESC LIMIT 1",

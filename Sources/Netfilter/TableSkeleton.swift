@@ -47,8 +47,9 @@ enum TableSkeleton {
         return [
             Chain(name: "prerouting", hook: NF_INET_PRE_ROUTING, priority: -100, rules: prerouting),
             Chain(name: "output", hook: NF_INET_LOCAL_OUT, priority: -100, rules: output),
+            // Recording first: the masquerade that follows ends the chain.
             Chain(name: "postrouting", hook: NF_INET_POST_ROUTING, priority: 100,
-                  rules: HairpinSet.all.map(hairpinRule)),
+                  rules: FlowSet.all.map(\.rule) + HairpinSet.all.map(hairpinRule)),
         ]
     }
 
@@ -111,6 +112,13 @@ enum TableSkeleton {
                       keyLength: set.keyLength, data: nil, flags: UInt32(NFT_SET_INTERVAL.rawValue))
             setID += 1
         }
+        for set in FlowSet.all {
+            appendSet(to: &batch, table: table, name: set.name, id: setID, keyType: set.keyType,
+                      keyLength: set.keyLength, data: (set.dataType, set.dataLength),
+                      flags: UInt32(NFT_SET_MAP.rawValue | NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue),
+                      timeoutMs: FlowSet.timeoutMs, size: FlowSet.capacity)
+            setID += 1
+        }
         for chain in chains {
             appendChain(to: &batch, table: table, chain: chain)
             for rule in chain.rules { appendRule(to: &batch, table: table, chain: chain.name, rule) }
@@ -146,7 +154,8 @@ enum TableSkeleton {
     /// - Parameter objectType: for an object map (NFT_SET_OBJECT in `flags`), NFT_OBJECT_*.
     static func appendSet(to batch: inout Batch, table: String, family: TableFamily = .inet, name: String, id: UInt32,
                           keyType: UInt32, keyLength: Int, data: (type: UInt32, length: Int)?, flags: UInt32,
-                          objectType: UInt32? = nil, hostOrderKey: Bool = false) {
+                          objectType: UInt32? = nil, hostOrderKey: Bool = false, timeoutMs: UInt64? = nil,
+                          size: UInt32? = nil) {
         let s = nftnl_set_alloc()!
         defer { nftnl_set_free(s) }
         nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
@@ -168,6 +177,8 @@ enum TableSkeleton {
         }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue), flags)
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_ID.rawValue), id)
+        if let timeoutMs { nftnl_set_set_u64(s, UInt16(NFTNL_SET_TIMEOUT.rawValue), timeoutMs) }
+        if let size { nftnl_set_set_u32(s, UInt16(NFTNL_SET_DESC_SIZE.rawValue), size) }
         let kind = data == nil && objectType == nil ? "set" : "map"
         batch.append(NFT_MSG_NEWSET, flags: Netlink.create, family: UInt16(family.nfproto),
                      operation: .object("add \(kind) \(name) to table \(family) \(table)")) {
