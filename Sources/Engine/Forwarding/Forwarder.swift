@@ -108,7 +108,13 @@ public struct Forwarder {
     /// Removes every forward virtport holds (`virtport uninstall`): the journal's mappings are
     /// closed with history, the table is deleted and libvirt's accept rules go with them.
     public func removeEverything(reason: String) throws(VirtPortError) -> Int {
-        guard let db = try resources.existingJournal(readOnly: false) else { return 0 }
+        guard let db = try resources.existingJournal(readOnly: false) else {
+            // No journal, but a table may still be there (a journal moved aside, a crash).
+            do { try resources.kernel().deleteTable() } catch {
+                throw .operational("cannot delete table inet \(config.table)", cause: error)
+            }
+            return 0
+        }
         return try resources.changeLock().withExclusive { () throws(VirtPortError) -> Int in
             let rows = try db.activeMappings()
             var intents: [[ActiveMapping]] = []
