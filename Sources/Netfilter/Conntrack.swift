@@ -142,8 +142,7 @@ extension NetfilterSession {
             }
             var byTuple: [Conntrack.Tuple: [UInt8]] = [:]
             for element in recorded {
-                guard let flow = set.decode(key: element.key, data: element.data), mine.contains(where: flow.created(by:))
-                else { continue }
+                guard let flow = set.decode(element.key), mine.contains(where: flow.created(by:)) else { continue }
                 byTuple[Conntrack.Tuple(source: flow.source, destination: flow.destination, proto: flow.proto,
                                         sourcePort: flow.sourcePort, destinationPort: flow.destinationPort)] = element.key
             }

@@ -17,12 +17,8 @@ enum RuleExpression: Equatable {
     case fibDaddrType(dreg: UInt32)
     /// `ct KEY` into `dreg`.
     case ct(nft_ct_keys, dreg: UInt32)
-    /// `ct original|reply KEY` into `dreg` (direction 0: original, 1: reply; nil: none, for keys
-    /// that have no direction such as `ct protocol`).
-    case ctDirected(nft_ct_keys, direction: UInt8?, dreg: UInt32)
-    /// `add @MAP { key from sreg : data from dataReg }`: the kernel adds the element from the
-    /// packet path (dynset).
-    case dynsetAdd(set: String, sreg: UInt32, dataReg: UInt32)
+    /// `add @SET { key from sreg }`: the kernel adds the element from the packet path (dynset).
+    case dynsetAdd(set: String, sreg: UInt32)
     /// `reg = (reg & mask) ^ xor`.
     case bitwise(reg: UInt32, mask: [UInt8], xor: [UInt8])
     /// Set/map lookup; `dreg` nil for a plain set.
@@ -52,7 +48,7 @@ enum RuleExpression: Equatable {
         case .cmp: "cmp"
         case .payload: "payload"
         case .fibDaddrType: "fib"
-        case .ct, .ctDirected: "ct"
+        case .ct: "ct"
         case .dynsetAdd: "dynset"
         case .bitwise: "bitwise"
         case .lookup: "lookup"
@@ -98,16 +94,9 @@ enum RuleExpression: Equatable {
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_KEY), key.rawValue)
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_DREG), dreg)
             return e
-        case .ctDirected(let key, let direction, let dreg):
-            let e = nftnl_expr_alloc("ct")!
-            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_KEY), key.rawValue)
-            if let direction { nftnl_expr_set_u8(e, UInt16(NFTNL_EXPR_CT_DIR), direction) }
-            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_CT_DREG), dreg)
-            return e
-        case .dynsetAdd(let set, let sreg, let dataReg):
+        case .dynsetAdd(let set, let sreg):
             let e = nftnl_expr_alloc("dynset")!
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_DYNSET_SREG_KEY), sreg)
-            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_DYNSET_SREG_DATA), dataReg)
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_DYNSET_OP), UInt32(NFT_DYNSET_OP_ADD.rawValue))
             nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_DYNSET_SET_NAME), set)
             return e

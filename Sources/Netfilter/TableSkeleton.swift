@@ -33,24 +33,35 @@ enum TableSkeleton {
 
     static var chains: [Chain] {
         let families: [Family] = [.ipv4, .ipv6]
+        // Each DNAT rule comes after the rule that records the connections it takes (`FlowSet`).
         let prerouting = families.flatMap { family in
             // Most specific first: dev+addr, addr, dev, neither.
-            [(true, true), (false, true), (true, false), (false, false)].map { dev, addr in
-                dnatRule(ForwardMap(family: family, hasAddress: addr, hasDev: dev))
+            [(true, true), (false, true), (true, false), (false, false)].flatMap { dev, addr in
+                let map = ForwardMap(family: family, hasAddress: addr, hasDev: dev)
+                return [recordRule(map), dnatRule(map)]
             }
         }
         let output = families.flatMap { family in
-            [true, false].map { addr in
-                dnatRule(ForwardMap(family: family, hasAddress: addr, hasDev: false), skipLoopback: !addr)
+            [true, false].flatMap { addr in
+                let map = ForwardMap(family: family, hasAddress: addr, hasDev: false)
+                return [recordRule(map, skipLoopback: !addr), dnatRule(map, skipLoopback: !addr)]
             }
         }
         return [
             Chain(name: "prerouting", hook: NF_INET_PRE_ROUTING, priority: -100, rules: prerouting),
             Chain(name: "output", hook: NF_INET_LOCAL_OUT, priority: -100, rules: output),
-            // Recording first: the masquerade that follows ends the chain.
             Chain(name: "postrouting", hook: NF_INET_POST_ROUTING, priority: 100,
-                  rules: FlowSet.all.map(\.rule) + HairpinSet.all.map(hairpinRule)),
+                  rules: HairpinSet.all.map(hairpinRule)),
         ]
+    }
+
+    /// `fib daddr type local KEY @MAP add @flowsN { ip saddr . th sport . meta l4proto . ip daddr
+    /// . th dport }`: the DNAT rule's match (the map's key present), then the connection recorded.
+    static func recordRule(_ map: ForwardMap, skipLoopback: Bool = false) -> [RuleExpression] {
+        var rule = dnatRule(map, skipLoopback: skipLoopback)
+        rule.removeLast(2)  // the lookup with a data register, and the dnat
+        rule.append(.lookup(set: map.name, sreg: register(word: 0), dreg: nil))
+        return rule + FlowSet(family: map.family).record
     }
 
     /// `fib daddr type local dnat ip to KEY map @MAP`: loads the key fields into consecutive
@@ -114,8 +125,8 @@ enum TableSkeleton {
         }
         for set in FlowSet.all {
             appendSet(to: &batch, table: table, name: set.name, id: setID, keyType: set.keyType,
-                      keyLength: set.keyLength, data: (set.dataType, set.dataLength),
-                      flags: UInt32(NFT_SET_MAP.rawValue | NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue),
+                      keyLength: set.keyLength, data: nil,
+                      flags: UInt32(NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue),
                       timeoutMs: FlowSet.timeoutMs, size: FlowSet.capacity)
             setID += 1
         }

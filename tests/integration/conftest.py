@@ -171,7 +171,7 @@ class Lab:
         # flows4/flows6 are the kernel's own record of translated connections (README "Connection
         # tracking"): they change with traffic, not with what virtport programs.
         for item in items:
-            m = item.get("map")
+            m = item.get("set")
             if m and m.get("name") in ("flows4", "flows6"):
                 m.pop("elem", None)
         return items

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Journal
 import POSIX
 import VirtPortCore
 
@@ -9,6 +10,31 @@ import VirtPortCore
 final class HostFacts {
     private var cached: [IPAddress]??
     private var networks: [String: NetworkDefinition?] = [:]
+    private var leaseFiles: [String: LeaseIndex] = [:]
+
+    private var refusals = Set<String>()
+    private var openedJournal: JournalDB??
+
+    /// Runs `body` the first time `key` is seen: one log line per refused lease and plan.
+    func refuseOnce(_ key: String, _ body: () -> Void) {
+        if refusals.insert(key).inserted { body() }
+    }
+
+    /// The journal, opened read-only once (nil: none).
+    func journal(_ open: () -> JournalDB?) -> JournalDB? {
+        if let openedJournal { return openedJournal }
+        let db = open()
+        openedJournal = .some(db)
+        return db
+    }
+
+    /// `read()`'s answer for the status file of `bridge`, parsed and indexed once.
+    func leases(_ bridge: String, read: () -> LeaseIndex) -> LeaseIndex {
+        if let known = leaseFiles[bridge] { return known }
+        let index = read()
+        leaseFiles[bridge] = index
+        return index
+    }
 
     /// `read()`'s answer for network `name`, read once.
     func network(_ name: String, read: () -> NetworkDefinition?) -> NetworkDefinition? {
@@ -51,5 +77,23 @@ final class HostFacts {
             }
         }
         return out
+    }
+}
+
+/// One status file's unexpired leases, indexed by MAC and by address: read and parsed once per
+/// plan however many forwards and guards ask (a 65,536-lease file costs its parse once).
+struct LeaseIndex {
+    var byMAC: [MACAddress: [DnsmasqStatus.Lease]] = [:]
+    var byAddress: [IPAddress: [MACAddress]] = [:]
+
+    init() {}
+
+    init(_ leases: [DnsmasqStatus.Lease], now: Int64) {
+        byMAC.reserveCapacity(leases.count)
+        byAddress.reserveCapacity(leases.count)
+        for l in leases where l.expiry == 0 || l.expiry > now {
+            byMAC[l.mac, default: []].append(l)
+            byAddress[l.address, default: []].append(l.mac)
+        }
     }
 }

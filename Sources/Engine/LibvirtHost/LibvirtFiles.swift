@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Journal
 import POSIX
 public import VirtPortCore
 
@@ -39,26 +40,85 @@ public struct LibvirtFiles: GuestAddressResolver {
     public func localAddresses() -> [IPAddress]? { facts.localAddresses }
 
     public func leaseHolders(network name: String, address: IPAddress) -> [MACAddress] {
-        guard let bridge = network(name)?.bridge,
-              let bytes = (try? IO.readFile("\(config.libvirtStateDir)/dnsmasq/\(bridge).status")) ?? nil
-        else { return [] }
-        let now = Int64(time(nil))
-        return (DnsmasqStatus.complete(bytes) ?? []).filter { $0.address == address && ($0.expiry == 0 || $0.expiry > now) }.map(\.mac)
+        guard let bridge = network(name)?.bridge else { return [] }
+        return leaseIndex(bridge).byAddress[address] ?? []
+    }
+
+    /// The status file of `bridge`, unexpired leases indexed (read and parsed once per resolver).
+    func leaseIndex(_ bridge: String) -> LeaseIndex {
+        facts.leases(bridge) {
+            guard let bytes = (try? IO.readFile("\(config.libvirtStateDir)/dnsmasq/\(bridge).status")) ?? nil,
+                  let all = DnsmasqStatus.complete(bytes) else { return LeaseIndex() }
+            return LeaseIndex(all, now: Int64(time(nil)))
+        }
     }
 
     public func reservation(network name: String, mac: MACAddress, family: Family?) -> IPAddress? {
         network(name)?.reservation(for: mac, family: family)
     }
 
+    /// The newest lease of `mac` that passes the same checks as `guest=` (README "Security": a
+    /// guest can make dnsmasq lease it another NIC's MAC's address): in the network's subnet, not
+    /// the gateway or another host address, not reserved or leased to another MAC, not the address
+    /// of another NIC's forward or guard in the journal. A lease that fails them is refused (logged)
+    /// and what the NIC's lease-sourced forwards and guards use now stays their answer.
     public func lease(network name: String, mac: MACAddress, family: Family?) -> IPAddress? {
-        guard let bridge = network(name)?.bridge,
-              let bytes = (try? IO.readFile("\(config.libvirtStateDir)/dnsmasq/\(bridge).status")) ?? nil
-        else { return nil }
-        let now = Int64(time(nil))
-        // Newest lease wins when dnsmasq still lists an old one for the same MAC.
-        return (DnsmasqStatus.complete(bytes) ?? [])
-            .filter { $0.mac == mac && (family == nil || $0.address.family == family) && ($0.expiry == 0 || $0.expiry > now) }
-            .max(by: { $0.expiry < $1.expiry })?.address
+        guard let definition = network(name), let bridge = definition.bridge else { return nil }
+        // Newest first: dnsmasq may still list an old lease for the same MAC.
+        let candidates = (leaseIndex(bridge).byMAC[mac] ?? [])
+            .filter { family == nil || $0.address.family == family }
+            .sorted { $0.expiry > $1.expiry }
+        var refused = false
+        for lease in candidates {
+            guard let why = leaseRefusal(lease.address, mac: mac, network: definition) else { return lease.address }
+            refused = true
+            facts.refuseOnce("\(mac) \(lease.address)") {
+                EventLog(config: config).refused("DHCP lease of \(mac) on network '\(Quoted.message(name))': "
+                    + "\(lease.address) \(why); not followed: its forwards and guards keep their address")
+            }
+        }
+        return refused ? currentLeaseAddress(mac: mac, family: family) : nil
+    }
+
+    /// Why `address`, leased to `mac`, cannot be that NIC's address; nil when it can.
+    func leaseRefusal(_ address: IPAddress, mac: MACAddress, network: NetworkDefinition) -> String? {
+        if let why = Planner.unusableReason(address) { return "is \(why)" }
+        if !network.ips.isEmpty {
+            guard let ip = network.ips.first(where: { $0.subnet.contains(address) }) else {
+                return "is outside the network's subnets (\(network.ips.map(\.subnet.description).joined(separator: ", ")))"
+            }
+            if address == ip.address { return "is the host's own address on the network (its gateway)" }
+            if let why = HostChecks.edgeReason(address, of: ip.subnet) { return "is \(why) of \(ip.subnet)" }
+            if let host = network.ips.flatMap(\.hosts).first(where: { $0.ip == address && $0.mac != mac }) {
+                return "is reserved for another interface (mac \(host.mac))"
+            }
+        }
+        if localAddresses()?.contains(address) == true { return "is one of the host's own addresses" }
+        if let other = leaseIndex(network.bridge ?? "").byAddress[address]?.first(where: { $0 != mac }) {
+            return "is leased to another interface too (mac \(other))"
+        }
+        if let owner = journalHolder(of: address, except: mac) { return "belongs to \(owner)" }
+        return nil
+    }
+
+    /// Another NIC that uses `address` according to the journal (a forward's guest address, a guard's
+    /// allowed address): "domain 'NAME' (mac M)", or nil. Read-only; no journal: nil.
+    func journalHolder(of address: IPAddress, except mac: MACAddress) -> String? {
+        guard let db = journal() else { return nil }
+        return try? db.addressHolder(address, exceptMAC: mac.description)
+    }
+
+    /// The address the NIC's lease-sourced forwards or guard use now (the journal), of `family`.
+    func currentLeaseAddress(mac: MACAddress, family: Family?) -> IPAddress? {
+        guard let db = journal() else { return nil }
+        return ((try? db.leaseAddresses(mac: mac.description)) ?? []).first { family == nil || $0.family == family }
+    }
+
+    func journal() -> JournalDB? {
+        facts.journal {
+            guard FileSystem.exists(config.databasePath) else { return nil }
+            return try? JournalDB(path: config.databasePath, readOnly: true)
+        }
     }
 }
 
@@ -74,55 +134,141 @@ public enum DnsmasqStatus {
     /// The leases of a whole file, or nil when it is not one complete JSON array of leases (a
     /// half-written or garbage file tells nothing: a truncated "192.168.122.61" reads as a valid
     /// "192.168.122.6"). leaseshelper replaces the file by rename, so a reader normally sees whole files.
+    /// One pass over the bytes (no String per field): a 65,536-lease file parses in milliseconds.
     public static func complete(_ bytes: [UInt8]) -> [Lease]? {
-        let text = String(decoding: bytes, as: UTF8.self).trimmed
-        guard text.hasPrefix("["), text.hasSuffix("]") else { return nil }
-        guard text.reduce(0, { $1 == "{" ? $0 + 1 : $0 }) == text.reduce(0, { $1 == "}" ? $0 + 1 : $0 }) else { return nil }
-        var malformed = false
-        let parsed = leases(bytes, malformed: &malformed)
-        return malformed ? nil : parsed
+        bytes.withUnsafeBufferPointer { parse($0) }
     }
 
     /// The unexpired leases of a file by MAC (addresses sorted), nil when the file is not complete.
     public static func current(_ bytes: [UInt8], now: Int64) -> [MACAddress: [IPAddress]]? {
         guard let all = complete(bytes) else { return nil }
         var out: [MACAddress: [IPAddress]] = [:]
+        out.reserveCapacity(all.count)
         for l in all where l.expiry == 0 || l.expiry > now { out[l.mac, default: []].append(l.address) }
-        return out.mapValues { $0.sorted { "\($0)" < "\($1)" } }
+        return out.mapValues { $0.count < 2 ? $0 : $0.sorted() }
     }
 
     static func leases(_ bytes: [UInt8]) -> [Lease] {
-        var malformed = false
-        return leases(bytes, malformed: &malformed)
+        complete(bytes) ?? []
     }
 
-    /// - Parameter malformed: set when an object names an address or MAC that does not parse (an
-    ///   object without a MAC, a DHCPv6 lease of a client that sent none, is skipped, not malformed).
-    static func leases(_ bytes: [UInt8], malformed: inout Bool) -> [Lease] {
+    private static let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\"), colon = UInt8(ascii: ":")
+    private static let comma = UInt8(ascii: ","), open = UInt8(ascii: "{"), close = UInt8(ascii: "}")
+
+    private static func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0a || c == 0x0d || c == 0x09 }
+
+    /// A JSON array of flat objects. An object without "ip-address" or "mac-address" (a DHCPv6
+    /// lease of a client that sent no MAC) is skipped; one whose address or MAC does not parse,
+    /// or any structural break (a truncated file), makes the whole file incomplete (nil).
+    static func parse(_ b: UnsafeBufferPointer<UInt8>) -> [Lease]? {
+        var start = 0, end = b.count
+        while start < end, isSpace(b[start]) { start += 1 }
+        while end > start, isSpace(b[end - 1]) { end -= 1 }
+        guard end - start >= 2, b[start] == UInt8(ascii: "["), b[end - 1] == UInt8(ascii: "]") else { return nil }
         var out: [Lease] = []
-        let text = String(decoding: bytes, as: UTF8.self)
-        for object in text.split(separator: "{").dropFirst() {
-            let body = object.split(separator: "}", maxSplits: 1).first ?? object
-            var fields: [String: String] = [:]
-            for pair in body.split(separator: ",") {
-                let kv = pair.split(separator: ":", maxSplits: 1)
-                guard kv.count == 2 else { continue }
-                fields[unquote(kv[0])] = unquote(kv[1])
-            }
-            guard let ipText = fields["ip-address"], let macText = fields["mac-address"] else { continue }
-            guard let ip = IPAddress(ipText), let mac = MACAddress(macText) else {
-                malformed = true
-                continue
-            }
-            out.append(Lease(address: ip, mac: mac, expiry: fields["expiry-time"].flatMap { Int64($0) } ?? 0))
+        var i = start + 1
+        let last = end - 1
+        /// A string starting at the quote at `i`: its content range; `i` moves past the closing quote.
+        func string(_ i: inout Int) -> Range<Int>? {
+            let from = i + 1
+            var j = from
+            while j < last, b[j] != quote { j += b[j] == backslash ? 2 : 1 }
+            guard j < last else { return nil }
+            i = j + 1
+            return from..<j
         }
-        return out
+        while true {
+            while i < last, isSpace(b[i]) || b[i] == comma { i += 1 }
+            if i == last { return out }
+            guard b[i] == open else { return nil }
+            i += 1
+            var ip: Range<Int>?, mac: Range<Int>?, expiry: Int64 = 0
+            while true {
+                while i < last, isSpace(b[i]) || b[i] == comma { i += 1 }
+                guard i < last else { return nil }
+                if b[i] == close { i += 1; break }
+                guard b[i] == quote, let key = string(&i) else { return nil }
+                while i < last, isSpace(b[i]) { i += 1 }
+                guard i < last, b[i] == colon else { return nil }
+                i += 1
+                while i < last, isSpace(b[i]) { i += 1 }
+                guard i < last else { return nil }
+                var value: Range<Int>
+                if b[i] == quote {
+                    guard let v = string(&i) else { return nil }
+                    value = v
+                } else {
+                    let from = i
+                    while i < last, b[i] != comma, b[i] != close, !isSpace(b[i]) { i += 1 }
+                    value = from..<i
+                }
+                switch key.count {
+                case 10 where equal(b, key, "ip-address"): ip = value
+                case 11 where equal(b, key, "mac-address"): mac = value
+                case 11 where equal(b, key, "expiry-time"): expiry = number(b, value) ?? 0
+                default: break
+                }
+            }
+            guard let ip, let mac else { continue }
+            guard let address = address(b, ip), let hw = hardware(b, mac) else { return nil }
+            out.append(Lease(address: address, mac: hw, expiry: expiry))
+        }
     }
 
-    private static func unquote(_ s: Substring) -> String {
-        var t = s.trimmed
-        t = String(t.filter { $0 != "\n" && $0 != "\r" }).trimmed
-        if t.hasPrefix("\"") && t.hasSuffix("\"") && t.count >= 2 { t = String(t.dropFirst().dropLast()) }
-        return t.lowercased()
+    private static func equal(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>, _ s: StaticString) -> Bool {
+        let p = s.utf8Start
+        for k in 0..<r.count where b[r.lowerBound + k] != p[k] { return false }
+        return true
+    }
+
+    private static func number(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> Int64? {
+        guard !r.isEmpty, r.count < 19 else { return nil }
+        var v: Int64 = 0
+        for k in r {
+            guard b[k] >= 0x30, b[k] <= 0x39 else { return nil }
+            v = v * 10 + Int64(b[k] - 0x30)
+        }
+        return v
+    }
+
+    /// inet_pton on a stack copy of the text (no String).
+    private static func address(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> IPAddress? {
+        guard r.count > 0, r.count < 46 else { return nil }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 48) { text -> IPAddress? in
+            var v6 = false
+            for k in 0..<r.count {
+                text[k] = CChar(bitPattern: b[r.lowerBound + k])
+                if b[r.lowerBound + k] == colon { v6 = true }
+            }
+            text[r.count] = 0
+            if v6 {
+                var a = in6_addr()
+                guard inet_pton(AF_INET6, text.baseAddress, &a) == 1 else { return nil }
+                return IPAddress(bytes: withUnsafeBytes(of: &a) { Array($0) })
+            }
+            var a = in_addr()
+            guard inet_pton(AF_INET, text.baseAddress, &a) == 1 else { return nil }
+            return IPAddress(bytes: withUnsafeBytes(of: &a) { Array($0) })
+        }
+    }
+
+    /// "aa:bb:cc:dd:ee:ff" (either case).
+    private static func hardware(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> MACAddress? {
+        guard r.count == 17 else { return nil }
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 0x30...0x39: c - 0x30
+            case 0x61...0x66: c - 0x61 + 10
+            case 0x41...0x46: c - 0x41 + 10
+            default: nil
+            }
+        }
+        var out = [UInt8](repeating: 0, count: 6)
+        for k in 0..<6 {
+            let at = r.lowerBound + 3 * k
+            guard let hi = nibble(b[at]), let lo = nibble(b[at + 1]), k == 5 || b[at + 2] == colon else { return nil }
+            out[k] = hi << 4 | lo
+        }
+        return MACAddress(bytes: out)
     }
 }
