@@ -80,20 +80,31 @@ final class HostFacts {
     }
 }
 
-/// One status file's unexpired leases, indexed by MAC and by address: read and parsed once per
-/// plan however many forwards and guards ask (a 65,536-lease file costs its parse once).
+/// One status file's unexpired leases, read and parsed once per plan however many forwards and
+/// guards ask: one flat array (no object per lease), searched linearly (~30 µs at 65,536 leases;
+/// a dictionary of 65,536 heap-backed keys costs more to build and free than all the searches).
 struct LeaseIndex {
-    var byMAC: [MACAddress: [DnsmasqStatus.Lease]] = [:]
-    var byAddress: [IPAddress: [MACAddress]] = [:]
+    var all: [DnsmasqStatus.Compact] = []
+    var now: Int64 = 0
 
     init() {}
 
-    init(_ leases: [DnsmasqStatus.Lease], now: Int64) {
-        byMAC.reserveCapacity(leases.count)
-        byAddress.reserveCapacity(leases.count)
-        for l in leases where l.expiry == 0 || l.expiry > now {
-            byMAC[l.mac, default: []].append(l)
-            byAddress[l.address, default: []].append(l.mac)
-        }
+    init(_ leases: [DnsmasqStatus.Compact], now: Int64) {
+        all = leases
+        self.now = now
+    }
+
+    func live(_ l: DnsmasqStatus.Compact) -> Bool { l.expiry == 0 || l.expiry > now }
+
+    /// The unexpired leases of `mac`.
+    func leases(of mac: MACAddress) -> [DnsmasqStatus.Lease] {
+        let key = DnsmasqStatus.Compact.key(mac)
+        return all.filter { $0.mac == key && live($0) }.map { DnsmasqStatus.Lease(address: $0.address, mac: mac, expiry: $0.expiry) }
+    }
+
+    /// The MACs holding an unexpired lease of `address`.
+    func holders(of address: IPAddress) -> [MACAddress] {
+        let key = DnsmasqStatus.Compact.key(address)
+        return all.filter { $0.low == key.low && $0.high == key.high && $0.v6 == key.v6 && live($0) }.map(\.macAddress)
     }
 }

@@ -41,14 +41,15 @@ public struct LibvirtFiles: GuestAddressResolver {
 
     public func leaseHolders(network name: String, address: IPAddress) -> [MACAddress] {
         guard let bridge = network(name)?.bridge else { return [] }
-        return leaseIndex(bridge).byAddress[address] ?? []
+        return leaseIndex(bridge).holders(of: address)
     }
 
     /// The status file of `bridge`, unexpired leases indexed (read and parsed once per resolver).
     func leaseIndex(_ bridge: String) -> LeaseIndex {
         facts.leases(bridge) {
-            guard let bytes = (try? IO.readFile("\(config.libvirtStateDir)/dnsmasq/\(bridge).status")) ?? nil,
-                  let all = DnsmasqStatus.complete(bytes) else { return LeaseIndex() }
+            guard let all = DnsmasqStatus.compact(path: "\(config.libvirtStateDir)/dnsmasq/\(bridge).status") else {
+                return LeaseIndex()
+            }
             return LeaseIndex(all, now: Int64(time(nil)))
         }
     }
@@ -65,7 +66,7 @@ public struct LibvirtFiles: GuestAddressResolver {
     public func lease(network name: String, mac: MACAddress, family: Family?) -> IPAddress? {
         guard let definition = network(name), let bridge = definition.bridge else { return nil }
         // Newest first: dnsmasq may still list an old lease for the same MAC.
-        let candidates = (leaseIndex(bridge).byMAC[mac] ?? [])
+        let candidates = leaseIndex(bridge).leases(of: mac)
             .filter { family == nil || $0.address.family == family }
             .sorted { $0.expiry > $1.expiry }
         var refused = false
@@ -94,7 +95,7 @@ public struct LibvirtFiles: GuestAddressResolver {
             }
         }
         if localAddresses()?.contains(address) == true { return "is one of the host's own addresses" }
-        if let other = leaseIndex(network.bridge ?? "").byAddress[address]?.first(where: { $0 != mac }) {
+        if let other = leaseIndex(network.bridge ?? "").holders(of: address).first(where: { $0 != mac }) {
             return "is leased to another interface too (mac \(other))"
         }
         if let owner = journalHolder(of: address, except: mac) { return "belongs to \(owner)" }
@@ -131,11 +132,68 @@ public enum DnsmasqStatus {
         public var expiry: Int64
     }
 
+    /// One lease without heap storage: a 65,536-lease file is one array, no allocation per lease.
+    public struct Compact: Sendable, Hashable, Comparable {
+        /// The MAC's six bytes, big-endian in the low 48 bits.
+        public var mac: UInt64
+        /// The address's bytes, big-endian (an IPv4 address in the low 32 bits of `low`).
+        public var high: UInt64
+        public var low: UInt64
+        public var v6: Bool
+        public var expiry: Int64
+
+        public init(mac: UInt64, high: UInt64, low: UInt64, v6: Bool, expiry: Int64) {
+            self.mac = mac
+            self.high = high
+            self.low = low
+            self.v6 = v6
+            self.expiry = expiry
+        }
+
+        public var macAddress: MACAddress {
+            MACAddress(bytes: (0..<6).map { UInt8(truncatingIfNeeded: mac >> (8 * (5 - $0))) })!
+        }
+        public var address: IPAddress {
+            v6 ? IPAddress(bytes: (0..<8).map { UInt8(truncatingIfNeeded: high >> (8 * (7 - $0))) }
+                             + (0..<8).map { UInt8(truncatingIfNeeded: low >> (8 * (7 - $0))) })!
+               : IPAddress(bytes: (0..<4).map { UInt8(truncatingIfNeeded: low >> (8 * (3 - $0))) })!
+        }
+        public static func key(_ mac: MACAddress) -> UInt64 { mac.bytes.reduce(0) { $0 << 8 | UInt64($1) } }
+        public static func key(_ ip: IPAddress) -> (high: UInt64, low: UInt64, v6: Bool) {
+            let b = ip.bytes
+            if b.count == 4 { return (0, b.reduce(0) { $0 << 8 | UInt64($1) }, false) }
+            return (b[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, b[8..<16].reduce(0) { $0 << 8 | UInt64($1) }, true)
+        }
+        public static func < (a: Compact, b: Compact) -> Bool {
+            (a.mac, a.v6 ? 1 : 0, a.high, a.low) < (b.mac, b.v6 ? 1 : 0, b.high, b.low)
+        }
+    }
+
     /// The leases of a whole file, or nil when it is not one complete JSON array of leases (a
     /// half-written or garbage file tells nothing: a truncated "192.168.122.61" reads as a valid
     /// "192.168.122.6"). leaseshelper replaces the file by rename, so a reader normally sees whole files.
-    /// One pass over the bytes (no String per field): a 65,536-lease file parses in milliseconds.
     public static func complete(_ bytes: [UInt8]) -> [Lease]? {
+        compact(bytes)?.map { Lease(address: $0.address, mac: $0.macAddress, expiry: $0.expiry) }
+    }
+
+    /// `compact` of the file at `path`, mapped rather than read (a 9 MB file is parsed where the
+    /// page cache has it: no copy, no page faults on fresh memory); nil when it is absent,
+    /// unreadable or not complete. Wraps open(2), fstat(2), mmap(2).
+    public static func compact(path: String) -> [Compact]? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+        let size = Int(st.st_size)
+        if size == 0 { return nil }
+        guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0), map != MAP_FAILED else { return nil }
+        defer { munmap(map, size) }
+        return parse(UnsafeBufferPointer(start: map.assumingMemoryBound(to: UInt8.self), count: size))
+    }
+
+    /// `complete` without a heap object per lease: one pass over the bytes (no String per field).
+    public static func compact(_ bytes: [UInt8]) -> [Compact]? {
         bytes.withUnsafeBufferPointer { parse($0) }
     }
 
@@ -143,9 +201,52 @@ public enum DnsmasqStatus {
     public static func current(_ bytes: [UInt8], now: Int64) -> [MACAddress: [IPAddress]]? {
         guard let all = complete(bytes) else { return nil }
         var out: [MACAddress: [IPAddress]] = [:]
-        out.reserveCapacity(all.count)
         for l in all where l.expiry == 0 || l.expiry > now { out[l.mac, default: []].append(l.address) }
         return out.mapValues { $0.count < 2 ? $0 : $0.sorted() }
+    }
+
+    /// The unexpired leases of a file sorted by MAC then address (what the agent diffs), nil when
+    /// the file is not complete.
+    public static func currentSorted(_ bytes: [UInt8], now: Int64) -> [Compact]? {
+        compact(bytes).map { sortedCurrent($0, now: now) }
+    }
+
+    /// `currentSorted` of already parsed leases.
+    public static func sortedCurrent(_ leases: [Compact], now: Int64) -> [Compact] {
+        var all = leases
+        all.removeAll { $0.expiry != 0 && $0.expiry <= now }
+        for i in all.indices { all[i].expiry = 0 }  // a renewal is not a change
+        all.sort()
+        return all
+    }
+
+    /// The MACs whose set of addresses differs between two `currentSorted` lists (appeared or moved;
+    /// a MAC whose leases all vanished counts too).
+    public static func changedMACs(before: [Compact], now: [Compact]) -> Set<UInt64> {
+        var out = Set<UInt64>()
+        var i = 0, j = 0
+        while i < before.count || j < now.count {
+            let a = i < before.count ? before[i].mac : UInt64.max
+            let b = j < now.count ? now[j].mac : UInt64.max
+            let mac = min(a, b)
+            var x = i, y = j
+            while x < before.count, before[x].mac == mac { x += 1 }
+            while y < now.count, now[y].mac == mac { y += 1 }
+            if before[i..<x].elementsEqual(now[j..<y]) == false { out.insert(mac) }
+            i = x
+            j = y
+        }
+        return out
+    }
+
+    /// Whether `sorted` (a `currentSorted` list) has a lease of `mac`: binary search.
+    public static func holds(sorted: [Compact], mac: UInt64) -> Bool {
+        var low = 0, high = sorted.count
+        while low < high {
+            let mid = (low + high) / 2
+            if sorted[mid].mac < mac { low = mid + 1 } else { high = mid }
+        }
+        return low < sorted.count && sorted[low].mac == mac
     }
 
     static func leases(_ bytes: [UInt8]) -> [Lease] {
@@ -160,12 +261,13 @@ public enum DnsmasqStatus {
     /// A JSON array of flat objects. An object without "ip-address" or "mac-address" (a DHCPv6
     /// lease of a client that sent no MAC) is skipped; one whose address or MAC does not parse,
     /// or any structural break (a truncated file), makes the whole file incomplete (nil).
-    static func parse(_ b: UnsafeBufferPointer<UInt8>) -> [Lease]? {
+    static func parse(_ b: UnsafeBufferPointer<UInt8>) -> [Compact]? {
         var start = 0, end = b.count
         while start < end, isSpace(b[start]) { start += 1 }
         while end > start, isSpace(b[end - 1]) { end -= 1 }
         guard end - start >= 2, b[start] == UInt8(ascii: "["), b[end - 1] == UInt8(ascii: "]") else { return nil }
-        var out: [Lease] = []
+        var out: [Compact] = []
+        out.reserveCapacity(b.count / 100)
         var i = start + 1
         let last = end - 1
         /// A string starting at the quote at `i`: its content range; `i` moves past the closing quote.
@@ -211,7 +313,7 @@ public enum DnsmasqStatus {
             }
             guard let ip, let mac else { continue }
             guard let address = address(b, ip), let hw = hardware(b, mac) else { return nil }
-            out.append(Lease(address: address, mac: hw, expiry: expiry))
+            out.append(Compact(mac: hw, high: address.high, low: address.low, v6: address.v6, expiry: expiry))
         }
     }
 
@@ -231,10 +333,10 @@ public enum DnsmasqStatus {
         return v
     }
 
-    /// inet_pton on a stack copy of the text (no String).
-    private static func address(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> IPAddress? {
+    /// inet_pton on a stack copy of the text (no String, no heap).
+    private static func address(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> (high: UInt64, low: UInt64, v6: Bool)? {
         guard r.count > 0, r.count < 46 else { return nil }
-        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 48) { text -> IPAddress? in
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 48) { text -> (high: UInt64, low: UInt64, v6: Bool)? in
             var v6 = false
             for k in 0..<r.count {
                 text[k] = CChar(bitPattern: b[r.lowerBound + k])
@@ -244,31 +346,33 @@ public enum DnsmasqStatus {
             if v6 {
                 var a = in6_addr()
                 guard inet_pton(AF_INET6, text.baseAddress, &a) == 1 else { return nil }
-                return IPAddress(bytes: withUnsafeBytes(of: &a) { Array($0) })
+                return withUnsafeBytes(of: &a) { raw in
+                    (raw[0..<8].reduce(0) { $0 << 8 | UInt64($1) }, raw[8..<16].reduce(0) { $0 << 8 | UInt64($1) }, true)
+                }
             }
             var a = in_addr()
             guard inet_pton(AF_INET, text.baseAddress, &a) == 1 else { return nil }
-            return IPAddress(bytes: withUnsafeBytes(of: &a) { Array($0) })
+            return withUnsafeBytes(of: &a) { raw in (0, raw.reduce(0) { $0 << 8 | UInt64($1) }, false) }
         }
     }
 
     /// "aa:bb:cc:dd:ee:ff" (either case).
-    private static func hardware(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> MACAddress? {
+    private static func hardware(_ b: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> UInt64? {
         guard r.count == 17 else { return nil }
-        func nibble(_ c: UInt8) -> UInt8? {
+        func nibble(_ c: UInt8) -> UInt64? {
             switch c {
-            case 0x30...0x39: c - 0x30
-            case 0x61...0x66: c - 0x61 + 10
-            case 0x41...0x46: c - 0x41 + 10
+            case 0x30...0x39: UInt64(c - 0x30)
+            case 0x61...0x66: UInt64(c - 0x61 + 10)
+            case 0x41...0x46: UInt64(c - 0x41 + 10)
             default: nil
             }
         }
-        var out = [UInt8](repeating: 0, count: 6)
+        var out: UInt64 = 0
         for k in 0..<6 {
             let at = r.lowerBound + 3 * k
             guard let hi = nibble(b[at]), let lo = nibble(b[at + 1]), k == 5 || b[at + 2] == colon else { return nil }
-            out[k] = hi << 4 | lo
+            out = out << 8 | hi << 4 | lo
         }
-        return MACAddress(bytes: out)
+        return out
     }
 }
