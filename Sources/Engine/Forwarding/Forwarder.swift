@@ -198,6 +198,7 @@ public struct Forwarder {
                     + "in \(monotonicMicros() - started) us")
             } else {
                 let done = try nf.forgetFlows(of: removing)
+                if done.deleted == 0 && done.walks == 0 { return }
                 log.info("conntrack: \(done.deleted) flows of \(removing.count) removed forwards deleted in "
                     + "\(monotonicMicros() - started) us" + (done.walks > 0 ? " (\(done.walks) table walks)" : ""))
             }

@@ -51,6 +51,41 @@ final class HostFacts {
         return read
     }
 
+    /// The gateways of routes through interface `name`: /proc/net/route (IPv4, little-endian hex)
+    /// and /proc/net/ipv6_route (IPv6, hex); none when they cannot be read.
+    static func gateways(interface name: String) -> [IPAddress] {
+        var out: [IPAddress] = []
+        func hex(_ s: Substring) -> [UInt8]? {
+            guard s.count % 2 == 0 else { return nil }
+            var bytes: [UInt8] = []
+            var i = s.startIndex
+            while i < s.endIndex {
+                let j = s.index(i, offsetBy: 2)
+                guard let b = UInt8(s[i..<j], radix: 16) else { return nil }
+                bytes.append(b)
+                i = j
+            }
+            return bytes
+        }
+        if let text = (try? IO.readFile("/proc/net/route")) ?? nil {
+            for line in String(decoding: text, as: UTF8.self).split(separator: "\n").dropFirst() {
+                let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                guard f.count > 2, f[0] == name, let g = hex(f[2]), g.count == 4, g != [0, 0, 0, 0],
+                      let ip = IPAddress(bytes: g.reversed()) else { continue }
+                if !out.contains(ip) { out.append(ip) }
+            }
+        }
+        if let text = (try? IO.readFile("/proc/net/ipv6_route")) ?? nil {
+            for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
+                let f = line.split(separator: " ", omittingEmptySubsequences: true)
+                guard f.count == 10, f[9] == name, let g = hex(f[4]), g.count == 16, g.contains(where: { $0 != 0 }),
+                      let ip = IPAddress(bytes: g) else { continue }
+                if !out.contains(ip) { out.append(ip) }
+            }
+        }
+        return out
+    }
+
     /// Every IPv4 and IPv6 address on any interface (any state); nil when getifaddrs fails.
     static func readLocalAddresses() -> [IPAddress]? {
         var list: UnsafeMutablePointer<ifaddrs>?

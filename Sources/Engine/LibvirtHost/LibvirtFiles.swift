@@ -102,6 +102,12 @@ public struct LibvirtFiles: GuestAddressResolver {
         return nil
     }
 
+    public func addressHolder(_ address: IPAddress, except mac: MACAddress) -> String? {
+        journalHolder(of: address, except: mac)
+    }
+
+    public func gateways(interface name: String) -> [IPAddress] { HostFacts.gateways(interface: name) }
+
     /// Another NIC that uses `address` according to the journal (a forward's guest address, a guard's
     /// allowed address): "domain 'NAME' (mac M)", or nil. Read-only; no journal: nil.
     func journalHolder(of address: IPAddress, except mac: MACAddress) -> String? {
@@ -249,8 +255,10 @@ public enum DnsmasqStatus {
         return low < sorted.count && sorted[low].mac == mac
     }
 
+    /// Every lease that parses (one with a bad address or MAC is skipped), however the file ends.
     static func leases(_ bytes: [UInt8]) -> [Lease] {
-        complete(bytes) ?? []
+        (bytes.withUnsafeBufferPointer { parse($0, lenient: true) } ?? [])
+            .map { Lease(address: $0.address, mac: $0.macAddress, expiry: $0.expiry) }
     }
 
     private static let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\"), colon = UInt8(ascii: ":")
@@ -261,7 +269,9 @@ public enum DnsmasqStatus {
     /// A JSON array of flat objects. An object without "ip-address" or "mac-address" (a DHCPv6
     /// lease of a client that sent no MAC) is skipped; one whose address or MAC does not parse,
     /// or any structural break (a truncated file), makes the whole file incomplete (nil).
-    static func parse(_ b: UnsafeBufferPointer<UInt8>) -> [Compact]? {
+    /// - Parameter lenient: skip a lease whose address or MAC does not parse, and return what was
+    ///   read when the structure breaks (for diagnostics and tests), instead of nil.
+    static func parse(_ b: UnsafeBufferPointer<UInt8>, lenient: Bool = false) -> [Compact]? {
         var start = 0, end = b.count
         while start < end, isSpace(b[start]) { start += 1 }
         while end > start, isSpace(b[end - 1]) { end -= 1 }
@@ -312,7 +322,10 @@ public enum DnsmasqStatus {
                 }
             }
             guard let ip, let mac else { continue }
-            guard let address = address(b, ip), let hw = hardware(b, mac) else { return nil }
+            guard let address = address(b, ip), let hw = hardware(b, mac) else {
+                if lenient { continue }
+                return nil
+            }
             out.append(Compact(mac: hw, high: address.high, low: address.low, v6: address.v6, expiry: expiry))
         }
     }
