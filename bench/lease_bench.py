@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -123,13 +124,19 @@ def main():
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": str(conf)}
         xml = domain().encode()
 
+        cpu = []
+
         def hook(op, sub, agent_on=False):
             e = dict(env)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             r = subprocess.run(["ip", "netns", "exec", host, args.bin, "hook", "qemu", "bench", op, sub, "-"],
                                input=xml, env=e, capture_output=True)
+            dt = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             assert r.returncode == 0, r.stderr
-            return time.perf_counter() - t
+            return dt
 
         def guest():
             r = subprocess.run(["ip", "netns", "exec", host, "nft", "-j", "list", "map", "inet", "virtport", "fwd4"],
@@ -144,9 +151,10 @@ def main():
         for n in args.leases:
             crowd = others(n)
             write_status(status, crowd, "10.101.255.200")
-            hooks = []
+            hooks, hooks_cpu = [], []
             for _ in range(args.rounds):
                 hooks.append(hook("prepare", "begin") + hook("start", "begin"))
+                hooks_cpu.append(cpu[-1] + cpu[-2])
                 hook("stopped", "end")
                 hook("release", "end")
             # The agent: the VM runs, its lease moves, time until the kernel follows.
@@ -187,18 +195,19 @@ def main():
             agent = None
             sleeper.kill()
             (run / "qemu" / "bench.xml").unlink()
-            rows.append((n, hooks, follow, inside, status.stat().st_size))
+            rows.append((n, hooks, hooks_cpu, follow, inside, status.stat().st_size))
         print(f"\nvirtport {args.bin}; {args.rounds} rounds per row; lease file {status}\n")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
         print("| leases in br0.status | file size | hook prepare+start, median / p95 / min-max (ms) "
-              "| agent follows one lease change: rename to kernel, median / p95 / min-max (ms) "
+              "| its CPU time (user+sys, incl. `ip netns exec`), median (ms) | agent follows one lease change: rename to kernel, median / p95 / min-max (ms) "
               "| the agent's own event duration (inotify to converged), median / p95 (ms) |")
-        print("|---:|---:|---|---|---|")
+        print("|---:|---:|---|---:|---|---|")
         ms = lambda v: f"{v * 1000:.1f}"
-        for n, hooks, follow, inside, size in rows:
+        for n, hooks, hooks_cpu, follow, inside, size in rows:
             a, b = stats(hooks), stats(follow)
             c = stats(inside) if inside else (float("nan"),) * 4
             print(f"| {n + 1:,} | {size / 1e6:.1f} MB | {ms(a[0])} / {ms(a[1])} / {ms(a[2])}-{ms(a[3])} "
+                  f"| {ms(statistics.median(hooks_cpu))} "
                   f"| {ms(b[0])} / {ms(b[1])} / {ms(b[2])}-{ms(b[3])} | {ms(c[0])} / {ms(c[1])} |")
     finally:
         if agent:

@@ -281,13 +281,23 @@ public enum DnsmasqStatus {
         var i = start + 1
         let last = end - 1
         /// A string starting at the quote at `i`: its content range; `i` moves past the closing quote.
+        let base = b.baseAddress!
         func string(_ i: inout Int) -> Range<Int>? {
             let from = i + 1
             var j = from
-            while j < last, b[j] != quote { j += b[j] == backslash ? 2 : 1 }
-            guard j < last else { return nil }
-            i = j + 1
-            return from..<j
+            while true {
+                // memchr (vectorised in libc) to the next quote; an escaped one (odd run of
+                // backslashes before it) does not end the string.
+                guard j < last, let hit = memchr(base + j, Int32(quote), last - j) else { return nil }
+                let at = UnsafeRawPointer(hit) - UnsafeRawPointer(base)
+                var slashes = 0
+                while at - 1 - slashes >= from, b[at - 1 - slashes] == backslash { slashes += 1 }
+                if slashes % 2 == 0 {
+                    i = at + 1
+                    return from..<at
+                }
+                j = at + 1
+            }
         }
         while true {
             while i < last, isSpace(b[i]) || b[i] == comma { i += 1 }
