@@ -219,3 +219,41 @@ def test_lease_move_sends_the_flow_to_the_new_address(lab):
         assert entries_to(lab, "192.168.122.10") == []
     finally:
         agent.stop()
+
+
+def test_an_address_a_guard_stops_allowing_loses_its_flows(tmp_path):
+    """A guard's allowed address moves with the lease (NAT network layout): the flows of the old
+    address go in the same step (both directions), so they do not go on as if still allowed."""
+    from conftest import BIN, require_root
+    from test_guard import GuardLab
+    require_root()
+    glab = GuardLab(tmp_path)
+    glab.layout = "nat"
+    try:
+        glab.build_bridge("virbr0")
+        with open(glab.run_dir / "network" / "default.xml", "w") as f:  # no reservation: the lease decides
+            f.write("<networkstatus><network><name>default</name><uuid>3f86f7d7-e967-45ae-9648-18fd73be9c4b</uuid>"
+                    "<forward mode='nat'/><bridge name='virbr0'/>"
+                    "<ip address='192.168.122.1' netmask='255.255.255.0'/></network></networkstatus>")
+        glab.write_lease("192.168.122.10")
+        xml = glab.xml("<vp:guard/>", "nat")
+        glab.start(xml)
+        assert [a["address"] for a in glab.guards_json()[0]["addresses"]] == ["192.168.122.10"]
+        # libvirt's NAT rules make the host track connections; a nat chain stands in for them.
+        sh("nft", "add table ip libvirt_nat; add chain ip libvirt_nat post { type nat hook postrouting priority 100; }; "
+           "add rule ip libvirt_nat post ip saddr 192.168.122.0/24 ip daddr != 192.168.122.0/24 masquerade",
+           ns=glab.host)
+        # A flow from the guest to the host (one UDP datagram, tracked in the host namespace).
+        glab.listen(glab.host, "udp", "192.168.122.1", 5300, "host")
+        assert glab.connect(glab.guest, "udp", "192.168.122.1", 5300).startswith("host ")
+        with ctnl_in(glab.host) as ct:
+            assert [e for e in ct.dump() if e[0][0] == "192.168.122.10"], "the guest's flow should be tracked"
+        glab.write_lease("192.168.122.50")
+        r = glab.hook(xml, "reconnect")
+        assert r.returncode == 0, r.stderr.decode()
+        assert [a["address"] for a in glab.guards_json()[0]["addresses"]] == ["192.168.122.50"]
+        with ctnl_in(glab.host) as ct:
+            left = [e for e in ct.dump() if "192.168.122.10" in (e[0][0], e[1][0])]
+        assert left == [], left
+    finally:
+        glab.cleanup()
