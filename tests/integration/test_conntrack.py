@@ -257,3 +257,22 @@ def test_an_address_a_guard_stops_allowing_loses_its_flows(tmp_path):
         assert left == [], left
     finally:
         glab.cleanup()
+
+
+def test_the_flow_record_survives_a_rebuilt_table(lab):
+    """Someone deletes a chain; the next start rebuilds the table from the journal in one batch.
+    The kernel's record of translated connections is carried over, so a later stop still finds
+    the flows by tuple (without it, they would keep reaching the stopped VM)."""
+    lab.listen(lab.guest, "udp", "0.0.0.0", 5000, "A")
+    a = vm("cta", UA, "192.168.122.10")
+    b = domain_xml("ctb", UB, "<vp:portForward proto='tcp' guest='192.168.122.11'>"
+                              "<vp:range start='7001' to='22'/></vp:portForward>", macs=("52:54:00:aa:bb:02",))
+    lab.start(a)
+    flow = Flow(lab)
+    flow.next_from("A", 3)
+    sh("nft", "delete", "chain", "inet", "virtport", "prerouting", ns=lab.host)
+    lab.start(b)  # heals: the table rebuilt from the journal
+    assert "chain prerouting" in sh("nft", "list", "table", "inet", "virtport", ns=lab.host).stdout.decode()
+    assert entries_to(lab, "192.168.122.10")
+    lab.stop(a)
+    assert entries_to(lab, "192.168.122.10") == [], "the stop should still find the flow after the rebuild"
