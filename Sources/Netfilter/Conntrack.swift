@@ -107,6 +107,12 @@ enum Conntrack {
     }
 }
 
+/// The flow sets' keys, read before the table goes (`NetfilterSession.flowRecord`).
+public struct FlowRecord: Sendable {
+    var sets: [String: [[UInt8]]] = [:]
+    public init() {}
+}
+
 /// What deleting connection tracking entries did.
 public struct ConntrackCleanup: Sendable, Equatable {
     /// Entries deleted by tuple.
@@ -127,13 +133,34 @@ extension NetfilterSession {
     /// Wraps NFT_MSG_GETSETELEM, IPCTNL_MSG_CT_DELETE, NFT_MSG_DELSETELEM; needs CAP_NET_ADMIN.
     @discardableResult
     public func forgetFlows(of elements: [ForwardElement]) throws(NetfilterError) -> ConntrackCleanup {
+        try forgetFlows(of: elements, record: nil)
+    }
+
+    /// The flow record as it is now (both families; an absent set is left out): for a caller about
+    /// to delete the table (`uninstall`), which then passes it to `forgetFlows(of:record:)`.
+    public func flowRecord() -> FlowRecord {
+        var out = FlowRecord()
+        for set in FlowSet.all {
+            if let recorded = try? dumpSet(set.name) { out.sets[set.name] = recorded.map(\.key) }
+        }
+        return out
+    }
+
+    /// `forgetFlows(of:)` with the record read earlier (nil: read it now). With a given record the
+    /// set elements are not deleted (the table is gone).
+    @discardableResult
+    public func forgetFlows(of elements: [ForwardElement], record: FlowRecord?) throws(NetfilterError) -> ConntrackCleanup {
         var result = ConntrackCleanup()
         if elements.isEmpty { return result }
         for set in FlowSet.all {
             let mine = elements.filter { $0.family == set.family }
             if mine.isEmpty { continue }
             var recorded: [KernelElement]? = nil
-            do { recorded = try dumpSet(set.name) } catch where error.isMissingObject {}
+            if let record {
+                recorded = record.sets[set.name].map { $0.map { KernelElement(key: $0, data: [], flags: 0) } }
+            } else {
+                do { recorded = try dumpSet(set.name) } catch where error.isMissingObject {}
+            }
             guard let recorded, recorded.count < Int(FlowSet.capacity) else {
                 // Cannot trust the record: walk the table once per guest address and port.
                 try forgetFlowsByWalking(mine)
@@ -151,6 +178,7 @@ extension NetfilterSession {
                                                     operation: "delete conntrack entries of \(set.name)")
             // The record goes too (best effort: an element that expired meanwhile aborts nothing
             // that matters; the set's timeout collects what is left).
+            if record != nil { continue }
             _ = try? execute { batch in
                 ElementMessages.append(to: &batch, table: table, set: set.name, adding: false,
                                        byTuple.values.map { (key: $0, data: nil, flags: UInt32(0)) },

@@ -276,3 +276,16 @@ def test_the_flow_record_survives_a_rebuilt_table(lab):
     assert entries_to(lab, "192.168.122.10")
     lab.stop(a)
     assert entries_to(lab, "192.168.122.10") == [], "the stop should still find the flow after the rebuild"
+
+
+def test_uninstall_deletes_the_flows_of_the_forwards_it_takes_down(lab):
+    lab.listen(lab.guest, "udp", "0.0.0.0", 5000, "A")
+    lab.start(vm("cta", UA, "192.168.122.10"))
+    flow = Flow(lab)
+    flow.next_from("A", 3)
+    assert entries_to(lab, "192.168.122.10")
+    r = lab.virtport("uninstall")
+    assert r.returncode == 0, r.stderr.decode()
+    assert lab.nft_json() is None
+    # The flow keeps sending; its next packets are not translated any more.
+    assert entries_to(lab, "192.168.122.10") == []

@@ -123,10 +123,16 @@ public struct Forwarder {
             }
             let nf = try resources.kernel()
             let elements = rows.filter(\.isInKernel).flatMap(\.mapping.elements)
+            // Read before the table goes: its flows are then deleted by tuple, not by walks.
+            let record = nf.flowRecord()
             do { try nf.deleteTable() } catch {
                 throw .operational("cannot delete table inet \(config.table)", cause: error)
             }
-            forgetFlows(nf, elements, walk: true)
+            if !elements.isEmpty {
+                do { try nf.forgetFlows(of: elements, record: record) } catch {
+                    warnings.emit("cannot delete the connection tracking entries of \(elements.count) forwards: \(error)")
+                }
+            }
             try NetworkSync(nf: nf, resolver: resolver(), warn: warnings.emit)
                 .sync(db: db, others: Set(rows.compactMap(\.mapping.network)))
             for rows in intents {
