@@ -7,6 +7,7 @@ import VirtPortCore
 
 /// `virtport install` / `uninstall`: libvirt hooks in place (symlinks to this binary), libvirtd told
 /// to rescan (SIGHUP). A hook file that is not ours is never touched: we go into `qemu.d/` instead.
+/// Host-wide steps only for libvirt's own hooks directory (HostScope).
 enum InstallCommand {
     static let kinds = ["qemu", "network"]
 
@@ -33,15 +34,28 @@ enum InstallCommand {
             }
         }
         try IO.makeDirectories(FileSystem.dirname(config.databasePath), mode: 0o700)
-        if Environment.get("VIRTPORT_CONFIG") == nil && !FileSystem.exists(Config.defaultPath) {
+        if Environment.get("VIRTPORT_CONFIG") == nil && HostScope.isLibvirts(hooksDir) && !FileSystem.exists(Config.defaultPath) {
             try IO.makeDirectories(FileSystem.dirname(Config.defaultPath), mode: 0o755)
             try IO.writeFile(Config.defaultPath, ConfigKeys.template, mode: 0o644)
             Output.out("\(Config.defaultPath): default configuration written")
         }
-        try AppArmor.install(exe: exe)
-        rescan(config)
+        HostScope.note(hooksDir)
+        if HostScope.hostFiles(hooksDir) { try AppArmor.install(exe: exe) }
+        if HostScope.isLibvirts(hooksDir) {
+            // The SIGHUP makes libvirt rebuild its firewall, which leaves virtport's accept rule below
+            // its reject: watch from before the signal, wait for the rebuild to end, then reconcile.
+            let reload = noReconcile ? nil : LibvirtReload.prepare(config)
+            let signalled = rescan(config)
+            if let reload, signalled.contains(where: LibvirtReload.rebuilders.contains) {
+                LibvirtReload.report(reload.wait(), config: config)
+            }
+        }
         if !noReconcile {
-            do { _ = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries).run(dryRun: false, reason: "install") } catch {
+            do {
+                let fixes = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries)
+                    .run(dryRun: false, reason: "install")
+                for f in fixes where f.action == .acceptRule { Output.out("fixed \(f.action.rawValue) \(f.what) (\(f.reason))") }
+            } catch {
                 Output.err("reconcile after install failed: \(error)")
             }
         }
@@ -63,9 +77,12 @@ enum InstallCommand {
             rmdir("\(hooksDir)/\(kind).d")  // only if we left it empty
         }
         if removed == 0 { Output.out("no virtport hooks under \(hooksDir)") }
-        rescan(config)
-        try AppArmor.uninstall()
-        SystemdUnits.disable()
+        HostScope.note(hooksDir)
+        if HostScope.isLibvirts(hooksDir) { _ = rescan(config) }
+        if HostScope.hostFiles(hooksDir) {
+            try AppArmor.uninstall()
+            SystemdUnits.disable()
+        }
         // Without the hooks nothing would ever remove the forwards: take them down now, with history.
         if keepForwards {
             Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")
@@ -95,7 +112,9 @@ enum InstallCommand {
     }
 
     /// libvirt's daemons read hook files only at start or on SIGHUP.
-    static func rescan(_ config: Config) {
+    /// - Returns: the names of the daemons signalled.
+    @discardableResult
+    static func rescan(_ config: Config) -> [String] {
         LibvirtDaemons.rescan(stampDir: FileSystem.dirname(config.agentSocket))
     }
 }

@@ -187,9 +187,9 @@ enum TableSkeleton {
             nftnl_set_set_u32(s, UInt16(NFTNL_SET_DATA_LEN.rawValue), UInt32(data.length))
         }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue), flags)
+        if let size { nftnl_set_set_u32(s, UInt16(NFTNL_SET_DESC_SIZE.rawValue), size) }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_ID.rawValue), id)
         if let timeoutMs { nftnl_set_set_u64(s, UInt16(NFTNL_SET_TIMEOUT.rawValue), timeoutMs) }
-        if let size { nftnl_set_set_u32(s, UInt16(NFTNL_SET_DESC_SIZE.rawValue), size) }
         let kind = data == nil && objectType == nil ? "set" : "map"
         batch.append(NFT_MSG_NEWSET, flags: Netlink.create, family: UInt16(family.nfproto),
                      operation: .object("add \(kind) \(name) to table \(family) \(table)")) {

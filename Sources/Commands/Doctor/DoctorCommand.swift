@@ -111,6 +111,15 @@ struct Doctor {
     }
 
     func daemonFindings(hookTime: Int64?, into out: inout [Finding]) {
+        // Hooks elsewhere than libvirt's directory: no daemon reads them, whichever runs (and
+        // `install` did not signal any: HostScope).
+        guard HostScope.isLibvirts(config.hooksDir) else {
+            out.append(.fail("libvirt daemons", "\(config.hooksDir) is not libvirt's hooks directory (\(HostScope.libvirtHooksDir)): no libvirt daemon reads the hooks there",
+                             why: "libvirt runs hooks only from the directory compiled into it: a VM start runs no virtport code",
+                             fix: "virtport install --hooks-dir \(HostScope.libvirtHooksDir)   (and drop [paths] hooks_dir)",
+                             status: "warn"))
+            return
+        }
         let daemons = LibvirtDaemons.running()
         if daemons.isEmpty {
             out.append(.fail("libvirt daemons", "none of libvirtd, virtqemud, virtnetworkd is running (no pid file with a live process)",
@@ -220,8 +229,17 @@ struct Doctor {
         let sock = config.agentSocket
         if FileSystem.exists(sock) {
             if let fd = UnixSocket.connect(to: sock) {
-                fd.close()
-                return .ok("agent", "listening on \(sock)")
+                defer { fd.close() }
+                // A request the agent declines (no hook kind): it answers, and logs nothing.
+                let probe = AgentFrame.Request(configPath: config.sourcePath, kind: AgentFrame.probeKind, args: [], input: [])
+                if FrameIO.send(fd, AgentFrame.encode(probe)), let frame = FrameIO.receive(fd, timeoutMs: 2_000),
+                   AgentFrame.decodeReply(frame) != nil {
+                    return .ok("agent", "listening on \(sock) and answering")
+                }
+                return .fail("agent", "\(sock) accepts connections but did not answer a request within 2 s",
+                             why: "each hook waits up to 2 s for the agent's claim before doing the work itself: VM starts are slower",
+                             fix: SystemdUnits.running ? "systemctl restart virtport-agent; journalctl -u virtport-agent" : "restart virtport agent",
+                             status: "warn")
             }
             return .fail("agent", "\(sock) exists but nothing accepts connections (stale socket)",
                          why: "each hook tries it first and then does the work itself: slower, but forwards still work",
@@ -272,8 +290,12 @@ struct Doctor {
             return
         }
         for f in real {
-            out.append(.fail(f.guards ? "guards" : "forwards", "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
-                             why: describe(f), fix: "virtport reconcile"))
+            let check = f.guards ? "guards" : f.action == .acceptRule ? "libvirt firewall" : "forwards"
+            let fix = f.action == .acceptRule
+                ? "virtport reconcile   (a running agent does this by itself within a second of libvirt's rebuild: systemctl enable --now virtport-agent)"
+                : "virtport reconcile"
+            out.append(.fail(check, "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
+                             why: describe(f), fix: fix))
         }
     }
 
@@ -289,6 +311,10 @@ struct Doctor {
         case .kernelDelete: "the kernel forwards a port no journal entry owns (\(f.reason))"
         case .addMapping: "a running VM declares a forward that is not applied (\(f.reason))"
         case .removeMapping: "a forward of a VM that is not running is still in place (\(f.reason))"
+        case .acceptRule:
+            "virtport keeps one accept rule in front of libvirt's reject for each NAT network with forwards (\(f.reason)); "
+                + "libvirt re-inserts its rules at the top of its chains whenever it rebuilds them (virtnetworkd or libvirtd "
+                + "started or sent SIGHUP, virtport install, a package upgrade)"
         default: f.reason
         }
     }

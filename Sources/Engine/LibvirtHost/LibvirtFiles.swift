@@ -192,7 +192,8 @@ public enum DnsmasqStatus {
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
         let size = Int(st.st_size)
-        if size == 0 { return nil }
+        // An empty file is what libvirt leaves while no guest holds a lease: no leases, not garbage.
+        if size == 0 { return [] }
         guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0), map != MAP_FAILED else { return nil }
         defer { munmap(map, size) }
         return parse(UnsafeBufferPointer(start: map.assumingMemoryBound(to: UInt8.self), count: size))
@@ -275,6 +276,7 @@ public enum DnsmasqStatus {
         var start = 0, end = b.count
         while start < end, isSpace(b[start]) { start += 1 }
         while end > start, isSpace(b[end - 1]) { end -= 1 }
+        if start == end { return [] }  // empty: no guest holds a lease (see `compact(path:)`)
         guard end - start >= 2, b[start] == UInt8(ascii: "["), b[end - 1] == UInt8(ascii: "]") else { return nil }
         var out: [Compact] = []
         out.reserveCapacity(b.count / 100)
