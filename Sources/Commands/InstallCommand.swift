@@ -87,8 +87,9 @@ enum InstallCommand {
         if keepForwards {
             Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")
         } else {
-            let n = try Forwarder(resources: .perProcess(config), diagnostics: StandardErrorDiagnostics()).removeEverything(reason: "uninstall")
-            Output.out("removed: \(n) active forward(s), table inet \(config.table) and libvirt accept rules")
+            let done = try Teardown.everything(config: config, reason: "uninstall")
+            Output.out("removed: \(done.forwards) active forward(s), table inet \(config.table) and libvirt accept rules")
+            Output.out("removed: \(done.guards) guarded port(s), table bridge \(config.table) and the isolated flags virtport set")
         }
         Output.out("kept: \(config.databasePath) (audit history) and \(Config.defaultPath)")
         return 0

@@ -45,6 +45,36 @@ public enum GuardSync {
         }
     }
 
+    /// Takes down every guard (`virtport uninstall`, package removal): `table bridge` is deleted
+    /// (whether or not the journal knows of anything in it), the isolated flags virtport set are
+    /// cleared (never libvirt's own), and every guard row is closed with an `off` event.
+    /// - Returns: how many guarded ports were taken down.
+    public static func removeEverything(reason: String, resources: Resources,
+                                        diagnostics: any Diagnostics) throws(VirtPortError) -> Int {
+        let warnings = warnings(resources, diagnostics)
+        let deleteTable = { () throws(VirtPortError) in
+            do { try resources.kernel().deleteGuardTable() } catch {
+                throw .operational("cannot delete table bridge \(resources.config.table)", cause: error)
+            }
+        }
+        guard let db = try resources.existingJournal(readOnly: false) else {
+            try deleteTable()
+            return 0
+        }
+        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> Int in
+            let rows = try db.activeGuards()
+            for uuid in Set(rows.map(\.domain.uuid)) { try db.setGuardState(domainUUID: uuid, .removing) }
+            try deleteTable()
+            clearIsolation(rows, warnings: warnings)
+            let log = EventLog(config: resources.config)
+            for uuid in Set(rows.map(\.domain.uuid)).sorted() {
+                try db.deleteGuards(domainUUID: uuid, reason: reason, now: nowMicros())
+            }
+            for row in rows { log.info("guard off: domain '\(Quoted.message(row.domain.name))' port \(row.tap) (\(reason))") }
+            return rows.count
+        }
+    }
+
     /// Network `started` (libvirt rebuilt its bridge and firewall, maybe after a firewall reload
     /// that flushed ours): rebuilds the bridge table from the journal when anything of it is
     /// missing (an intact table keeps its counters), and puts back the isolated flags virtport set
@@ -158,6 +188,8 @@ public enum GuardSync {
         try db.putGuards(domain: domain, rows, reason: reason, now: nowMicros())
         try program(adding: adding, previous: previous, removing: previous.filter { p in !adding.contains { $0.tap == p.tap } },
                     db: db, resources: resources, lock: lock)
+        forgetFlows(of: Set(previous.flatMap(\.addresses)).subtracting(adding.flatMap(\.addresses)), resources: resources,
+                    warnings: warnings)
         for row in rows {
             let wasOurs = held.first { $0.tap == row.tap }?.isolatedByUs ?? false
             do throws(NetfilterError) {
@@ -196,6 +228,20 @@ public enum GuardSync {
         try db.deleteGuards(domainUUID: uuid, reason: reason, now: nowMicros())
         let log = EventLog(config: resources.config)
         for row in rows { log.info("guard off: domain '\(Quoted.message(row.domain.name))' port \(row.tap) (\(reason))") }
+    }
+
+    /// An address a guard stopped allowing (a lease moved, `ip=` edited, the tap changed hands)
+    /// keeps no connection tracking entry: its flows must not go on as if still allowed (README
+    /// "Connection tracking"). Two filtered walks of the conntrack table per address; not on a
+    /// stop (the port is gone with its traffic). A failure is a warning.
+    static func forgetFlows(of addresses: Set<IPAddress>, resources: Resources, warnings: Warnings) {
+        if addresses.isEmpty { return }
+        do {
+            let nf = try resources.kernel()
+            for address in addresses.sorted() { try nf.forgetFlows(of: address) }
+        } catch {
+            warnings.emit("cannot delete the connection tracking entries of addresses a guard no longer allows: \(error)")
+        }
     }
 
     /// Turns off the isolated flags virtport set on `rows`' ports; a port that is gone (the tap
