@@ -11,6 +11,10 @@ from test_guard import MAC1, glab, guard_for  # noqa: F401  (fixture)
 FORWARD = "<vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='2222' to='22'/></vp:portForward>"
 
 
+def group_fwd_mask(glab):
+    return sh("cat", "/sys/class/net/vnet0/brport/group_fwd_mask", ns=glab.host).stdout.decode().strip()
+
+
 def test_uninstall_leaves_nothing_of_virtport_in_the_kernel(glab, tmp_path):
     hooks = tmp_path / "hooks"
     r = glab.virtport("install", "--no-reconcile")
@@ -26,6 +30,7 @@ def test_uninstall_leaves_nothing_of_virtport_in_the_kernel(glab, tmp_path):
     if glab.layout == "nat":
         assert "table inet virtport" in ruleset
     assert "isolated on" in glab.port_flags("vnet0")
+    assert group_fwd_mask(glab) == "0x4001"      # STP/LLDP diverted through the guard
     assert len(glab.guards_json()) == 1
 
     r = glab.virtport("uninstall")
@@ -37,6 +42,7 @@ def test_uninstall_leaves_nothing_of_virtport_in_the_kernel(glab, tmp_path):
     assert "virtport" not in ruleset, ruleset
     assert "isolated off" in glab.port_flags("vnet0")
     assert "isolated on" in glab.port_flags("vnet1"), "libvirt's own isolated flag must stay"
+    assert group_fwd_mask(glab) == "0x0", "the group_fwd_mask bits the guard set must be given back"
     assert list(hooks.iterdir()) == []
     assert glab.guards_json() == []
     hist = json.loads(glab.virtport("history", "--guards", "--json", check=True).stdout)

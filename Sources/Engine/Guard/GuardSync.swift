@@ -66,6 +66,7 @@ public enum GuardSync {
             for uuid in Set(rows.map(\.domain.uuid)) { try db.setGuardState(domainUUID: uuid, .removing) }
             try deleteTable()
             clearIsolation(rows, warnings: warnings)
+            divertGroups(rows, on: false, warnings: warnings)
             let log = EventLog(config: resources.config)
             for uuid in Set(rows.map(\.domain.uuid)).sorted() {
                 try db.deleteGuards(domainUUID: uuid, reason: reason, now: nowMicros())
