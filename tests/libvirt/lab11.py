@@ -543,9 +543,9 @@ class Lab11(harness.LibvirtLab):
         raise LabError("the libvirt 11 lab uses the nftables backend: no iptables rules to read")
 
     def guest_input(self):
-        """Rules of libvirt's `ip libvirt_network guest_input` chain, one text line each."""
+        """Rules of libvirt's `ip libvirt_network guest_input` chain, one text line each (no counters)."""
         r = self.exec("nft", "list", "chain", "ip", "libvirt_network", "guest_input", check=False)
-        return [l.strip() for l in out(r).splitlines()
+        return [re.sub(r"counter packets \d+ bytes \d+ ", "", l.strip()) for l in out(r).splitlines()
                 if l.strip() and not l.strip().startswith(("table", "chain", "}", "type"))]
 
     # -- teardown ---------------------------------------------------------------------------------
