@@ -474,6 +474,61 @@ class Lab11(harness.LibvirtLab):
         self.pids["firewalld"] = wait_for(lambda: self.daemon_pid("firewalld"), 30, 0.05, "firewalld pid file")
         wait_for(lambda: self.firewall_cmd("--state", check=False).returncode == 0, 60, 0.2, "firewalld running")
 
+    FIREWALLD_NFT = "/usr/lib/python3/dist-packages/firewall/core/nftables.py"
+    STRICT_MARK = "# lab: StrictForwardPorts"
+
+    def backport_strict_forward_ports(self):
+        """Give this instance's firewalld 1.3 the effect of firewalld >= 2.3's `StrictForwardPorts=yes`
+        in /etc/firewalld/firewalld.conf: filter_FORWARD then has no `ct status dnat accept` (only
+        firewalld's own forward-ports pass). A two-line edit of its nftables backend, in this lab's
+        overlay only (the cached root keeps Debian's file); takes effect at the next firewalld
+        start or `firewall-cmd --reload`."""
+        path = self.path(self.FIREWALLD_NFT)
+        with open(path) as f:
+            src = f.read()
+        if self.STRICT_MARK in src:
+            return
+        # the first FORWARD rule matching `ct status dnat` (the accept that follows established,related)
+        fwd = src.index('"chain": "filter_%s" % "FORWARD",\n')
+        dnat = src.index('"right": "dnat"}},', fwd)
+        fwd = src.rindex('"chain": "filter_%s" % "FORWARD",\n', fwd, dnat)
+        end = src.index('{"accept": None}]}}})\n', dnat) + len('{"accept": None}]}}})\n')
+        if '"expr"' in src[src.index("\n", fwd):dnat].split('"expr"', 1)[1]:
+            raise LabError(f"{self.FIREWALLD_NFT}: not the layout this edit knows")
+        patch = ('        if "StrictForwardPorts=yes" in open("/etc/firewalld/firewalld.conf").read():  '
+                 f'{self.STRICT_MARK}=yes of firewalld >= 2.3\n'
+                 '            default_rules.pop()\n')
+        with open(path, "w") as f:
+            f.write(src[:end] + patch + src[end:])
+
+    def set_firewalld_conf(self, key, value):
+        """KEY=VALUE in the root's /etc/firewalld/firewalld.conf (replaced or appended)."""
+        path = self.path("/etc/firewalld/firewalld.conf")
+        with open(path) as f:
+            lines = [l for l in f.read().splitlines() if not l.startswith(key + "=")]
+        with open(path, "w") as f:
+            f.write("\n".join(lines + [f"{key}={value}"]) + "\n")
+
+    def wait_network_rebuild(self, mark, timeout=15):
+        """Until virtnetworkd has rebuilt its firewall after MARK (networkReloadFirewallRules: on a
+        firewalld `Reloaded` signal, SIGHUP or start-up) and applied nothing for 0.3 s since."""
+        wait_for(lambda: any("networkReloadFirewallRules" in l for l in self.log_lines(mark)), timeout, 0.05,
+                 "virtnetworkd to rebuild its firewall rules")
+
+        def quiet():
+            lines = [l for l in self.log_lines(mark) if "virFirewall" in l]
+            if not lines or "Done applying groups" not in lines[-1]:
+                return False
+            stamp = lines[-1][:23]
+            time.sleep(0.3)
+            later = [l for l in self.log_lines(mark) if "virFirewall" in l]
+            return later[-1][:23] == stamp
+        wait_for(quiet, timeout, 0.05, "virtnetworkd's firewall rebuild to finish")
+
+    def restart_firewalld(self):
+        self.stop_daemon("firewalld")
+        self.start_firewalld_only()
+
     def firewall_cmd(self, *args, check=True):
         return sh(*self.in_root("/usr/bin/firewall-cmd", *args), check=check, timeout=60)
 
