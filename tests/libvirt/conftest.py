@@ -72,8 +72,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "only_lab(kind): the test holds only on that lab ('9' or '11')")
 
 
+# Files about libvirt 9.0 itself or the machine's own libvirtd (iptables facts, the harness's
+# /run and /etc handling, the package installed on the machine): lab 9 only. Their lab-11
+# counterparts are test_package_lab11.py and lab11.py's own checks.
+LAB9_ONLY_FILES = {"test_harness_smoke.py": "the 9.0 harness itself", "test_libvirt_facts.py": "libvirt 9.0 iptables facts",
+                   "test_package.py": "the package on the machine, beside its libvirtd"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        why = LAB9_ONLY_FILES.get(os.path.basename(str(item.fspath)))
+        if why and not item.get_closest_marker("only_lab"):
+            item.add_marker(pytest.mark.only_lab("9", why=why))
         m = item.get_closest_marker("only_lab")
         if m and m.args[0] != LAB:
             item.add_marker(pytest.mark.skip(reason=f"libvirt {m.args[0]} lab only ({m.kwargs.get('why', '')}); "
