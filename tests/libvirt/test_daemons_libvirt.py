@@ -123,3 +123,8 @@ def test_doctor_is_clean_on_a_healthy_lab(lab, vp, agent_then_installed):
     assert daemons == (["daemon libvirtd"] if lab.kind == "9" else ["daemon virtnetworkd", "daemon virtqemud"]), daemons
     text = out(vp.run("doctor"))
     assert "fail" not in [l.split()[0] for l in text.splitlines() if l and not l.startswith(" ")], text
+    # Issue 22: doctor's probe of the agent is not a malformed request to it, and an empty lease
+    # file (libvirt's `[]` with no guest holding a lease, as here) is nothing to warn about.
+    agent_log = agent_then_installed.text()
+    assert "dropped a malformed" not in agent_log, agent_log
+    assert not [l for l in agent_log.splitlines() if "virbr0.status" in l], agent_log
