@@ -5,13 +5,15 @@
 # daemons (virtqemud, virtnetworkd, virtproxyd), which Debian's backport does not ship, built from
 # Debian's own 11.3 source package with meson/ninja inside the root.
 #
-# The root is cached at /var/tmp/virtport-lab11-<hash of this script>/root; a change to this script
-# builds a new one (older ones are removed). Prints the root's path on stdout, progress on stderr.
+# The root is cached at /var/tmp/virtport-lab11-<hash of this script>/root ($VIRTPORT_LAB11_CACHE
+# instead of /var/tmp); a change to this script builds a new one (older ones there are removed).
+# Prints the root's path on stdout, progress on stderr (with the seconds each stage took).
 # Usage: scripts/lab/build-lab11.sh [--print-path]   (--print-path: path only, build nothing)
 set -euo pipefail
 SELF="$(readlink -f "$0")"
 KEY="$(sha256sum "$SELF" | cut -c1-12)"
-BASE=/var/tmp/virtport-lab11-$KEY
+CACHE=${VIRTPORT_LAB11_CACHE:-/var/tmp}
+BASE=$CACHE/virtport-lab11-$KEY
 ROOT=$BASE/root
 if [ "${1:-}" = --print-path ]; then echo "$ROOT"; exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "build-lab11.sh: must run as root" >&2; exit 2; }
@@ -65,12 +67,12 @@ SRC
     inroot nice apt-get install -y -q --no-install-recommends firewalld dbus-daemon >&2
     # what the trimmed meson build of the modular daemons needs
     inroot nice apt-get install -y -q --no-install-recommends -t bookworm-backports \
-        dpkg-dev gcc meson ninja-build pkg-config python3 python3-docutils xsltproc libxml2-utils \
+        dpkg-dev gcc meson ninja-build pkg-config python3 python3-docutils xsltproc libxml2-utils gettext perl patchelf \
         libglib2.0-dev libgnutls28-dev libxml2-dev libjson-c-dev libtirpc-dev libnl-3-dev libnl-route-3-dev \
         libcap-ng-dev libselinux1-dev libacl1-dev libattr1-dev libudev-dev libdevmapper-dev \
         libpciaccess-dev libyajl-dev libsasl2-dev libpolkit-gobject-1-dev >&2 || \
     inroot nice apt-get install -y -q --no-install-recommends \
-        dpkg-dev gcc meson ninja-build pkg-config python3 python3-docutils xsltproc libxml2-utils \
+        dpkg-dev gcc meson ninja-build pkg-config python3 python3-docutils xsltproc libxml2-utils gettext perl patchelf \
         libglib2.0-dev libgnutls28-dev libxml2-dev libjson-c-dev libtirpc-dev libnl-3-dev libnl-route-3-dev >&2
     mark packages
 fi
@@ -142,7 +144,7 @@ du -sh "$ROOT" >&2 || true
 touch "$BASE/done"
 log "built in $(( $(date +%s) - T0 )) s: $ROOT"
 # older roots (another version of this script) go
-for d in /var/tmp/virtport-lab11-*; do
+for d in "$CACHE"/virtport-lab11-*; do
     case "$d" in "$BASE"|"$BASE.lock") ;; *.lock) [ -d "${d%.lock}" ] || rm -f "$d" ;; *) rm -rf "$d" ;; esac
 done
 echo "$ROOT"
