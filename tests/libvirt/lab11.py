@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid as uuidlib
 import warnings
 
 import harness
@@ -96,13 +95,6 @@ def lab_root():
     if not os.path.exists(os.path.join(root, "usr/sbin/virtqemud")):
         raise LabError(f"{root} has no virtqemud")
     return root
-
-
-def built_root():
-    """The cached root's path if it is built, else None (without building)."""
-    r = subprocess.run(["bash", BUILD_SCRIPT, "--print-path"], capture_output=True)
-    root = r.stdout.decode().strip()
-    return root if root and os.path.exists(os.path.join(os.path.dirname(root), "done")) else None
 
 
 def _save_states():

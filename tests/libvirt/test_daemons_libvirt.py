@@ -19,7 +19,7 @@ import harness
 from conftest import LAB
 from harness import out
 from test_agent_libvirt import LabAgent
-from test_virtport_libvirt import (BIN, CLIENT, G1, HOST, answer, install, installed,  # noqa: F401
+from test_virtport_libvirt import (CLIENT, G1, HOST, answer, install, installed,  # noqa: F401
                                    start_forwarded_vm, vp)
 
 DAEMONS = ["libvirtd"] if LAB == "9" else ["virtqemud", "virtnetworkd", "virtlogd"]
