@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: Swift unit tests, then the root integration tests (network namespaces, real
-# nftables, real traffic; libvirt suite with a real libvirtd + QEMU). Installs what they need.
+# nftables, real traffic; libvirt suite with a real libvirtd + QEMU; the Cockpit page in a real
+# browser). Installs what they need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
@@ -15,6 +16,9 @@ swift test --skip-build 2>&1 | tee /tmp/virtport-swift-test.log
 PY=/usr/bin/python3
 $PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/integration "$@"
 $PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/libvirt "$@"
+# The Cockpit page in a real browser (headless chromium) against cockpit-ws and a real libvirtd lab;
+# screenshots and console logs under .build/cockpit-artifacts/ (tests/cockpit/README.md).
+$PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/cockpit "$@"
 # The real-libvirt suite again against libvirt 11.3 (modular daemons, nftables backend; firewalld and
 # two hosts migrating are lab-11 only), in a lab root scripts/lab/build-lab11.sh builds once and caches
 # under /var/tmp (~5-8 min the first time on a fresh machine, then nothing).

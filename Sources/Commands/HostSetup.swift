@@ -186,17 +186,53 @@ enum AppArmor {
     }
 }
 
+/// What `install`/`uninstall` may touch besides the hooks directory and what the config names.
+/// libvirt reads its hooks from one directory, compiled in: `/etc/libvirt/hooks`. The host-wide steps
+/// (AppArmor's local override for libvirt's daemons, the daemons told to rescan, virtport's systemd
+/// units) are for that directory only. Given another one (`--hooks-dir DIR`, `[paths] hooks_dir`),
+/// the commands work on DIR and the config's journal, table and socket, and leave the rest alone.
+/// Under `VIRTPORT_SYSROOT` (a fake host tree) the AppArmor and systemd steps act inside that tree.
+enum HostScope {
+    static let libvirtHooksDir = "/etc/libvirt/hooks"
+
+    static func isLibvirts(_ hooksDir: String) -> Bool {
+        var d = hooksDir
+        while d.count > 1 && d.hasSuffix("/") { d.removeLast() }
+        if d == libvirtHooksDir { return true }
+        guard let a = resolved(d), let b = resolved(libvirtHooksDir) else { return false }
+        return a == b
+    }
+
+    /// realpath(3), or nil when the path does not resolve (absent).
+    static func resolved(_ path: String) -> String? {
+        guard let r = realpath(path, nil) else { return nil }
+        defer { free(r) }
+        return String(cString: r)
+    }
+
+    /// AppArmor's override and the units: for libvirt's hooks directory, or inside a fake host tree.
+    static func hostFiles(_ hooksDir: String) -> Bool { isLibvirts(hooksDir) || HostPaths.sysroot != nil }
+
+    /// The one line saying what was left alone, when something was.
+    static func note(_ hooksDir: String) {
+        guard !isLibvirts(hooksDir) else { return }
+        Output.out("\(hooksDir) is not libvirt's hooks directory (\(libvirtHooksDir)): no libvirt daemon signalled"
+                   + (hostFiles(hooksDir) ? "" : ", AppArmor and systemd units left alone"))
+    }
+}
+
 /// virtport's systemd units: `uninstall` leaves none of them enabled (the boot-time reconcile
-/// would otherwise re-create forwards that no hook removes any more).
+/// would otherwise re-create forwards that no hook removes any more). Their directories are host
+/// files: `VIRTPORT_SYSROOT` prefixes them (and `systemctl --root` then works on that tree).
 enum SystemdUnits {
     static let units = ["virtport-agent.service", "virtport-reconcile.service"]
     static let unitDirs = ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"]
 
     /// systemd is PID 1 (the check sd_booted() makes).
-    static var running: Bool { FileSystem.isDirectory("/run/systemd/system") }
+    static var running: Bool { HostPaths.sysroot == nil && FileSystem.isDirectory("/run/systemd/system") }
 
     static func present() -> [String] {
-        units.filter { u in unitDirs.contains { FileSystem.exists("\($0)/\(u)") } }
+        units.filter { u in unitDirs.contains { FileSystem.exists(HostPaths.path("\($0)/\(u)")) } }
     }
 
     /// `systemctl is-enabled` works offline too.
@@ -209,7 +245,8 @@ enum SystemdUnits {
         let units = present()
         guard !units.isEmpty, let sc = Spawn.find("systemctl", in: ["/usr/bin", "/bin"]) else { return }
         let now = running ? ["--now"] : []
-        if Spawn.run([sc, "disable", "--quiet"] + now + units) == 0 {
+        let root = HostPaths.sysroot.map { ["--root=\($0)"] } ?? []
+        if Spawn.run([sc] + root + ["disable", "--quiet"] + now + units) == 0 {
             Output.out("\(units.joined(separator: ", ")): disabled\(running ? " and stopped" : "") (`systemctl enable --now UNIT` after `virtport install` turns them on again)")
         } else {
             Output.err("systemctl disable \(units.joined(separator: " ")) failed")

@@ -7,6 +7,7 @@ import VirtPortCore
 
 /// `virtport install` / `uninstall`: libvirt hooks in place (symlinks to this binary), libvirtd told
 /// to rescan (SIGHUP). A hook file that is not ours is never touched: we go into `qemu.d/` instead.
+/// Host-wide steps only for libvirt's own hooks directory (HostScope).
 enum InstallCommand {
     static let kinds = ["qemu", "network"]
 
@@ -33,13 +34,14 @@ enum InstallCommand {
             }
         }
         try IO.makeDirectories(FileSystem.dirname(config.databasePath), mode: 0o700)
-        if Environment.get("VIRTPORT_CONFIG") == nil && !FileSystem.exists(Config.defaultPath) {
+        if Environment.get("VIRTPORT_CONFIG") == nil && HostScope.isLibvirts(hooksDir) && !FileSystem.exists(Config.defaultPath) {
             try IO.makeDirectories(FileSystem.dirname(Config.defaultPath), mode: 0o755)
             try IO.writeFile(Config.defaultPath, ConfigKeys.template, mode: 0o644)
             Output.out("\(Config.defaultPath): default configuration written")
         }
-        try AppArmor.install(exe: exe)
-        rescan(config)
+        HostScope.note(hooksDir)
+        if HostScope.hostFiles(hooksDir) { try AppArmor.install(exe: exe) }
+        if HostScope.isLibvirts(hooksDir) { rescan(config) }
         if !noReconcile {
             do { _ = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries).run(dryRun: false, reason: "install") } catch {
                 Output.err("reconcile after install failed: \(error)")
@@ -63,9 +65,12 @@ enum InstallCommand {
             rmdir("\(hooksDir)/\(kind).d")  // only if we left it empty
         }
         if removed == 0 { Output.out("no virtport hooks under \(hooksDir)") }
-        rescan(config)
-        try AppArmor.uninstall()
-        SystemdUnits.disable()
+        HostScope.note(hooksDir)
+        if HostScope.isLibvirts(hooksDir) { rescan(config) }
+        if HostScope.hostFiles(hooksDir) {
+            try AppArmor.uninstall()
+            SystemdUnits.disable()
+        }
         // Without the hooks nothing would ever remove the forwards: take them down now, with history.
         if keepForwards {
             Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")

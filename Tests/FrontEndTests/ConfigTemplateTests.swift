@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import VirtPortCore
 @testable import Commands
@@ -20,6 +21,13 @@ import VirtPortCore
         #expect(uncommented.contains("[paths]\n") && uncommented.contains("agent_socket = \"/run/virtport/agent.sock\""))
         let keyLines = uncommented.split(separator: "\n").filter { !$0.hasPrefix("#") && $0.contains(" = ") }
         #expect(keyLines.count == ConfigKeys.keys.count)
+    }
+
+    /// The package's conffile is byte for byte the file `virtport install` writes: dpkg then takes
+    /// over a source install's untouched default without a conffile prompt (README "Debian package").
+    @Test func packagedConffileIsTheTemplate() throws {
+        let packaged = try String(contentsOfFile: "\(SelfContainedTests.root)/packaging/virtport.conf", encoding: .utf8)
+        #expect(packaged == ConfigKeys.template, "packaging/virtport.conf differs from `virtport install`'s default: regenerate it")
     }
 
     func describe(_ c: Config) -> String {

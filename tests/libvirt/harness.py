@@ -49,6 +49,8 @@ STATE_FILE = STATE_DIR + "/state.json"
 LIBVIRTD_PID = "/run/libvirtd.pid"
 VIRTLOGD_PID = "/run/virtlogd.pid"
 HOOKS_DIR = "/etc/libvirt/hooks"
+MACHINE_HOOKS = ("daemon", "qemu", "lxc", "libxl", "bhyve", "network")   # libvirt's hook names (+ NAME.d)
+HOOKS_ASIDE = "/var/tmp/vpl-lab-machine-hooks"                     # where they wait while a lab runs
 DEFAULT_NET_XML = "/usr/share/libvirt/networks/default.xml"
 LEASES_FILE = "/var/lib/libvirt/dnsmasq/virbr0.status"   # libvirt's lease list for `default`, kept across runs
 LIBVIRTD = shutil.which("libvirtd", path="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -570,8 +572,35 @@ class LibvirtLab:
                                f"(net {os.readlink(f'/proc/{p}/ns/net') if pid_alive(p) else '?'}); "
                                "refusing to start a second one (stop it, or run the lab on a machine without it)")
 
+    # -- the machine's own hooks (issue 22) ------------------------------------------------------
+    # A source install's or the package's hooks in /etc/libvirt/hooks: the lab's libvirtd would run
+    # them, and the lab's install/uninstall would replace and then remove them. Moved aside while a
+    # lab runs (before its libvirtd starts), put back by teardown, or by the next start after a crash.
+    def _machine_hooks_aside(self):
+        entries = [n for base in MACHINE_HOOKS for n in (base, base + ".d")
+                   if os.path.lexists(os.path.join(HOOKS_DIR, n))]
+        if not entries:
+            return
+        os.makedirs(HOOKS_ASIDE, exist_ok=True)
+        for n in entries:
+            shutil.move(os.path.join(HOOKS_DIR, n), os.path.join(HOOKS_ASIDE, n))
+
+    @staticmethod
+    def _machine_hooks_back():
+        if not os.path.isdir(HOOKS_ASIDE):
+            return
+        for n in os.listdir(HOOKS_ASIDE):
+            dst = os.path.join(HOOKS_DIR, n)
+            if os.path.isdir(dst) and not os.path.islink(dst):
+                shutil.rmtree(dst)                      # what the lab left in their place
+            elif os.path.lexists(dst):
+                os.unlink(dst)
+            shutil.move(os.path.join(HOOKS_ASIDE, n), dst)
+        os.rmdir(HOOKS_ASIDE)
+
     def _recover_stale(self, state):
         """Undo what a crashed run left: processes and namespaces vpl-*, hooks, /dev/kvm mode."""
+        self._machine_hooks_back()
         stale_ns = lab_namespaces()
         if not state and not stale_ns:
             return {}
@@ -644,6 +673,7 @@ class LibvirtLab:
             sh("ip", "link", "set", "lo", "up", ns=self.ns)
             self._prepare_kvm()
             self._prepare_etc()
+        self._machine_hooks_aside()
         with self._timed("lab: virtlogd + libvirtd start"):
             self._start_virtlogd()
             self._start_libvirtd()
@@ -892,6 +922,10 @@ class LibvirtLab:
     # -- hooks ----------------------------------------------------------------------------------
     def _hook_env(self, env):
         e = dict(BASE_ENV)
+        # `install`/`uninstall` would edit the machine's AppArmor override and disable the machine's
+        # virtport units (host files, not libvirt's): a fake host tree of the lab's instead. (AppArmor
+        # is not active on these kernels; tests/integration/test_apparmor_policy.py covers it.)
+        e["VIRTPORT_SYSROOT"] = os.path.join(self.workdir, "sysroot")
         e.update(self.daemon_env)
         e.update(env or {})
         return e
@@ -1257,6 +1291,7 @@ class LibvirtLab:
             step("/dev/kvm", lambda: self._restore_kvm(self.kvm_saved))
         if self.leases_backup:
             step("leases", lambda: self._restore_leases(self.leases_backup))
+        step("the machine's hooks", self._machine_hooks_back)
         if errs:
             self.keep_workdir = True
             with contextlib.suppress(Exception):

@@ -2,6 +2,7 @@
 libvirt's own firewall, hooks observed through a stand-in virtport, and a teardown that leaves
 nothing behind. No virtport binary needed."""
 import os
+import shutil
 import time
 
 import pytest
@@ -84,6 +85,53 @@ def test_smoke(libvirt_lab):
     if kvm:
         st = os.stat("/dev/kvm")
         assert (st.st_mode & 0o7777, st.st_gid) == (kvm["mode"], kvm["gid"])
+
+
+def _hooks_snapshot():
+    """/etc/libvirt/hooks as it is: {name: symlink target, "dir:" + listing, or "file"}."""
+    out = {}
+    for n in sorted(os.listdir(harness.HOOKS_DIR)):
+        p = os.path.join(harness.HOOKS_DIR, n)
+        out[n] = (os.readlink(p) if os.path.islink(p) else
+                  "dir:" + ",".join(sorted(os.listdir(p))) if os.path.isdir(p) else "file")
+    return out
+
+
+def test_machine_hooks_set_aside_while_a_lab_runs(libvirt_lab):
+    """Issue 22: the machine's own hooks (a source install's, the package's, an admin's) are out of
+    /etc/libvirt/hooks while a lab runs (its libvirtd would run them; its install/uninstall would
+    replace and remove them) and exactly back after teardown."""
+    lab = libvirt_lab
+    if lab.running:
+        lab.teardown()
+    before = _hooks_snapshot()
+    ours = []
+    if "daemon" not in before:                       # libvirt's daemon hook, as a source install's link
+        os.symlink("/usr/local/bin/virtport", os.path.join(harness.HOOKS_DIR, "daemon"))
+        ours.append("daemon")
+    if "lxc.d" not in before:                        # an admin's hook directory
+        os.mkdir(os.path.join(harness.HOOKS_DIR, "lxc.d"))
+        with open(os.path.join(harness.HOOKS_DIR, "lxc.d", "mine"), "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        ours.append("lxc.d")
+    machine = _hooks_snapshot()
+    try:
+        lab.start()
+        hooks = [n for n in machine if n.removesuffix(".d") in harness.MACHINE_HOOKS]
+        assert set(_hooks_snapshot()).isdisjoint(hooks), "the machine's hooks stayed where the lab's libvirtd reads them"
+        assert sorted(os.listdir(harness.HOOKS_ASIDE)) == sorted(hooks)
+        lab.teardown()
+        assert _hooks_snapshot() == machine and not os.path.exists(harness.HOOKS_ASIDE)
+    finally:
+        if lab.running:
+            lab.teardown()
+        for n in ours:
+            p = os.path.join(harness.HOOKS_DIR, n)
+            if os.path.islink(p) or os.path.isfile(p):
+                os.unlink(p)
+            elif os.path.isdir(p):
+                shutil.rmtree(p)
+    assert _hooks_snapshot() == before
 
 
 def test_hooks_through_stand_in(lab):

@@ -94,9 +94,25 @@ def prev_release_binary():
     return cached
 
 
-def build_deb(tmp, binary, version):
+# The previous release's conffile: the keys that release reads (it predates [guard], [agent], [log]
+# and refuses a file naming them). The current package ships packaging/virtport.conf.
+PREV_CONF = """# virtport configuration (TOML subset). Every key is optional; the values shown are the defaults.
+
+# database = "/var/lib/virtport/virtport.db"
+# table = "virtport"
+# agent_socket = "/run/virtport/agent.sock"
+
+[policy]
+# host_ports = ["1024-65535"]
+# listen_addresses = ["any"]
+# on_internal_error = "warn"
+"""
+
+
+def build_deb(tmp, binary, version, conffile=None):
+    extra = ["--conffile", conffile] if conffile else []
     r = subprocess.run([os.path.join(harness.ROOT, "packaging", "build-deb"), "--fast", "--binary", binary,
-                        "--version", version, "--out", tmp], capture_output=True, timeout=300)
+                        "--version", version, "--out", tmp] + extra, capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr.decode()
     deb = r.stdout.decode().strip().splitlines()[-1]
     assert deb.endswith(f"virtport_{version}_amd64.deb") and os.path.exists(deb), r.stdout
@@ -124,9 +140,23 @@ def journal_aside():
         os.rename(aside, path)
 
 
-@pytest.fixture
-def debs(tmp_path_factory, journal_aside):
-    """(previous .deb, its version, current .deb, its version, the previous release's binary)."""
+# -- Over a source install (issue 22) -------------------------------------------------------------
+# What scripts/install.sh leaves on a machine besides the hooks and the journal (README "Debian
+# package", "Over a source install"); the package takes all of it over, scripts/uninstall.sh removes it.
+SRC_BIN = "/usr/local/bin/virtport"
+SRC_DOCS = ("/usr/local/share/man/man8/virtport.8", "/usr/local/share/man/man5/virtport.conf.5",
+            "/usr/local/share/bash-completion/completions/virtport", "/usr/local/share/zsh/site-functions/_virtport",
+            "/usr/local/share/fish/vendor_completions.d/virtport.fish")
+UNIT_DIR = "/etc/systemd/system"
+SRC_UNITS = tuple(f"{UNIT_DIR}/{u}" for u in UNITS)
+SRC_WANTS = tuple(f"{UNIT_DIR}/multi-user.target.wants/{u}" for u in UNITS)
+SRC_FILES = (SRC_BIN,) + SRC_DOCS + SRC_UNITS + SRC_WANTS
+AA_PROFILE = "/etc/apparmor.d/usr.sbin.libvirtd"
+AA_LOCAL = "/etc/apparmor.d/local/usr.sbin.libvirtd"
+
+
+def package_preconditions():
+    """Skips unless the release binary and dpkg/apt are here and the package is not installed for real."""
     if not os.access(BIN, os.X_OK):
         pytest.skip(f"no release binary at {BIN}")
     if not shutil.which("dpkg-deb") or not shutil.which("apt-get"):
@@ -137,29 +167,70 @@ def debs(tmp_path_factory, journal_aside):
     installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "virtport"], capture_output=True).stdout
     if b"installed" in installed or os.path.exists("/usr/sbin/virtport"):
         pytest.skip("virtport is installed on this machine (package or /usr/sbin/virtport)")
+
+
+@pytest.fixture
+def debs(tmp_path_factory, journal_aside):
+    """(previous .deb, its version, current .deb, its version, the previous release's binary)."""
+    package_preconditions()
     prev_bin = prev_release_binary()
     tmp = str(tmp_path_factory.mktemp("debs"))
     version = f"{binary_version(BIN)}-1"
     # Both print 0.1.0: the previous one is the git snapshot before it, as Debian orders "~".
     prev_version = f"{binary_version(prev_bin)}~git{PREV_COMMIT}-1"
     assert subprocess.run(["dpkg", "--compare-versions", prev_version, "lt", version]).returncode == 0
-    return build_deb(tmp, prev_bin, prev_version), prev_version, build_deb(tmp, BIN, version), version, prev_bin
+    prev_conf = os.path.join(tmp, "virtport.conf.prev")
+    with open(prev_conf, "w") as f:
+        f.write(PREV_CONF)
+    return (build_deb(tmp, prev_bin, prev_version, prev_conf), prev_version, build_deb(tmp, BIN, version), version,
+            prev_bin)
 
 
 @pytest.fixture
-def pkg_lab(lab, debs):
-    """The lab without a virtport.conf of an earlier test; afterwards the package purged (in the
-    namespace), whatever the test did."""
+def cur_deb(tmp_path_factory, journal_aside):
+    """(None, None, current .deb, its version, None): the current release only (no previous build)."""
+    package_preconditions()
+    version = f"{binary_version(BIN)}-1"
+    return None, None, build_deb(str(tmp_path_factory.mktemp("debs")), BIN, version), version, None
+
+
+@pytest.fixture
+def pkg_lab(lab, journal_aside):
+    """The lab without a virtport.conf of an earlier test, and the machine's own source install (if
+    the README's first command ran here: the package would take it over) moved aside with the
+    AppArmor override's text saved. Afterwards, whatever the test did: a source install it left
+    taken out (scripts/uninstall.sh --purge in the namespace), the package purged (in the
+    namespace), the machine's files put back — the test neither depends on nor changes them."""
+    package_preconditions()                         # before anything here could purge a real package
     with_conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
     if os.path.exists(with_conf):
         os.unlink(with_conf)
+    moved = []
+    for path in SRC_FILES:
+        if os.path.lexists(path):
+            aside = f"{path}.before-package-test-{os.getpid()}"
+            os.rename(path, aside)
+            moved.append((path, aside))
+    saved = open(AA_LOCAL).read() if os.path.exists(AA_LOCAL) else None
     yield lab
     if lab.running:
         for n in list(lab.vms):
             if lab.vm_state(n) not in (None, "shut off"):
                 lab.destroy_vm(n, check=False)
+    if os.path.exists(SRC_BIN) and not os.path.exists("/usr/sbin/virtport"):
+        lab.exec("bash", os.path.join(harness.ROOT, "scripts", "uninstall.sh"), "--purge", env=APT_ENV, check=False)
     dpkg(lab, "--purge", "virtport", check=False)
     lab.exec("nft", "delete", "table", "inet", "virtport", check=False)
+    for path in SRC_FILES:
+        if os.path.lexists(path):
+            os.unlink(path)
+    for path, aside in moved:
+        os.rename(aside, path)
+    if saved is not None:
+        with open(AA_LOCAL, "w") as f:
+            f.write(saved)
+    elif os.path.exists(AA_LOCAL):
+        os.unlink(AA_LOCAL)
     assert not os.path.exists("/var/lib/virtport")
 
 
@@ -286,8 +357,9 @@ class Agent:
     def __enter__(self):
         with open(self.conf) as f:
             self.saved = f.read()
+        # Only keys both releases read (the current conffile names sections the previous one refuses).
         with open(self.conf, "w") as f:
-            f.write(("" if self.libvirt else 'libvirt_uri = ""\n') + self.saved + f'\n[paths]\nagent_socket = "{self.sock}"\n')
+            f.write(("" if self.libvirt else 'libvirt_uri = ""\n') + f'\n[paths]\nagent_socket = "{self.sock}"\n')
         with open(self.log, "w") as f:
             self.proc = subprocess.Popen(["ip", "netns", "exec", self.lab.ns, self.binary, "agent", "--verbose"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f)
@@ -332,7 +404,7 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     lab.wait_reload_idle()
     assert {u: unit_state(u) for u in UNITS} == {u: "enabled" for u in UNITS}
     conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
-    assert open(conf).read() == open(os.path.join(harness.ROOT, "packaging", "virtport.conf")).read()
+    assert open(conf).read() == PREV_CONF
     assert os.stat("/var/lib/virtport").st_mode & 0o777 == 0o700
     # The postinst's reconcile (the previous binary) created the journal: the same file to the end.
     db_inode = os.stat("/var/lib/virtport/virtport.db").st_ino
@@ -375,6 +447,9 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
               "/usr/share/fish/vendor_completions.d/virtport.fish"):
         assert f in files, f"{f} not in the package"
     assert say(held, "after") == "G1 echo after", "the connection held across the upgrade broke"
+    # The unchanged conffile became the new version's, without a question (stdin is /dev/null).
+    assert open(conf).read() == open(os.path.join(harness.ROOT, "packaging", "virtport.conf")).read()
+    assert "Configuration file" not in text, text
     assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
     assert history(lab) == [("add", vm, 2222, "hook qemu start")], "the upgrade took the forward down"
     assert listing(lab) == listed, "the new binary reads the old journal differently"
@@ -438,3 +513,176 @@ def test_package_install_vm_upgrade_remove_purge(pkg_lab, debs):
     assert not [p for p in os.listdir("/var/lib/systemd/deb-systemd-helper-enabled") if "virtport" in p] \
         if os.path.isdir("/var/lib/systemd/deb-systemd-helper-enabled") else True
     assert "virtport" not in out(lab.exec("nft", "list", "tables"))
+
+
+
+
+def source_install(lab):
+    """scripts/install.sh --binary BIN inside the lab's namespace (its `virtport install` acts on the
+    lab's libvirtd and /etc/virtport); waits for libvirtd's rescan."""
+    mark = lab.log_mark()
+    r = lab.exec("bash", os.path.join(harness.ROOT, "scripts", "install.sh"), "--binary", BIN, env=APT_ENV,
+                 check=False, timeout=120)
+    assert r.returncode == 0, out(r) + r.stderr.decode()
+    assert hooks() == {"qemu": SRC_BIN, "network": SRC_BIN}, out(r)
+    harness.wait_for(lambda: any("Found hook script /etc/libvirt/hooks/qemu" in l for l in lab.log_lines(mark)),
+                     10, 0.05, "libvirtd to rescan after install.sh")
+    lab.wait_reload_idle()
+    for f in (SRC_BIN,) + SRC_DOCS + SRC_UNITS:
+        assert os.path.exists(f), f"install.sh did not install {f}"
+    if os.path.exists(AA_PROFILE):
+        assert f"\n{SRC_BIN} PUx,\n" in open(AA_LOCAL).read()
+    return out(r)
+
+
+def conf_copies(conf):
+    """dpkg's and preinst's copies beside the config (.dpkg-new, .dpkg-old, .source-install, …)."""
+    return [f for f in os.listdir(os.path.dirname(conf)) if f.startswith("virtport.conf.")]
+
+
+def source_left():
+    """The source install's files still here (enablement links count when they lead to its units)."""
+    return ([f for f in (SRC_BIN,) + SRC_DOCS + SRC_UNITS if os.path.lexists(f)]
+            + [w for w in SRC_WANTS if os.path.lexists(w) and not os.readlink(w).startswith("/lib/systemd/system/")])
+
+
+def test_package_takes_over_a_source_install(pkg_lab, cur_deb):
+    """README's source install, a VM forwarded through its hooks, then `apt-get install` of the
+    package with stdin closed: no conffile prompt, the forward stays, and what the source install left
+    is replaced — hooks on /usr/sbin/virtport, the package's units (the source ones gone), the source
+    binary, man pages and completions gone, its AppArmor rule gone, the default config now the
+    package's conffile. A changed config is kept. Then scripts/uninstall.sh removes a source install
+    entirely."""
+    lab = pkg_lab
+    _, _, cur, version, _ = cur_deb
+    conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
+    default = open(os.path.join(harness.ROOT, "packaging", "virtport.conf")).read()
+
+    # 1. The source install and a VM forwarded through its hooks.
+    source_install(lab)
+    assert open(conf).read() == default, "`virtport install` wrote another default than the package's conffile"
+    db_inode = os.stat("/var/lib/virtport/virtport.db").st_ino if os.path.exists("/var/lib/virtport/virtport.db") else None
+    vm = "vpe-src"
+    lab.define_vm(vm, MAC1, meta(("tcp", 2222, 22, G1)))
+    guest = lab.stand_in_guest(G1)
+    echo_service(guest, 22, "G1")
+    client = lab.client()
+    lab.start_vm(vm)
+    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+
+    # 2. The package over it, nobody answering (stdin is /dev/null): no prompt, nothing left over.
+    text, mark = apt_install(lab, cur)
+    assert out(dpkg(lab, "-s", "virtport")).count(f"Version: {version}") == 1
+    assert "Configuration file" not in text and "removed the source install's" in text, text
+    assert hooks() == {"qemu": "/usr/sbin/virtport", "network": "/usr/sbin/virtport"}, text
+    harness.wait_for(lambda: any("Found hook script /etc/libvirt/hooks/qemu" in l for l in lab.log_lines(mark)),
+                     10, 0.05, "libvirtd to rescan after the postinst's SIGHUP")
+    lab.wait_reload_idle()
+    assert source_left() == [], text
+    assert {u: unit_state(u) for u in UNITS} == {u: "enabled" for u in UNITS}
+    assert all(os.path.exists(f"/lib/systemd/system/{u}") for u in UNITS)
+    if os.path.exists(AA_PROFILE):
+        assert SRC_BIN not in open(AA_LOCAL).read(), "the source binary's AppArmor rule outlived the takeover"
+    assert open(conf).read() == default and conf_copies(conf) == []
+    if db_inode is not None:
+        assert os.stat("/var/lib/virtport/virtport.db").st_ino == db_inode, "the journal was replaced"
+    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    assert history(lab) == [("add", vm, 2222, "hook qemu start")], "the takeover took the forward down"
+    lab.destroy_vm(vm)
+
+    # 3. A source install whose config the admin changed: kept over the package's default, no prompt.
+    dpkg(lab, "--purge", "virtport")
+    source_install(lab)
+    edited = open(conf).read() + "# the admin's line\n"
+    with open(conf, "w") as f:
+        f.write(edited)
+    text, _ = apt_install(lab, cur)
+    assert "Configuration file" not in text and "kept your /etc/virtport/virtport.conf" in text, text
+    assert open(conf).read() == edited and conf_copies(conf) == []
+    assert source_left() == [] and hooks() == {"qemu": "/usr/sbin/virtport", "network": "/usr/sbin/virtport"}
+    lab.wait_reload_idle()
+
+    # 4. The reverse: a source install removed entirely by scripts/uninstall.sh --purge, with a
+    # forward up (taken down, its history closed by `virtport uninstall`).
+    dpkg(lab, "--purge", "virtport")
+    source_install(lab)
+    lab.start_vm(vm)
+    assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)
+    mark = lab.log_mark()
+    r = lab.exec("bash", os.path.join(harness.ROOT, "scripts", "uninstall.sh"), "--purge", env=APT_ENV, check=False)
+    assert r.returncode == 0, out(r) + r.stderr.decode()
+    harness.wait_for(lambda: any("No hook script /etc/libvirt/hooks/qemu" in l for l in lab.log_lines(mark)),
+                     10, 0.05, "libvirtd to rescan after uninstall.sh")
+    lab.wait_reload_idle()
+    assert hooks() == {"qemu": None, "network": None} and source_left() == [], out(r)
+    assert client.connect("tcp", HOST, 2222).startswith("ERROR")
+    assert lab.exec("nft", "list", "table", "inet", "virtport", check=False).returncode != 0
+    if os.path.exists(AA_PROFILE):
+        assert SRC_BIN not in open(AA_LOCAL).read()
+    assert not os.path.exists(conf) and not os.path.exists("/var/lib/virtport"), out(r)
+    assert subprocess.run(["systemctl", "--root=/", "list-unit-files", "virtport*"], capture_output=True).stdout.count(b"virtport") == 0
+# ---- cockpit-virtport (issue 25) -----------------------------------------------------------------
+# packaging/build-deb also builds cockpit-virtport (the Cockpit page, Architecture: all) next to the
+# virtport .deb. Installed with apt beside the current virtport package, upgraded from an earlier
+# version of itself (the same tree packaged as VERSION~prev), removed and purged: cockpit-bridge
+# finds the page while it is installed, and nothing is left after.
+
+@pytest.fixture
+def cockpit_debs(tmp_path_factory, journal_aside):
+    """(virtport .deb, cockpit-virtport .deb of an earlier version, cockpit-virtport .deb, version)."""
+    if not os.access(BIN, os.X_OK):
+        pytest.skip(f"no release binary at {BIN}")
+    if not shutil.which("cockpit-bridge"):
+        pytest.skip("cockpit-bridge not installed (scripts/deps.sh --test)")
+    for pkg in ("virtport", "cockpit-virtport"):
+        st = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True).stdout
+        if b"installed" in st or os.path.exists("/usr/sbin/virtport"):
+            pytest.skip(f"{pkg} is installed on this machine")
+    tmp = str(tmp_path_factory.mktemp("cockpit-debs"))
+    version = f"{binary_version(BIN)}-1"
+    prev_dir = os.path.join(tmp, "prev")
+    build_deb(prev_dir, BIN, f"{binary_version(BIN)}~prev-1")
+    deb = build_deb(tmp, BIN, version)
+    prev = os.path.join(prev_dir, f"cockpit-virtport_{binary_version(BIN)}~prev-1_all.deb")
+    cur = os.path.join(tmp, f"cockpit-virtport_{version}_all.deb")
+    assert os.path.exists(prev) and os.path.exists(cur), os.listdir(tmp)
+    return deb, prev, cur, version
+
+
+def test_cockpit_package_install_upgrade_remove_purge(pkg_lab, cockpit_debs):
+    lab = pkg_lab                                  # (the machine's own source install set aside)
+    deb, prev, cur, version = cockpit_debs
+    page = "/usr/share/cockpit/virtport"
+    with_conf = os.path.join(lab.etc_overlay, "virtport", "virtport.conf")
+    if os.path.exists(with_conf):
+        os.unlink(with_conf)
+    try:
+        apt_install(lab, deb)
+        control = out(lab.exec("dpkg-deb", "-f", cur, "Package", "Architecture", "Depends"))
+        assert control.splitlines() == ["Package: cockpit-virtport", "Architecture: all",
+                                        "Depends: cockpit-bridge, virtport"], control
+        apt_install(lab, prev)
+        assert "Version: " + os.path.basename(prev).split("_")[1] in out(dpkg(lab, "-s", "cockpit-virtport"))
+        apt_install(lab, cur)
+        assert f"Version: {version}" in out(dpkg(lab, "-s", "cockpit-virtport"))
+        assert sorted(os.listdir(page)) == ["index.html", "manifest.json", "virtport.css", "virtport.js"]
+        for f in os.listdir(page):
+            with open(os.path.join(page, f), "rb") as a, open(os.path.join(harness.ROOT, "cockpit", "virtport", f), "rb") as b:
+                assert a.read() == b.read(), f
+        # Cockpit's bridge finds it (what the shell's menu and /cockpit/@localhost/virtport/ use).
+        listed = out(subprocess.run(["cockpit-bridge", "--packages"], capture_output=True))
+        assert any(l.split()[:1] == ["virtport"] for l in listed.splitlines()), listed
+        # virtport cannot go while the page depends on it; the page can.
+        assert dpkg(lab, "--remove", "virtport", check=False).returncode != 0
+        dpkg(lab, "--remove", "cockpit-virtport")
+        assert not os.path.exists(page)
+        dpkg(lab, "--purge", "cockpit-virtport")
+        assert dpkg(lab, "-L", "cockpit-virtport", check=False).returncode != 0
+        assert not os.path.exists("/usr/share/doc/cockpit-virtport")
+        assert os.path.exists("/usr/sbin/virtport")
+    finally:
+        dpkg(lab, "--purge", "cockpit-virtport", check=False)
+        dpkg(lab, "--purge", "virtport", check=False)
+        lab.exec("nft", "delete", "table", "inet", "virtport", check=False)
+    assert not os.path.exists("/var/lib/virtport")
+# ---- end cockpit-virtport --------------------------------------------------------------------------

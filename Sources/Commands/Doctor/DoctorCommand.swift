@@ -111,6 +111,15 @@ struct Doctor {
     }
 
     func daemonFindings(hookTime: Int64?, into out: inout [Finding]) {
+        // Hooks elsewhere than libvirt's directory: no daemon reads them, whichever runs (and
+        // `install` did not signal any: HostScope).
+        guard HostScope.isLibvirts(config.hooksDir) else {
+            out.append(.fail("libvirt daemons", "\(config.hooksDir) is not libvirt's hooks directory (\(HostScope.libvirtHooksDir)): no libvirt daemon reads the hooks there",
+                             why: "libvirt runs hooks only from the directory compiled into it: a VM start runs no virtport code",
+                             fix: "virtport install --hooks-dir \(HostScope.libvirtHooksDir)   (and drop [paths] hooks_dir)",
+                             status: "warn"))
+            return
+        }
         let daemons = LibvirtDaemons.running()
         if daemons.isEmpty {
             out.append(.fail("libvirt daemons", "none of libvirtd, virtqemud, virtnetworkd is running (no pid file with a live process)",
