@@ -23,7 +23,7 @@ import pytest
 
 import harness
 from harness import out
-from test_package import (APT_ENV, PREV_COMMIT, binary_version, build_deb, echo_service, held_connection,
+from test_package import (APT_ENV, PREV_COMMIT, PREV_CONF, binary_version, build_deb, echo_service, held_connection,
                           prev_release_binary, say)
 from test_virtport_libvirt import BIN, CLIENT, G1, HOST, MAC1, answer, meta
 
@@ -41,9 +41,12 @@ def debs(lab, tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("debs"))
     version = f"{binary_version(BIN)}-1"
     prev_version = f"{binary_version(prev_bin)}~git{PREV_COMMIT}-1"
+    prev_conf = os.path.join(tmp, "prev-virtport.conf")   # a conffile the previous release can read
+    with open(prev_conf, "w") as f:
+        f.write(PREV_CONF)
     made = []
-    for b, v in ((prev_bin, prev_version), (BIN, version)):
-        deb = build_deb(tmp, b, v)
+    for b, v, conf in ((prev_bin, prev_version, prev_conf), (BIN, version, None)):
+        deb = build_deb(tmp, b, v, conf)
         inside = os.path.join(lab.workdir, os.path.basename(deb))     # the workdir is visible in the root
         shutil.copy2(deb, inside)
         made.append(inside)
