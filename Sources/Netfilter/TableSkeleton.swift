@@ -146,7 +146,7 @@ enum TableSkeleton {
     /// - Parameter objectType: for an object map (NFT_SET_OBJECT in `flags`), NFT_OBJECT_*.
     static func appendSet(to batch: inout Batch, table: String, family: TableFamily = .inet, name: String, id: UInt32,
                           keyType: UInt32, keyLength: Int, data: (type: UInt32, length: Int)?, flags: UInt32,
-                          objectType: UInt32? = nil, hostOrderKey: Bool = false) {
+                          objectType: UInt32? = nil, hostOrderKey: Bool = false, size: UInt32? = nil) {
         let s = nftnl_set_alloc()!
         defer { nftnl_set_free(s) }
         nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
@@ -167,6 +167,7 @@ enum TableSkeleton {
             nftnl_set_set_u32(s, UInt16(NFTNL_SET_DATA_LEN.rawValue), UInt32(data.length))
         }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue), flags)
+        if let size { nftnl_set_set_u32(s, UInt16(NFTNL_SET_DESC_SIZE.rawValue), size) }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_ID.rawValue), id)
         let kind = data == nil && objectType == nil ? "set" : "map"
         batch.append(NFT_MSG_NEWSET, flags: Netlink.create, family: UInt16(family.nfproto),

@@ -42,6 +42,9 @@ import VirtPortCore
         #expect(DnsmasqStatus.complete(Array("\u{0}\u{1}garbage".utf8)) == nil)
         #expect(DnsmasqStatus.complete(Array(#"[{"ip-address": "1.2.3", "mac-address": "52:54:00:aa:bb:01"}]"#.utf8)) == nil)
         #expect(DnsmasqStatus.complete(Array("[]".utf8)) == [])
+        // libvirt creates the file empty when it starts a network: no leases yet, not garbage.
+        #expect(DnsmasqStatus.complete([]) == [])
+        #expect(DnsmasqStatus.current(Array("\n".utf8), now: 0) == [:])
         // A DHCPv6 lease without a MAC is skipped, not garbage; expired leases are not current.
         let v6 = #"[{"ip-address": "fd00::5", "iaid": "1"}, {"ip-address": "192.168.122.7", "mac-address": "52:54:00:aa:bb:02", "expiry-time": 100}]"#
         #expect(DnsmasqStatus.complete(Array(v6.utf8))?.count == 1)

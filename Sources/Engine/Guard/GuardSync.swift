@@ -60,6 +60,8 @@ public enum GuardSync {
                     warnings(resources, diagnostics).emit("cannot set the isolated flag of bridge port \(row.tap) again: \(error)")
                 }
             }
+            divertGroups(try db.activeGuards().filter { $0.network == network }, on: true,
+                         warnings: warnings(resources, diagnostics))
         }
     }
 
@@ -118,6 +120,7 @@ public enum GuardSync {
             let agrees = before.count == planned.count
                 && zip(before, planned).allSatisfy { $0.sameGuard($1) && $0.state == .applied }
                 && before.allSatisfy { !$0.isolatedByUs || BridgePort.isolated($0.tap) != false }
+                && before.allSatisfy { port($0) == nil || BridgePort.groupForwardMask($0.tap).map { $0 & BridgePort.guardedGroups == BridgePort.guardedGroups } != false }
             if agrees { continue }
             if let lock, !dryRun {
                 try applyLocked(ref, want, reason: reason, db: db, resources: resources, lock: lock, warnings: warn)
@@ -168,6 +171,9 @@ public enum GuardSync {
             }
         }
         clearIsolation(gone, warnings: warnings)
+        divertGroups(rows, on: true, warnings: warnings)
+        divertGroups(gone + held.filter { h in rows.contains { $0.tap == h.tap && port($0) == nil } }, on: false,
+                     warnings: warnings)
         try db.setGuardState(domainUUID: domain.uuid, .applied)
         let log = EventLog(config: resources.config)
         for row in rows where !(before.contains { $0.sameGuard(row) }) {
@@ -186,6 +192,7 @@ public enum GuardSync {
         try program(adding: [], previous: [], removing: rows.compactMap(port), db: db, resources: resources, lock: lock,
                     excluding: uuid)
         clearIsolation(rows, warnings: warnings)
+        divertGroups(rows, on: false, warnings: warnings)
         try db.deleteGuards(domainUUID: uuid, reason: reason, now: nowMicros())
         let log = EventLog(config: resources.config)
         for row in rows { log.info("guard off: domain '\(Quoted.message(row.domain.name))' port \(row.tap) (\(reason))") }
@@ -198,6 +205,20 @@ public enum GuardSync {
             do throws(NetfilterError) { try BridgePort.setIsolated(row.tap, false) } catch {
                 if ![ENODEV, EOPNOTSUPP, EINVAL].contains(error.errno) {
                     warnings.emit("cannot clear the isolated flag of bridge port \(row.tap): \(error)")
+                }
+            }
+        }
+    }
+
+    /// Filtered ports (`port(row)` not nil) forward the reserved group addresses the bridge would
+    /// otherwise hand to the host past every bridge hook (`BridgePort.guardedGroups`), so their
+    /// frames meet the guard; `on: false` gives them back when the guard goes. A port that is gone
+    /// has nothing to give back.
+    static func divertGroups(_ rows: [GuardRow], on: Bool, warnings: Warnings) {
+        for row in rows where port(row) != nil {
+            do throws(NetfilterError) { try BridgePort.setGuardedGroups(row.tap, on) } catch {
+                if on || ![ENODEV, EOPNOTSUPP, EINVAL].contains(error.errno) {
+                    warnings.emit("cannot \(on ? "set" : "clear") the group_fwd_mask of bridge port \(row.tap): \(error)")
                 }
             }
         }

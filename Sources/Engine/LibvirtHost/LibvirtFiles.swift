@@ -76,6 +76,8 @@ public enum DnsmasqStatus {
     /// "192.168.122.6"). leaseshelper replaces the file by rename, so a reader normally sees whole files.
     public static func complete(_ bytes: [UInt8]) -> [Lease]? {
         let text = String(decoding: bytes, as: UTF8.self).trimmed
+        // An empty file is what libvirt leaves while no guest holds a lease: no leases, not garbage.
+        if text.isEmpty { return [] }
         guard text.hasPrefix("["), text.hasSuffix("]") else { return nil }
         guard text.reduce(0, { $1 == "{" ? $0 + 1 : $0 }) == text.reduce(0, { $1 == "}" ? $0 + 1 : $0 }) else { return nil }
         var malformed = false
