@@ -3,10 +3,9 @@ running (issue 22): libvirt 9.0's libvirtd; libvirt 11's virtqemud, virtnetworkd
 After each, real traffic must reach the guest again within 1 s, with virtport's accept above
 libvirt's reject; and `virtport doctor` is clean on a healthy lab.
 
-Known failure (issue 22 scope 3, branch `reload`): virtnetworkd deletes and re-inserts its rules at
-the top of its chains on start-up and SIGHUP and runs no hook; virtport's accept then sits below
-libvirt's reject until something puts it back. Those two cases are marked xfail (not strict) on the
-libvirt 11 lab until that fix is merged; every other case must pass.
+virtnetworkd deletes and re-inserts its rules at the top of its chains on start-up and SIGHUP and
+runs no hook (issue 22 scope 3): the agent, watching libvirt's table, must put virtport's accept back
+above the reject.
 """
 import json
 import os
@@ -23,14 +22,10 @@ from test_virtport_libvirt import (CLIENT, G1, HOST, answer, install, installed,
                                    start_forwarded_vm, vp)
 
 DAEMONS = ["libvirtd"] if LAB == "9" else ["virtqemud", "virtnetworkd", "virtlogd"]
-RELOAD_BUG = pytest.mark.xfail(
-    LAB == "11", strict=False,
-    reason="issue 22 scope 3 (branch reload): virtnetworkd re-inserts its reject above virtport's accept")
 
 
 def case(daemon, action):
-    marks = [RELOAD_BUG] if (LAB, daemon) == ("11", "virtnetworkd") else []
-    return pytest.param(daemon, action, marks=marks, id=f"{daemon}-{action}")
+    return pytest.param(daemon, action, id=f"{daemon}-{action}")
 
 
 # "reload": SIGHUP (virtlogd: SIGUSR1, see sighup())

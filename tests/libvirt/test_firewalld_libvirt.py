@@ -97,8 +97,6 @@ def firewalld_finding(vp):
     return r.returncode, {f["check"]: f for f in json.loads(r.stdout)}["firewalld"]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 22 scope 3 (branch reload): on firewalld's Reloaded signal "
-                   "virtnetworkd re-inserts its reject above virtport's accept")
 def test_forwards_carry_traffic_with_firewalld_across_reload_and_restart(fw):
     lab, vp, agent, client = fw
     assert out(lab.firewall_cmd("--state")) == "running"
