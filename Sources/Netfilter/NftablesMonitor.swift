@@ -38,35 +38,14 @@ public final class NftablesMonitor {
         public var committer: String { "pid \(pid)" + (process.isEmpty ? "" : " (\(process))") }
     }
 
+    private let socket: GroupSocket
     /// The socket, non-blocking, to watch for readability.
-    public let fd: Int32
+    public var fd: Int32 { socket.fd }
     private var pending = Batch()
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 8)
 
     /// Subscribes to nf_tables notifications of the calling thread's network namespace.
     public init() throws(NetfilterError) {
-        let s = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), NETLINK_NETFILTER)
-        guard s >= 0 else { throw NetfilterError(errno: errno, operation: "open netlink socket (NETLINK_NETFILTER)") }
-        var addr = sockaddr_nl()
-        addr.nl_family = sa_family_t(AF_NETLINK)
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
-        }
-        var group = Int32(NFNLGRP_NFTABLES.rawValue)
-        // A burst (`nft flush ruleset` on a big ruleset) must not overrun the queue: 4 MiB.
-        var size: Int32 = 4 << 20
-        _ = setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size))
-        guard bound == 0, setsockopt(s, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
-            let code = errno
-            Glibc.close(s)
-            throw NetfilterError(errno: code, operation: "subscribe to nf_tables notifications")
-        }
-        fd = s
-    }
-
-    deinit {
-        Glibc.close(fd)
-        buffer.deallocate()
+        socket = try GroupSocket(group: NFNLGRP_NFTABLES.rawValue, what: "nf_tables notifications")
     }
 
     /// Reads what is queued (without blocking).
@@ -74,17 +53,7 @@ public final class NftablesMonitor {
     ///   queue overflowed, so anything may have been deleted).
     public func read() -> (batches: [Batch], overrun: Bool) {
         var out: [Batch] = []
-        var overrun = false
-        while true {
-            let n = recv(fd, buffer.baseAddress, buffer.count, 0)
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == ENOBUFS { overrun = true; continue }
-                break
-            }
-            if n == 0 { break }
-            parse(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), into: &out)
-        }
+        let overrun = socket.drain { parse($0, into: &out) }
         return (out, overrun)
     }
 
