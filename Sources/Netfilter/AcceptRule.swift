@@ -100,17 +100,7 @@ extension NetfilterSession {
                             replacing: [UInt64] = []) throws(NetfilterError) {
         let nfproto = Self.nfproto(rule.subnet.family)
         let failures = try execute { batch in
-            for handle in replacing {
-                let old = nftnl_rule_alloc()!
-                defer { nftnl_rule_free(old) }
-                nftnl_rule_set_str(old, UInt16(NFTNL_RULE_TABLE.rawValue), table)
-                nftnl_rule_set_str(old, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
-                nftnl_rule_set_u64(old, UInt16(NFTNL_RULE_HANDLE.rawValue), handle)
-                let what = "delete rule \(Self.familyName(nfproto)) \(table) \(chain) handle \(handle)"
-                batch.append(NFT_MSG_DELRULE, flags: 0, family: nfproto, operation: .object(what)) {
-                    nftnl_rule_nlmsg_build_payload($0, old)
-                }
-            }
+            for handle in replacing { Self.appendDeleteRule(&batch, nfproto: nfproto, table: table, chain: chain, handle: handle) }
             let r = nftnl_rule_alloc()!
             defer { nftnl_rule_free(r) }
             nftnl_rule_set_str(r, UInt16(NFTNL_RULE_TABLE.rawValue), table)

@@ -18,6 +18,19 @@ public struct ForeignRule: Sendable {
 }
 
 extension NetfilterSession {
+    /// Appends one NFT_MSG_DELRULE by handle (family `nfproto`) to `batch`.
+    static func appendDeleteRule(_ batch: inout Batch, nfproto: UInt16, table: String, chain: String, handle: UInt64) {
+        let r = nftnl_rule_alloc()!
+        defer { nftnl_rule_free(r) }
+        nftnl_rule_set_str(r, UInt16(NFTNL_RULE_TABLE.rawValue), table)
+        nftnl_rule_set_str(r, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
+        nftnl_rule_set_u64(r, UInt16(NFTNL_RULE_HANDLE.rawValue), handle)
+        let what = "delete rule \(familyName(nfproto)) \(table) \(chain) handle \(handle)"
+        batch.append(NFT_MSG_DELRULE, flags: 0, family: nfproto, operation: .object(what)) {
+            nftnl_rule_nlmsg_build_payload($0, r)
+        }
+    }
+
     /// Reads the rules of `chain` in table `table` of family ip (`.ipv4`) or ip6 (`.ipv6`):
     /// one NFT_MSG_GETRULE dump, read-only. Returns nil when the table or chain does not exist.
     public func listRules(family: Family, table: String, chain: String) throws(NetfilterError) -> [ForeignRule]? {
@@ -31,17 +44,7 @@ extension NetfilterSession {
         if handles.isEmpty { return }
         let nfproto = Self.nfproto(family)
         let failures = try execute { batch in
-            for handle in handles {
-                let r = nftnl_rule_alloc()!
-                defer { nftnl_rule_free(r) }
-                nftnl_rule_set_str(r, UInt16(NFTNL_RULE_TABLE.rawValue), table)
-                nftnl_rule_set_str(r, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
-                nftnl_rule_set_u64(r, UInt16(NFTNL_RULE_HANDLE.rawValue), handle)
-                let what = "delete rule \(Self.familyName(nfproto)) \(table) \(chain) handle \(handle)"
-                batch.append(NFT_MSG_DELRULE, flags: 0, family: nfproto, operation: .object(what)) {
-                    nftnl_rule_nlmsg_build_payload($0, r)
-                }
-            }
+            for handle in handles { Self.appendDeleteRule(&batch, nfproto: nfproto, table: table, chain: chain, handle: handle) }
         }
         let real = failures.filter { !$0.error.isMissingObject }
         if !real.isEmpty { throw BatchExchange.combine(real) }
