@@ -17,6 +17,12 @@ import VirtPortCore
 /// It never fights another tool forever: three heals within a minute and it backs off — the next
 /// check waits 1 s, then 2, 4, … up to 5 min — and says so in the log, naming the process that
 /// deleted virtport's rules. A minute without a heal ends the back-off.
+///
+/// NEWGEN names the committing *thread* (the kernel's `task_pid_nr(current)`), and the agent
+/// commits from its hook workers' threads: a batch is its own when that id is one of its threads
+/// (`OwnThreads`), not only when it equals getpid(). Comparing with getpid() alone made every stop
+/// the agent served look foreign, and the check that followed (journal read + kernel dump under
+/// the exclusive change lock, ~170 ms at 10,000 mappings) held up the next hooks.
 final class HealWatcher: Watcher, @unchecked Sendable {
     let name = "nf_tables notifications"
     static let debounceMs: Int64 = 20
@@ -49,9 +55,8 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         guard let monitor else { return }
         let (batches, overrun) = monitor.read()
         let table = agent.config.table
-        let me = UInt32(getpid())
         var relevant = overrun
-        for b in batches where b.pid != me && !b.deletedFrom.isEmpty {
+        for b in batches where !OwnThreads.contains(b.pid) && !b.deletedFrom.isEmpty {
             // Ours, or one libvirt's accept rule may be in (ip/ip6 filter, libvirt's nftables tables).
             let touches = b.deletedFrom.contains { t in
                 t == "inet \(table)" || t == "bridge \(table)" || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
@@ -89,6 +94,12 @@ final class HealWatcher: Watcher, @unchecked Sendable {
             return
         }
         let healed: [String]
+        let began = monotonicMicros()
+        defer {
+            if agent.verbose {
+                AgentLog.write("self-heal check (deletes by \(culprit)) took \((monotonicMicros() - began) / 1000) ms")
+            }
+        }
         do {
             healed = try agent.withResources { (r) throws(VirtPortError) in
                 try Healer.heal(resources: r, diagnostics: CollectedDiagnostics())
