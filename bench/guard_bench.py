@@ -44,6 +44,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PORT = 5201
 # MAC, IPv4 or IPv6 address (bare in nft syntax); anything else in an element is a name (quoted).
+# Ether types and protocols of the fast-path sets' keys, as `nft -j` names them (bare in nft syntax).
+SYMBOLS = {"ip", "ip6", "arp", "tcp", "udp", "icmp", "ipv6-icmp"}
 ADDRESS = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}|\d+(\.\d+){3}|[0-9a-f:]*:[0-9a-f:]*")
 
 
@@ -273,7 +275,7 @@ class GuardBench:
             return GuardBench.nft_elem(e["elem"]["val"])
         if isinstance(e, dict) and "concat" in e:
             return " . ".join(GuardBench.nft_elem(x) for x in e["concat"])
-        if isinstance(e, str) and ADDRESS.fullmatch(e):
+        if isinstance(e, str) and (ADDRESS.fullmatch(e) or e in SYMBOLS):
             return e
         return json.dumps(e) if isinstance(e, str) else str(e)  # interface and counter names quoted
 

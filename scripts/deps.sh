@@ -7,8 +7,10 @@ BUILD_PKGS=(pkg-config libnftnl-dev libmnl-dev libxml2-dev libicu-dev liblzma-de
             libstdc++-12-dev libvirt-dev)
 RUN_PKGS=(nftables iproute2 sqlite3)
 # groff-base/man-db render the man pages; bash-completion, zsh and fish load the completion scripts;
-# apparmor's apparmor_parser compiles libvirt's profiles with virtport's override (no kernel needed).
-TEST_PKGS=(hyperfine iptables socat time python3-pytest groff-base man-db bash-completion zsh fish apparmor)
+# apparmor's apparmor_parser compiles libvirt's profiles with virtport's override (no kernel needed);
+# python3-scapy crafts the hostile-guest frames, isc-dhcp-client is the victim's DHCP client there.
+TEST_PKGS=(hyperfine iptables socat time python3-pytest groff-base man-db bash-completion zsh fish apparmor
+           python3-scapy isc-dhcp-client)
 LIBVIRT_PKGS=(libvirt-daemon-system libvirt-clients qemu-system-x86 dnsmasq-base bridge-utils)
 # The Cockpit page's browser tests (tests/cockpit): Cockpit itself, a headless browser and its driver.
 COCKPIT_PKGS=(cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium)

@@ -19,3 +19,8 @@ $PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/libvirt "$@"
 # The Cockpit page in a real browser (headless chromium) against cockpit-ws and a real libvirtd lab;
 # screenshots and console logs under .build/cockpit-artifacts/ (tests/cockpit/README.md).
 $PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/cockpit "$@"
+# The real-libvirt suite again against libvirt 11.3 (modular daemons, nftables backend; firewalld and
+# two hosts migrating are lab-11 only), in a lab root scripts/lab/build-lab11.sh builds once and caches
+# under /var/tmp (~5-8 min the first time on a fresh machine, then nothing).
+bash scripts/lab/build-lab11.sh >/dev/null
+VIRTPORT_LAB=11 $PY -m pytest -p no:cacheprovider -q -rs --durations=5 tests/libvirt "$@"

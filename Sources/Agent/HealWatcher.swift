@@ -6,37 +6,44 @@ import Netfilter
 import VirtPortCore
 
 /// Self-heal (README "Self-heal"): nf_tables notifications say when someone deleted something —
-/// `nft flush ruleset`, an nftables.service restart, a firewalld reload, a hand-typed `nft delete`.
-/// A batch that deleted from virtport's tables, or from any table where libvirt's accept rule may
-/// live, makes the agent check, 20 ms later (a burst is one check), and put back from the journal
-/// what is missing (`Healer`), under the exclusive change lock. The agent's own batches (its
-/// hook workers' and its heals') are recognised by the committing pid the kernel names in each
-/// batch's NEWGEN message and ignored. A hook's own delete at a VM stop makes a check that finds
-/// nothing missing.
+/// `nft flush ruleset`, an nftables.service restart, a firewalld reload, a hand-typed `nft delete`
+/// — or inserted rules into a chain where libvirt's accept rule lives: libvirt rebuilding its
+/// firewall (virtnetworkd or libvirtd started or sent SIGHUP: `virtport install`, a package
+/// upgrade) deletes its rules and inserts them again at the top of its chains, below which ours
+/// would be left, with no hook call. Either makes the agent check, once the changes have settled
+/// (20 ms without a new one, at most 250 ms after the first: libvirt's rebuild is a run of `nft`
+/// or `iptables` processes), and put back from the journal what is missing or misplaced
+/// (`Healer`), under the exclusive change lock: everything after a deletion, only the accept
+/// rule's place after insertions alone. The agent's own batches (its hook workers' and its
+/// heals') are recognised by the committing thread id and netlink port id the kernel names in
+/// each batch's NEWGEN message (`OwnCommits`) and ignored: putting the rule back does not start
+/// another check.
 ///
-/// It never fights another tool forever: three heals within a minute and it backs off — the next
-/// check waits 1 s, then 2, 4, … up to 5 min — and says so in the log, naming the process that
-/// deleted virtport's rules. A minute without a heal ends the back-off.
-///
-/// NEWGEN names the committing *thread* (the kernel's `task_pid_nr(current)`), and the agent
-/// commits from its hook workers' threads: a batch is its own when that id is one of its threads
-/// (`OwnThreads`), not only when it equals getpid(). Comparing with getpid() alone made every stop
-/// the agent served look foreign, and the check that followed (journal read + kernel dump under
-/// the exclusive change lock, ~170 ms at 10,000 mappings) held up the next hooks.
+/// It never fights another tool forever: three heals within a minute (ten when each only put the
+/// accept rule back in front of libvirt's reject, which every libvirt reload needs) and it backs
+/// off — the next check waits 1 s, then 2, 4, … up to 5 min — and says so in the log, naming the
+/// process that changed the rules. A minute without a heal ends the back-off.
 final class HealWatcher: Watcher, @unchecked Sendable {
     let name = "nf_tables notifications"
     static let debounceMs: Int64 = 20
+    static let maxSettleMs: Int64 = 250
     static let window: Int64 = 60_000
     static let stormHeals = 3
+    static let stormReorders = 10
     static let maxBackoffMs: Int64 = 300_000
 
     private var monitor: NftablesMonitor?
-    /// On the loop thread: a check is scheduled; who deleted, for the log.
+    /// On the loop thread: a check is scheduled; who changed what, for the log; when (µs).
     private var scheduled = false
     private var culprits: [String] = []
+    /// Something relevant was deleted (or notifications were lost): a full check, not only the
+    /// accept rule's place.
+    private var deletions = false
     private var firstNotice: Int64 = 0
-    /// On the work queue: recent heals (CLOCK_MONOTONIC ms), the back-off.
+    private var lastNotice: Int64 = 0
+    /// On the work queue: recent heals and order restorations (CLOCK_MONOTONIC ms), the back-off.
     private var heals: [Int64] = []
+    private var reorders: [Int64] = []
     private var backoffMs: Int64 = 0
     private var notBefore: Int64 = 0
     private var deferred = false
@@ -48,6 +55,28 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         }
         monitor = m
         try agent.loop.watch(m.fd) { [self] in readable(agent) }
+        // libvirt's accept rule, displaced while no agent watched (libvirt rebuilt its firewall
+        // while the agent was being restarted, by a package upgrade say), is put right now, not at
+        // the next notification. Only that: the rest is the start-up reconcile's business.
+        let started = monotonicMicros()
+        agent.work.async { [self] in
+            check(agent, culprit: "found when the agent started", noticed: started, acceptRulesOnly: true)
+        }
+    }
+
+    /// Whether `b` may have taken away or displaced something of virtport's: a deletion from its
+    /// tables or from a table where libvirt's accept rule may live, or a rule inserted into a chain
+    /// where that rule lives (which may now come first).
+    /// - Returns: who did what, for the log, and whether it deleted (then everything is checked;
+    ///   an insertion can only have displaced libvirt's accept rule, so only that is).
+    static func relevant(_ b: NftablesMonitor.Batch, table: String) -> (who: String, deleted: Bool)? {
+        let deleted = b.deletedFrom.contains { t in
+            t == "inet \(table)" || t == "bridge \(table)" || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
+                || t.hasPrefix("inet libvirt")
+        }
+        if deleted { return ("deleted by \(b.committer)", true) }
+        if !b.addedTo.isDisjoint(with: LibvirtChains.acceptRuleChains) { return ("rules inserted by \(b.committer)", false) }
+        return nil
     }
 
     /// On the loop.
@@ -56,31 +85,43 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         let (batches, overrun) = monitor.read()
         let table = agent.config.table
         var relevant = overrun
-        for b in batches where !OwnThreads.contains(b.pid) && !b.deletedFrom.isEmpty {
-            // Ours, or one libvirt's accept rule may be in (ip/ip6 filter, libvirt's nftables tables).
-            let touches = b.deletedFrom.contains { t in
-                t == "inet \(table)" || t == "bridge \(table)" || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
-                    || t.hasPrefix("inet libvirt")
-            }
-            guard touches else { continue }
+        if overrun { deletions = true }
+        for b in batches where !OwnCommits.committed(b) {
+            guard let (who, deleted) = Self.relevant(b, table: table) else { continue }
             relevant = true
-            let who = "pid \(b.pid)" + (b.process.isEmpty ? "" : " (\(b.process))")
+            if deleted { deletions = true }
             if !culprits.contains(who) { culprits.append(who) }
         }
-        guard relevant, !scheduled else { return }
+        guard relevant else { return }
+        lastNotice = monotonicMicros()
+        guard !scheduled else { return }
         scheduled = true
-        firstNotice = monotonicMicros()
-        agent.loop.schedule(afterMillis: Self.debounceMs) { [self] in
-            let who = culprits.isEmpty ? "unknown (notifications were lost)" : culprits.joined(separator: ", ")
-            let noticed = firstNotice
-            culprits = []
-            scheduled = false
-            agent.work.async { [self] in check(agent, culprit: who, noticed: noticed) }
+        firstNotice = lastNotice
+        agent.loop.schedule(afterMillis: Self.debounceMs) { [self] in settled(agent) }
+    }
+
+    /// On the loop: the check runs once nothing relevant came for `debounceMs` (a rebuild in
+    /// progress is waited for), or `maxSettleMs` after the first notice at the latest.
+    private func settled(_ agent: AgentContext) {
+        let now = monotonicMicros()
+        let quietMs = (now - lastNotice) / 1000, sinceFirstMs = (now - firstNotice) / 1000
+        if quietMs < Self.debounceMs && sinceFirstMs < Self.maxSettleMs {
+            agent.loop.schedule(afterMillis: min(Self.debounceMs - quietMs, Self.maxSettleMs - sinceFirstMs)) { [self] in
+                settled(agent)
+            }
+            return
         }
+        let who = culprits.isEmpty ? "unknown (notifications were lost)"
+            : culprits.prefix(3).joined(separator: ", ") + (culprits.count > 3 ? " and \(culprits.count - 3) more batches" : "")
+        let noticed = firstNotice, full = deletions
+        culprits = []
+        deletions = false
+        scheduled = false
+        agent.work.async { [self] in check(agent, culprit: who, noticed: noticed, acceptRulesOnly: !full) }
     }
 
     /// On the work queue.
-    private func check(_ agent: AgentContext, culprit: String, noticed: Int64) {
+    private func check(_ agent: AgentContext, culprit: String, noticed: Int64, acceptRulesOnly: Bool = false) {
         let now = monotonicMicros() / 1000
         if deferred { return }  // a deferred check is due; it looks at everything
         if now < notBefore {
@@ -96,13 +137,16 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         let healed: [String]
         let began = monotonicMicros()
         defer {
+            // Each check, even one that finds nothing: at 10,000 mappings a full check holds the
+            // exclusive change lock ~150–250 ms, which every hook then waits for (issue 24).
             if agent.verbose {
-                AgentLog.write("self-heal check (deletes by \(culprit)) took \((monotonicMicros() - began) / 1000) ms")
+                AgentLog.write("self-heal check (\(culprit)) took \((monotonicMicros() - began) / 1000) ms")
             }
         }
         do {
             healed = try agent.withResources { (r) throws(VirtPortError) in
-                try Healer.heal(resources: r, diagnostics: CollectedDiagnostics())
+                acceptRulesOnly ? try Healer.healAcceptRules(resources: r, diagnostics: CollectedDiagnostics())
+                    : try Healer.heal(resources: r, diagnostics: CollectedDiagnostics())
             }
         } catch {
             agent.log.warning("agent: self-heal failed: \(error) (run 'virtport reconcile')")
@@ -110,21 +154,26 @@ final class HealWatcher: Watcher, @unchecked Sendable {
             return
         }
         heals.removeAll { $0 < now - Self.window }
+        reorders.removeAll { $0 < now - Self.window }
         if healed.isEmpty {
             notBefore = 0
             return
         }
-        heals.append(now)
+        let reorderOnly = healed.allSatisfy(Healer.isReorder)
+        if reorderOnly { reorders.append(now) } else { heals.append(now) }
         agent.metrics.healed()
         agent.metrics.event(source: "heal", micros: monotonicMicros() - noticed)
         agent.metrics.changed(agent)
-        agent.log.notice("healed: \(healed.joined(separator: "; ")) (deleted by \(culprit))")
-        agent.say("healed: \(healed.joined(separator: "; ")) (deleted by \(culprit))")
-        if heals.count >= Self.stormHeals {
+        let line = "healed: \(healed.joined(separator: "; ")) (\(culprit))"
+        agent.log.notice(line)
+        agent.say(line)
+        if heals.count >= Self.stormHeals || reorders.count >= Self.stormReorders {
             backoffMs = min(max(backoffMs * 2, 1000), Self.maxBackoffMs)
-            agent.log.warning("agent: virtport's rules were deleted \(heals.count) times in the last \(Self.window / 1000) s, "
-                + "last by \(culprit): backing off, the next re-apply waits \(backoffMs / 1000) s. Another tool keeps "
-                + "removing them (a firewall manager that owns the whole ruleset?): exclude table inet \(agent.config.table) there")
+            let count = reorderOnly ? reorders.count : heals.count
+            agent.log.warning("agent: virtport's rules were \(reorderOnly ? "displaced" : "deleted") \(count) times in the last "
+                + "\(Self.window / 1000) s, last \(culprit): backing off, the next re-apply waits \(backoffMs / 1000) s. "
+                + "Another tool keeps \(reorderOnly ? "inserting rules above them" : "removing them") (a firewall manager "
+                + "that owns the whole ruleset?): exclude table inet \(agent.config.table) there")
             notBefore = now + backoffMs
         } else {
             backoffMs = 0

@@ -143,7 +143,9 @@ public final class AgentServer: @unchecked Sendable {
         let summary = Quoted.cell("\(request.kind) \(request.args.joined(separator: " "))")
         guard let job = pool.job(for: request) else {
             _ = FrameIO.send(client, AgentFrame.encode(AgentFrame.Reply.declined))
-            if verbose { AgentLog.write("\(summary): not served (another configuration or operation)") }
+            if verbose && request.kind != AgentFrame.probeKind {
+                AgentLog.write("\(summary): not served (another configuration or operation)")
+            }
             return
         }
         guard let worker = pool.checkout(untilMillis: accepted + Self.workerWaitMs) else {

@@ -53,15 +53,3 @@ final class Monitor: @unchecked Sendable {
     /// Inside `locked`: wakes every waiter.
     func broadcast() { pthread_cond_broadcast(condition) }
 }
-
-/// The agent's own threads, by the ids the kernel reports (a thread's id is its `task_pid_nr`, as
-/// nf_tables names a batch's committer in NEWGEN): `/proc/self/task/<id>` exists exactly for the
-/// threads of this process.
-enum OwnThreads {
-    static func contains(_ tid: UInt32) -> Bool {
-        if tid == 0 { return false }
-        if tid == UInt32(getpid()) { return true }
-        var st = stat()
-        return stat("/proc/self/task/\(tid)", &st) == 0
-    }
-}

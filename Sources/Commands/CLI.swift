@@ -35,6 +35,7 @@ public enum CLI {
             case "add": return try EditCommand.add(&args)
             case "remove": return try EditCommand.remove(&args)
             case "doctor": return try DoctorCommand.run(&args)
+            case "trace": return try TraceCommand.run(&args)
             case "version", "--version":
                 Output.out("virtport \(version)")
                 return 0

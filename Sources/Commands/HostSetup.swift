@@ -39,14 +39,18 @@ enum LibvirtDaemons {
     /// Every running daemon rescans its hook files (they are read only at start or on SIGHUP). A
     /// stamp per daemon (`rescan.NAME` holding its pid, next to the agent socket) tells `doctor`
     /// later that this daemon was told after the hooks changed.
-    static func rescan(stampDir: String) {
+    /// - Returns: the names of the daemons that were sent the SIGHUP.
+    @discardableResult
+    static func rescan(stampDir: String) -> [String] {
         let daemons = running()
         if daemons.isEmpty {
             Output.out("no libvirt daemon (libvirtd, virtqemud, virtnetworkd) is running: they read the hooks when they start")
-            return
+            return []
         }
+        var signalled: [String] = []
         for d in daemons {
             if kill(d.pid, SIGHUP) == 0 {
+                signalled.append(d.name)
                 Output.out("\(d.name) (pid \(d.pid)) told to rescan its hooks (SIGHUP)")
                 try? IO.makeDirectories(stampDir, mode: 0o755)
                 try? IO.writeFile("\(stampDir)/rescan.\(d.name)", "\(d.pid)\n", mode: 0o644)
@@ -54,6 +58,7 @@ enum LibvirtDaemons {
                 Output.err("cannot signal \(d.name) (pid \(d.pid)): \(Errno.current("kill"))")
             }
         }
+        return signalled
     }
 
     /// The pid a stamp names and when it was written, if any.

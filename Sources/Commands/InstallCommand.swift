@@ -41,9 +41,21 @@ enum InstallCommand {
         }
         HostScope.note(hooksDir)
         if HostScope.hostFiles(hooksDir) { try AppArmor.install(exe: exe) }
-        if HostScope.isLibvirts(hooksDir) { rescan(config) }
+        if HostScope.isLibvirts(hooksDir) {
+            // The SIGHUP makes libvirt rebuild its firewall, which leaves virtport's accept rule below
+            // its reject: watch from before the signal, wait for the rebuild to end, then reconcile.
+            let reload = noReconcile ? nil : LibvirtReload.prepare(config)
+            let signalled = rescan(config)
+            if let reload, signalled.contains(where: LibvirtReload.rebuilders.contains) {
+                LibvirtReload.report(reload.wait(), config: config)
+            }
+        }
         if !noReconcile {
-            do { _ = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries).run(dryRun: false, reason: "install") } catch {
+            do {
+                let fixes = try Reconciler(resources: .perProcess(config), running: RunningDomains.list(config: config).entries)
+                    .run(dryRun: false, reason: "install")
+                for f in fixes where f.action == .acceptRule { Output.out("fixed \(f.action.rawValue) \(f.what) (\(f.reason))") }
+            } catch {
                 Output.err("reconcile after install failed: \(error)")
             }
         }
@@ -66,7 +78,7 @@ enum InstallCommand {
         }
         if removed == 0 { Output.out("no virtport hooks under \(hooksDir)") }
         HostScope.note(hooksDir)
-        if HostScope.isLibvirts(hooksDir) { rescan(config) }
+        if HostScope.isLibvirts(hooksDir) { _ = rescan(config) }
         if HostScope.hostFiles(hooksDir) {
             try AppArmor.uninstall()
             SystemdUnits.disable()
@@ -75,8 +87,9 @@ enum InstallCommand {
         if keepForwards {
             Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")
         } else {
-            let n = try Forwarder(resources: .perProcess(config), diagnostics: StandardErrorDiagnostics()).removeEverything(reason: "uninstall")
-            Output.out("removed: \(n) active forward(s), table inet \(config.table) and libvirt accept rules")
+            let done = try Teardown.everything(config: config, reason: "uninstall")
+            Output.out("removed: \(done.forwards) active forward(s), table inet \(config.table) and libvirt accept rules")
+            Output.out("removed: \(done.guards) guarded port(s), table bridge \(config.table) and the isolated flags virtport set")
         }
         Output.out("kept: \(config.databasePath) (audit history) and \(Config.defaultPath)")
         return 0
@@ -99,7 +112,9 @@ enum InstallCommand {
     }
 
     /// libvirt's daemons read hook files only at start or on SIGHUP.
-    static func rescan(_ config: Config) {
+    /// - Returns: the names of the daemons signalled.
+    @discardableResult
+    static func rescan(_ config: Config) -> [String] {
         LibvirtDaemons.rescan(stampDir: FileSystem.dirname(config.agentSocket))
     }
 }

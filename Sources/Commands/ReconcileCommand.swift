@@ -18,6 +18,8 @@ enum ReconcileCommand {
         let config = try Config.load()
         let running = RunningDomains.list(config: config).entries
         let fixes = try Reconciler(resources: .perProcess(config), running: running).run(dryRun: dryRun, reason: "reconcile")
+        let traces = TraceDoctor.removeLeftovers(config: config, dryRun: dryRun)
+        for line in traces where !json { Output.out(line) }
         if json {
             Output.out(JSONValue.object([
                 ("dry_run", .bool(dryRun)),
@@ -26,7 +28,7 @@ enum ReconcileCommand {
                              ("what", .string(f.what)), ("reason", .string(f.reason))])
                 })),
             ]).serialized(pretty: true))
-        } else if fixes.isEmpty {
+        } else if fixes.isEmpty && traces.isEmpty {
             Output.out("nothing to do: kernel, journal and running domains agree")
         } else {
             let verb = dryRun ? "would " : ""

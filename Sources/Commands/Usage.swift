@@ -143,18 +143,23 @@ enum Usage {
                 Option(name: "--keep-forwards", help: "leave the active forwards in the kernel and the journal"),
             ]),
         Command(
-            name: "add", synopsis: "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M]",
+            name: "add", synopsis: "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS]",
             summary: "add a forward to a domain's metadata through libvirt and apply it at once",
             details: [
                 "Edits the domain's virtport metadata through the libvirt API (the persistent definition, and the live one when "
                     + "the domain runs) and applies the forward at once. A conflict or a policy refusal exits 2 with one line; "
                     + "nothing is changed then.",
+                "Prints one line per forward it changed: 'applied: tcp *:2223 -> 192.168.122.10:22', or 'pending: ' and what is "
+                    + "missing (no address known for the NIC; give --guest, a DHCP reservation, or wait for a lease). Both exit 0. "
+                    + "Without --guest, a NIC whose address the metadata already states (another forward's guest=, the guard's ip=) "
+                    + "uses that address.",
             ],
             options: [
                 Option(name: "--address", value: "A", help: "host listen address (default: every local address)", kind: .text),
                 Option(name: "--dev", value: "D", help: "host interface the connection must arrive on", kind: .text),
                 Option(name: "--guest", value: "G", help: "the guest's address (default: DHCP reservation, then lease)", kind: .text),
                 Option(name: "--mac", value: "M", help: "which guest NIC (needed when the domain has more than one)", kind: .text),
+                Option(name: "--wait", value: "SECONDS", help: "wait for a pending forward to be applied; exit 1 if it is not", kind: .text),
             ],
             operands: [.domain, .words(["tcp", "udp", "sctp"])]),
         Command(
@@ -162,6 +167,24 @@ enum Usage {
             summary: "remove a forward from a domain's metadata through libvirt and take it down",
             details: ["The reverse of add: edits the metadata through the libvirt API and removes the forward at once. A range "
                       + "that starts at HOSTPORT goes whole; a port inside a longer range is excluded from it."],
+            operands: [.domain, .words(["tcp", "udp", "sctp"])]),
+        Command(
+            name: "trace", synopsis: "[VM] PROTO HOSTPORT [--from PREFIX] [--count N] [--timeout S] [--json]",
+            summary: "follow packets to a host port through every table: which one drops them, or that they reach the guest",
+            details: [
+                "Marks the matching packets (and the guest's replies) with meta nftrace in tables of its own, listens to "
+                    + "nf_tables' trace events and prints one line per hop: table, chain, rule verdict and owner (libvirt's, "
+                    + "firewalld's, Docker's, virtport's forwards or guard, someone's), the conntrack state. The last line is the "
+                    + "verdict: the table and rule that dropped or rejected the packet, or 'reached the guest'.",
+                "Its tables are removed when it ends (count reached, timeout, Ctrl-C, SIGTERM); doctor finds those of a killed "
+                    + "trace and reconcile removes them. Exit 0 when a packet was traced, 1 when none came.",
+            ],
+            options: [
+                Option(name: "--from", value: "PREFIX", help: "only clients in this address or prefix", kind: .text),
+                Option(name: "--count", value: "N", help: "packets to follow (default 1)", kind: .text),
+                Option(name: "--timeout", value: "S", help: "give up after S seconds (default 30)", kind: .text),
+                Option(name: "--json", help: "the packets, hops and verdict as one JSON document"),
+            ],
             operands: [.domain, .words(["tcp", "udp", "sctp"])]),
         Command(
             name: "doctor", synopsis: "[--json]",

@@ -9,6 +9,7 @@ enum Files {
     /// `mkdir -p` for the parent of `path`; directories it creates get mode 0700.
     static func makeParent(of path: String) throws(VirtPortError) {
         let dir = FileSystem.dirname(path)
+        try checkNoLinkAbove(path)
         if dir == "." || dir == "/" { return }
         do { try FileSystem.makeDirectories(dir, mode: 0o700) } catch where error.code == ENOTDIR {
             throw .operational("\(dir) exists and is not a directory")
@@ -63,8 +64,28 @@ enum Files {
         }
     }
 
+    /// The directories on the way to the journal must be real ones: SQLite opens it with
+    /// SQLITE_OPEN_NOFOLLOW, which refuses a link anywhere in the path, and a link there would let
+    /// whoever can replace it choose where root's journal lives. Refused (not resolved) before
+    /// anything is created: one line naming the link and what to do.
+    static func checkNoLinkAbove(_ path: String) throws(VirtPortError) {
+        guard path.hasPrefix("/") else { return }
+        var prefix = ""
+        for component in FileSystem.dirname(path).split(separator: "/") {
+            prefix += "/" + component
+            var st = stat()
+            if lstat(prefix, &st) != 0 { return }  // not there yet: created as real directories
+            if st.st_mode & S_IFMT == S_IFLNK {
+                let target = FileSystem.readLink(prefix) ?? "?"
+                throw .operational("journal directory \(prefix) is a symbolic link (to \(target)): refused, nothing "
+                    + "created; set `database` to a path without links (e.g. the link's target)")
+            }
+        }
+    }
+
     /// For read-only opens: "does not exist" and "permission denied" are different stories.
     static func checkReadable(_ path: String) throws(VirtPortError) {
+        try checkNoLinkAbove(path)
         try checkPrivate(path, fix: false)
         if access(path, R_OK) == 0 { return }
         let e = Errno.current("access")

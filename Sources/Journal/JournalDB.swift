@@ -456,6 +456,49 @@ public final class JournalDB {
 
     static func idArray(_ rows: [ActiveMapping]) -> SQLValue { idArray(rows.map(\.id)) }
 
+    /// Another NIC using `address`: an active forward's guest address or a guard's allowed address
+    /// whose MAC is not `exceptMAC`, as "domain 'NAME' (mac M)"; nil when none.
+    public func addressHolder(_ address: IPAddress, exceptMAC: String) throws(VirtPortError) -> String? {
+        var found: String?
+        try conn.query("SELECT domain_name, mac FROM mappings WHERE guest_addr = ? AND mac != ? LIMIT 1",
+                       [.text(address.description), .text(exceptMAC)]) { r throws(VirtPortError) in
+            found = "domain '\(Quoted.message(r.text(0)))' (mac \(r.text(1)))"
+        }
+        if found != nil { return found }
+        if try !hasGuardTables() { return nil }
+        try conn.query("SELECT domain_name, mac FROM guards WHERE mac != ? AND (' ' || addresses) LIKE ? LIMIT 1",
+                       [.text(exceptMAC), .text("% \(address.description)=%")]) { r throws(VirtPortError) in
+            found = "domain '\(Quoted.message(r.text(0)))' (mac \(r.text(1)))"
+        }
+        return found
+    }
+
+    /// The addresses `mac`'s forwards and guard now have from a DHCP lease.
+    public func leaseAddresses(mac: String) throws(VirtPortError) -> [IPAddress] {
+        var out: [IPAddress] = []
+        try conn.query("SELECT DISTINCT guest_addr FROM mappings WHERE mac = ? AND guest_source = 'dhcp-lease' "
+                       + "AND guest_addr != ''", [.text(mac)]) { r throws(VirtPortError) in
+            if let ip = IPAddress(r.text(0)), !out.contains(ip) { out.append(ip) }
+        }
+        if try hasGuardTables() {
+            try conn.query("SELECT addresses FROM guards WHERE mac = ?", [.text(mac)]) { r throws(VirtPortError) in
+                for item in r.text(0).split(separator: " ") where item.hasSuffix("=dhcp-lease") {
+                    if let ip = IPAddress(String(item.dropLast("=dhcp-lease".count))), !out.contains(ip) { out.append(ip) }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Whether a forward on one of `hostPorts` (`proto`) was taken down at or after `since`
+    /// (microseconds): an ongoing flow to that port may then hold a conntrack entry made while
+    /// nothing forwarded it. One indexed query (history_at).
+    public func releasedRecently(proto: IPProto, hostPorts: PortRange, since: Int64) throws(VirtPortError) -> Bool {
+        try conn.scalar("SELECT 1 FROM history WHERE at >= ? AND action = 'remove' AND proto = ? "
+                        + "AND host_port_start <= ? AND host_port_end >= ? LIMIT 1",
+                        [.int(since), .text(proto.rawValue), .int(Int64(hostPorts.end)), .int(Int64(hostPorts.start))]) != nil
+    }
+
     /// The identity's last history action ("add"/"remove"), nil if none.
     func lastAction(domainUUID: String, mapping: Mapping) throws(VirtPortError) -> HistoryAction? {
         try conn.scalarText("SELECT action FROM history WHERE \(Schema.identityWhere) ORDER BY id DESC LIMIT 1",

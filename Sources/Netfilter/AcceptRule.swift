@@ -93,10 +93,24 @@ public struct AcceptRule: Sendable, Equatable {
 
 extension NetfilterSession {
     /// Inserts `rule` at the top of `chain` in table `table` of family ip / ip6 (the subnet's):
-    /// one batch with one NEWRULE (no NLM_F_APPEND, no position: the kernel puts it first).
-    public func insertAtTop(_ rule: AcceptRule, table: String, chain: String) throws(NetfilterError) {
+    /// one batch with one NEWRULE (no NLM_F_APPEND, no position: the kernel puts it first),
+    /// preceded in the same batch by a DELRULE for each of `replacing` (the old copies: the chain
+    /// is never without the rule). A handle that is gone fails the whole batch (ENOENT).
+    public func insertAtTop(_ rule: AcceptRule, table: String, chain: String,
+                            replacing: [UInt64] = []) throws(NetfilterError) {
         let nfproto = Self.nfproto(rule.subnet.family)
         let failures = try execute { batch in
+            for handle in replacing {
+                let old = nftnl_rule_alloc()!
+                defer { nftnl_rule_free(old) }
+                nftnl_rule_set_str(old, UInt16(NFTNL_RULE_TABLE.rawValue), table)
+                nftnl_rule_set_str(old, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
+                nftnl_rule_set_u64(old, UInt16(NFTNL_RULE_HANDLE.rawValue), handle)
+                let what = "delete rule \(Self.familyName(nfproto)) \(table) \(chain) handle \(handle)"
+                batch.append(NFT_MSG_DELRULE, flags: 0, family: nfproto, operation: .object(what)) {
+                    nftnl_rule_nlmsg_build_payload($0, old)
+                }
+            }
             let r = nftnl_rule_alloc()!
             defer { nftnl_rule_free(r) }
             nftnl_rule_set_str(r, UInt16(NFTNL_RULE_TABLE.rawValue), table)

@@ -29,6 +29,33 @@ extension NetfilterSession {
             let now = Set(GuardTable.elements(port).map { "\($0.set)/\($0.key)" })
             stale += GuardTable.elements(before).filter { !now.contains("\($0.set)/\($0.key)") }
         }
+        // What the data path learned for a port (link-locals claimed by DAD) goes with the port,
+        // or with its MAC when the tap changed hands.
+        var purge: [String: MACAddress?] = [:]
+        for port in removing where port.spoofing { purge[port.tap] = .some(nil) }
+        for port in adding {
+            if let before = old[port.tap], before.spoofing, before.mac != port.mac || !port.spoofing {
+                purge[port.tap] = .some(port.spoofing ? port.mac : nil)
+            }
+        }
+        var deleting = Set(stale.map { "\($0.set)/\($0.key)" })
+        for port in removing { for e in GuardTable.elements(port) { deleting.insert("\(e.set)/\(e.key)") } }
+        if !purge.isEmpty { stale += try learnedElements { key in
+            let tap = GuardTable.tap(of: key)
+            guard let keep = purge[tap] else { return false }
+            return keep == nil || Array(key[16..<22]) != keep!.bytes
+        }.filter { !deleting.contains("\($0.set)/\($0.key)") } }
+        // Their link-locals leave taken6 with them (a static EUI-64 one goes with the port's elements).
+        let kept = Set(stale.map { "\($0.set)/\($0.key)" }).union(deleting)
+            .union(adding.flatMap { GuardTable.elements($0).map { "\($0.set)/\($0.key)" } })
+        var derived = Set<String>()
+        let taken = GuardTable.taken(stale).filter { !kept.contains("\($0.set)/\($0.key)") && derived.insert("\($0.key)").inserted }
+        if !taken.isEmpty {
+            // Only those there: a missing one would fail the batch (and the caller would rebuild).
+            let present: Set<[UInt8]>
+            do { present = Set(try dumpSet("taken6", family: .bridge).map(\.key)) } catch where error.isMissingObject { present = [] }
+            stale += taken.filter { present.contains($0.key) }
+        }
         let failures = try execute { batch in
             GuardTable.appendPorts(to: &batch, table: table, adding: false, removing, counters: true)
             for set in Set(stale.map(\.set)).sorted() {
@@ -45,12 +72,34 @@ extension NetfilterSession {
     /// Counters start from zero. An empty list still leaves the (empty) table.
     public func replaceGuards(_ ports: [GuardPort]) throws(NetfilterError) {
         for port in ports { try GuardTable.validate(port) }
+        // Link-locals the ports still there (same tap, same MAC) claimed survive the rebuild:
+        // their guests will not probe them again.
+        let kept = Set(ports.filter(\.spoofing).map { GuardTable.key($0.tap, $0.mac.bytes) })
+        var learned = (try? learnedElements { kept.contains(Array($0.prefix(24))) }) ?? []
+        learned += GuardTable.taken(learned)
         let failures = try execute { batch in
             TableSkeleton.appendDeleteTable(to: &batch, table: table, family: .bridge)
             GuardTable.append(to: &batch, table: table)
             GuardTable.appendPorts(to: &batch, table: table, adding: true, ports, counters: true)
+            for set in Set(learned.map(\.set)).sorted() {
+                GuardTable.appendKeys(to: &batch, table: table, set: set, adding: true,
+                                      learned.filter { $0.set == set }.map(\.key), objrefs: nil,
+                                      operation: "add learned elements in set \(set) of table bridge \(table)")
+            }
         }
         if !failures.isEmpty { throw BatchExchange.combine(failures) }
+    }
+
+    /// Elements of the sets the data path adds to (`GuardTable.learned`) whose key `wanted`;
+    /// nothing when the table or a set is missing.
+    func learnedElements(_ wanted: ([UInt8]) -> Bool) throws(NetfilterError) -> [(set: String, key: [UInt8])] {
+        var out: [(set: String, key: [UInt8])] = []
+        for set in GuardTable.learned {
+            let present: [KernelElement]
+            do { present = try dumpSet(set, family: .bridge) } catch where error.isMissingObject { return [] }
+            out += present.map(\.key).filter(wanted).map { (set, $0) }
+        }
+        return out
     }
 
     /// Deletes `table bridge <table>`; no error when it is absent.

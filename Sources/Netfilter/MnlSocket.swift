@@ -17,6 +17,8 @@ final class MnlSocket: NetlinkTransport {
     private var receiveBufferSize = 0
     /// A child already holds the socket until this process exits (`closeInBackground`).
     private var backgrounded = false
+    /// The port id the kernel gave the socket (NETLINK_NETFILTER only; 0 otherwise): `OwnCommits`.
+    private(set) var port: UInt32 = 0
 
     /// Opens and binds the socket, inside the network namespace at `netnsPath` if given.
     ///
@@ -44,6 +46,10 @@ final class MnlSocket: NetlinkTransport {
             mnl_socket_close(opened)
             throw NetfilterError(errno: code, operation: "bind netlink socket")
         }
+        if !route {
+            port = mnl_socket_get_portid(opened)
+            OwnCommits.register(port: port)
+        }
         var on: Int32 = 1
         // Best effort: without them errors still arrive, just less precise / with the request echoed.
         _ = setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &on, socklen_t(MemoryLayout<Int32>.size))
@@ -51,6 +57,7 @@ final class MnlSocket: NetlinkTransport {
     }
 
     deinit {
+        if port != 0 { OwnCommits.unregister(port: port) }
         mnl_socket_close(socket)
         receiveBuffer.deallocate()
     }

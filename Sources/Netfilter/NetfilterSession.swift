@@ -136,10 +136,29 @@ public final class NetfilterSession {
     /// the result is exactly this state, and packets never see a half-built table.
     public func replaceAll(elements: [ForwardElement], hairpin: [Subnet]) throws(NetfilterError) {
         let change = try Change(adding: elements, removing: [], hairpinAdding: hairpin, hairpinRemoving: [])
+        // The kernel's record of translated connections survives the rebuild (README "Connection
+        // tracking"): without it a later stop could not find them by tuple. Best effort.
+        var flows: [(FlowSet, [[UInt8]])] = []
+        for set in FlowSet.all {
+            if let recorded = try? dumpSet(set.name), !recorded.isEmpty {
+                flows.append((set, recorded.map(\.key).filter { $0.count == set.keyLength }))
+            }
+        }
         let failures = try execute { batch in
             TableSkeleton.appendDeleteTable(to: &batch, table: table)
             TableSkeleton.append(to: &batch, table: table)
             change.append(to: &batch, table: table)
+            for (set, keys) in flows {
+                let perMessage = max(1, Batch.messageBudget / (28 + set.keyLength))
+                var start = 0
+                while start < keys.count {
+                    let chunk = keys[start..<min(start + perMessage, keys.count)]
+                    ElementMessages.append(to: &batch, table: table, set: set.name, adding: true,
+                                           chunk.map { (key: $0, data: nil, flags: UInt32(0)) },
+                                           operation: .object("add elements to set \(set.name)"))
+                    start += perMessage
+                }
+            }
         }
         if !failures.isEmpty { throw BatchExchange.combine(failures) }
     }

@@ -5,19 +5,37 @@ import CNftnl
 import POSIX
 
 /// nf_tables' change notifications (the multicast group `nft monitor` listens to,
-/// NFNLGRP_NFTABLES), reduced to what self-heal needs: which tables lost something, and which
-/// process committed each batch. The kernel sends a batch's object notifications and then one
-/// NEWGEN message naming the committing process, so notifications are grouped into `Batch`es
-/// that end at their NEWGEN.
+/// NFNLGRP_NFTABLES), reduced to what self-heal needs: which tables lost something, which chains
+/// got new rules (libvirt re-inserting its rules at the top of its chains), and who committed each
+/// batch. The kernel sends a batch's object notifications and then one NEWGEN message naming the
+/// committing thread and socket, so notifications are grouped into `Batch`es that end at their
+/// NEWGEN.
 public final class NftablesMonitor {
-    /// What one committed batch deleted.
+    /// What one committed batch deleted and added.
     public struct Batch: Sendable, Equatable {
-        /// The process that committed it (NFTA_GEN_PROC_PID), 0 when unknown.
+        /// The task that committed it (NFTA_GEN_PROC_PID, the kernel's `task_pid_nr(current)`: a
+        /// thread id, equal to the process id only for a process's main thread), 0 when unknown.
         public var pid: UInt32 = 0
         /// Its command name (NFTA_GEN_PROC_NAME), "" when unknown.
         public var process = ""
+        /// The netlink port id of the socket that committed it (the NEWGEN header's nlmsg_pid).
+        public var portID: UInt32 = 0
         /// "family table" of every table a deletion touched (`inet virtport`, `ip filter`, …).
         public var deletedFrom: Set<String> = []
+        /// "family table chain" of every chain a rule was added to (`ip libvirt_network guest_input`).
+        public var addedTo: Set<String> = []
+
+        public init(pid: UInt32 = 0, process: String = "", portID: UInt32 = 0, deletedFrom: Set<String> = [],
+                    addedTo: Set<String> = []) {
+            self.pid = pid
+            self.process = process
+            self.portID = portID
+            self.deletedFrom = deletedFrom
+            self.addedTo = addedTo
+        }
+
+        /// "pid N (name)", for the log.
+        public var committer: String { "pid \(pid)" + (process.isEmpty ? "" : " (\(process))") }
     }
 
     /// The socket, non-blocking, to watch for readability.
@@ -77,13 +95,14 @@ public final class NftablesMonitor {
             let len = Int(bytes.load(fromByteOffset: offset, as: UInt32.self))
             let type = bytes.load(fromByteOffset: offset + 4, as: UInt16.self)
             guard len >= header, offset + len <= bytes.count else { break }
+            let port = bytes.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)
             let body = UnsafeRawBufferPointer(rebasing: bytes[(offset + header)..<(offset + len)])
-            handle(type: type, body: body, into: &out)
+            handle(type: type, port: port, body: body, into: &out)
             offset += (len + 3) & ~3
         }
     }
 
-    private func handle(type: UInt16, body: UnsafeRawBufferPointer, into out: inout [Batch]) {
+    private func handle(type: UInt16, port: UInt32, body: UnsafeRawBufferPointer, into out: inout [Batch]) {
         guard type >> 8 == UInt16(NFNL_SUBSYS_NFTABLES), body.count >= 4 else { return }
         let msg = UInt32(type & 0xff)
         let family = body[0]
@@ -96,6 +115,7 @@ public final class NftablesMonitor {
             if let name = attrs[UInt16(NFTA_GEN_PROC_NAME.rawValue)] {
                 pending.process = String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
             }
+            pending.portID = port
             out.append(pending)
             pending = Batch()
         case NFT_MSG_DELTABLE.rawValue, NFT_MSG_DELCHAIN.rawValue, NFT_MSG_DELRULE.rawValue,
@@ -103,11 +123,18 @@ public final class NftablesMonitor {
             // The table name is attribute 1 of each of these (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE,
             // NFTA_RULE_TABLE, NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE).
             guard let table = attrs[1] else { return }
-            pending.deletedFrom.insert("\(Self.familyName(family)) \(String(decoding: table.prefix { $0 != 0 }, as: UTF8.self))")
+            pending.deletedFrom.insert("\(Self.familyName(family)) \(Self.text(table))")
+        case NFT_MSG_NEWRULE.rawValue:
+            guard let table = attrs[UInt16(NFTA_RULE_TABLE.rawValue)], let chain = attrs[UInt16(NFTA_RULE_CHAIN.rawValue)]
+            else { return }
+            pending.addedTo.insert("\(Self.familyName(family)) \(Self.text(table)) \(Self.text(chain))")
         default:
             break
         }
     }
+
+    /// A NUL-terminated string attribute.
+    static func text(_ bytes: [UInt8]) -> String { String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self) }
 
     /// Top-level netlink attributes: type → payload.
     static func attributes(_ bytes: UnsafeRawBufferPointer) -> [UInt16: [UInt8]] {

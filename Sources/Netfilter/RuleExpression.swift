@@ -34,10 +34,14 @@ enum RuleExpression: Equatable {
     case drop
     /// `jump CHAIN`.
     case jump(String)
+    /// `return` (to the chain that jumped here).
+    case `return`
     /// `KEY != @set`: an inverted set lookup (NFT_LOOKUP_F_INV).
     case lookupNot(set: String, sreg: UInt32)
     /// `counter name KEY map @map`: the named counter the object map gives for the key.
     case objrefMap(map: String, sreg: UInt32)
+    /// `add @set { KEY }` from the data path (the set has NFT_SET_EVAL, "dynamic").
+    case dynsetAdd(set: String, sreg: UInt32)
 
     /// The expression's kernel name (`NFTA_EXPR_NAME`), as a rule dump gives it back.
     var kernelName: String {
@@ -53,9 +57,10 @@ enum RuleExpression: Equatable {
         case .masquerade: "masq"
         case .match: "match"
         case .counter: "counter"
-        case .accept, .drop, .jump: "immediate"
+        case .accept, .drop, .jump, .return: "immediate"
         case .lookupNot: "lookup"
         case .objrefMap: "objref"
+        case .dynsetAdd: "dynset"
         }
     }
 
@@ -141,6 +146,11 @@ enum RuleExpression: Equatable {
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_JUMP.rawValue))
             nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_IMM_CHAIN), chain)
             return e
+        case .return:
+            let e = nftnl_expr_alloc("immediate")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_RETURN.rawValue))
+            return e
         case .lookupNot(let set, let sreg):
             let e = nftnl_expr_alloc("lookup")!
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_LOOKUP_SREG), sreg)
@@ -151,6 +161,12 @@ enum RuleExpression: Equatable {
             let e = nftnl_expr_alloc("objref")!
             nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_OBJREF_SET_SREG), sreg)
             nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_OBJREF_SET_NAME), map)
+            return e
+        case .dynsetAdd(let set, let sreg):
+            let e = nftnl_expr_alloc("dynset")!
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_DYNSET_SREG_KEY), sreg)
+            nftnl_expr_set_u32(e, UInt16(NFTNL_EXPR_DYNSET_OP), UInt32(NFT_DYNSET_OP_ADD.rawValue))
+            nftnl_expr_set_str(e, UInt16(NFTNL_EXPR_DYNSET_SET_NAME), set)
             return e
         }
     }

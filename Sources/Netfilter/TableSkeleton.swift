@@ -33,15 +33,18 @@ enum TableSkeleton {
 
     static var chains: [Chain] {
         let families: [Family] = [.ipv4, .ipv6]
+        // Each DNAT rule comes after the rule that records the connections it takes (`FlowSet`).
         let prerouting = families.flatMap { family in
             // Most specific first: dev+addr, addr, dev, neither.
-            [(true, true), (false, true), (true, false), (false, false)].map { dev, addr in
-                dnatRule(ForwardMap(family: family, hasAddress: addr, hasDev: dev))
+            [(true, true), (false, true), (true, false), (false, false)].flatMap { dev, addr in
+                let map = ForwardMap(family: family, hasAddress: addr, hasDev: dev)
+                return [recordRule(map), dnatRule(map)]
             }
         }
         let output = families.flatMap { family in
-            [true, false].map { addr in
-                dnatRule(ForwardMap(family: family, hasAddress: addr, hasDev: false), skipLoopback: !addr)
+            [true, false].flatMap { addr in
+                let map = ForwardMap(family: family, hasAddress: addr, hasDev: false)
+                return [recordRule(map, skipLoopback: !addr), dnatRule(map, skipLoopback: !addr)]
             }
         }
         return [
@@ -50,6 +53,15 @@ enum TableSkeleton {
             Chain(name: "postrouting", hook: NF_INET_POST_ROUTING, priority: 100,
                   rules: HairpinSet.all.map(hairpinRule)),
         ]
+    }
+
+    /// `fib daddr type local KEY @MAP add @flowsN { ip saddr . th sport . meta l4proto . ip daddr
+    /// . th dport }`: the DNAT rule's match (the map's key present), then the connection recorded.
+    static func recordRule(_ map: ForwardMap, skipLoopback: Bool = false) -> [RuleExpression] {
+        var rule = dnatRule(map, skipLoopback: skipLoopback)
+        rule.removeLast(2)  // the lookup with a data register, and the dnat
+        rule.append(.lookup(set: map.name, sreg: register(word: 0), dreg: nil))
+        return rule + FlowSet(family: map.family).record
     }
 
     /// `fib daddr type local dnat ip to KEY map @MAP`: loads the key fields into consecutive
@@ -111,6 +123,13 @@ enum TableSkeleton {
                       keyLength: set.keyLength, data: nil, flags: UInt32(NFT_SET_INTERVAL.rawValue))
             setID += 1
         }
+        for set in FlowSet.all {
+            appendSet(to: &batch, table: table, name: set.name, id: setID, keyType: set.keyType,
+                      keyLength: set.keyLength, data: nil,
+                      flags: UInt32(NFT_SET_TIMEOUT.rawValue | NFT_SET_EVAL.rawValue),
+                      timeoutMs: FlowSet.timeoutMs, size: FlowSet.capacity)
+            setID += 1
+        }
         for chain in chains {
             appendChain(to: &batch, table: table, chain: chain)
             for rule in chain.rules { appendRule(to: &batch, table: table, chain: chain.name, rule) }
@@ -146,7 +165,8 @@ enum TableSkeleton {
     /// - Parameter objectType: for an object map (NFT_SET_OBJECT in `flags`), NFT_OBJECT_*.
     static func appendSet(to batch: inout Batch, table: String, family: TableFamily = .inet, name: String, id: UInt32,
                           keyType: UInt32, keyLength: Int, data: (type: UInt32, length: Int)?, flags: UInt32,
-                          objectType: UInt32? = nil, hostOrderKey: Bool = false) {
+                          objectType: UInt32? = nil, hostOrderKey: Bool = false, timeoutMs: UInt64? = nil,
+                          size: UInt32? = nil) {
         let s = nftnl_set_alloc()!
         defer { nftnl_set_free(s) }
         nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
@@ -167,7 +187,9 @@ enum TableSkeleton {
             nftnl_set_set_u32(s, UInt16(NFTNL_SET_DATA_LEN.rawValue), UInt32(data.length))
         }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue), flags)
+        if let size { nftnl_set_set_u32(s, UInt16(NFTNL_SET_DESC_SIZE.rawValue), size) }
         nftnl_set_set_u32(s, UInt16(NFTNL_SET_ID.rawValue), id)
+        if let timeoutMs { nftnl_set_set_u64(s, UInt16(NFTNL_SET_TIMEOUT.rawValue), timeoutMs) }
         let kind = data == nil && objectType == nil ? "set" : "map"
         batch.append(NFT_MSG_NEWSET, flags: Netlink.create, family: UInt16(family.nfproto),
                      operation: .object("add \(kind) \(name) to table \(family) \(table)")) {

@@ -56,17 +56,30 @@ public enum FileSystem {
 
     /// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename) with `mode`.
     public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: UInt32) throws(Errno) {
-        let tmp = path + ".tmp.\(getpid())"
-        let fd = try FileDescriptor.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
-        do {
-            try fd.writeAll(bytes)
-            _ = fchmod(fd.rawValue, mode)
-            fd.close()
-            _ = try valueOrErrno("rename") { rename(tmp, path) }
-        } catch {
-            fd.close()
-            unlink(tmp)
-            throw error
+        // The temporary file is created, never opened: O_EXCL|O_NOFOLLOW fail on anything already
+        // at that name (a symlink planted in a directory someone else can write, dangling or not),
+        // and a fresh name is tried instead. Nothing is ever written through a link.
+        var attempt = 0
+        var ts = timespec()
+        while true {
+            clock_gettime(CLOCK_REALTIME, &ts)
+            let tmp = path + ".tmp.\(getpid()).\(ts.tv_nsec).\(attempt)"
+            let fd: FileDescriptor
+            do { fd = try FileDescriptor.open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: mode & 0o600) } catch where error.code == EEXIST && attempt < 8 {
+                attempt += 1
+                continue
+            }
+            do {
+                try fd.writeAll(bytes)
+                _ = try valueOrErrno("fchmod") { fchmod(fd.rawValue, mode) }
+                fd.close()
+                _ = try valueOrErrno("rename") { rename(tmp, path) }
+                return
+            } catch {
+                fd.close()
+                unlink(tmp)
+                throw error
+            }
         }
     }
 

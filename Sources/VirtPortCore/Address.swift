@@ -71,6 +71,12 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
 public struct MACAddress: Sendable, Hashable, Comparable, CustomStringConvertible {
     public let bytes: [UInt8]
 
+    /// Six bytes, as on the wire.
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == 6 else { return nil }
+        self.bytes = bytes
+    }
+
     public init?(_ text: String) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 6 else { return nil }

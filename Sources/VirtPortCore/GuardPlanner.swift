@@ -56,6 +56,10 @@ enum GuardPlanner {
         if !spec.addresses.isEmpty {
             for ip in spec.addresses {
                 try checkAddress(ip, nic: nic, attr: "\(path): ip=\"\(ip)\"", resolver: resolver)
+                if let bridge = nic.sourceBridge, nic.sourceNetwork == nil, policy.guardBridges.contains(bridge) {
+                    try checkOnGuardedBridge(ip, bridge: bridge, mac: mac, attr: "\(path): ip=\"\(ip)\"",
+                                             resolver: resolver, policy: policy)
+                }
                 addresses.append(GuardAddress(address: ip, source: .attribute))
             }
         } else if spec.spoofing {
@@ -64,6 +68,24 @@ enum GuardPlanner {
         return GuardPlan(mac: mac, tap: nic.targetDev, bridge: nic.sourceBridge, network: nic.sourceNetwork,
                          spoofing: spec.spoofing, dhcpServer: dhcpServer, routerAdvert: routerAdvert,
                          isolated: spec.isolated, addresses: addresses, requiredBy: required)
+    }
+
+    /// On a plain bridge the policy guards (`[guard] bridges`) the host knows no subnet, but it
+    /// knows whose an address is: `ip=` may not name the host's own addresses, the router its
+    /// routes through that bridge use, or an address another NIC's forward or guard owns (a
+    /// gratuitous ARP for any of them would take their traffic).
+    static func checkOnGuardedBridge(_ ip: IPAddress, bridge: String, mac: MACAddress, attr: String,
+                                     resolver: some GuestAddressResolver, policy: Policy) throws(VirtPortError) {
+        let key = policy.setting(.guardBridges)
+        if resolver.localAddresses()?.contains(ip) == true {
+            throw .invalid("\(attr) is one of the host's own addresses: not allowed on a bridge the policy guards (\(key))")
+        }
+        if resolver.gateways(interface: bridge).contains(ip) {
+            throw .invalid("\(attr) is the host's router on bridge \(Quoted.message(bridge)): not allowed on a bridge the policy guards (\(key))")
+        }
+        if let owner = resolver.addressHolder(ip, except: mac) {
+            throw .invalid("\(attr) belongs to \(owner): not allowed on a bridge the policy guards (\(key))")
+        }
     }
 
     /// An `ip=` on a libvirt network with addresses must be one the VM can own there (in the

@@ -6,7 +6,7 @@
 /// other guests make to a remote server), and `guest=` may only name an address the VM can own
 /// on its own network (else the host forwards from outside to the gateway, another VM or any
 /// address it can route to).
-enum HostChecks {
+public enum HostChecks {
     /// `address=` must be one of the host's addresses now (the kernel rule also requires
     /// `fib daddr type local`, so an address removed later stops matching instead of hijacking).
     static func checkLocal(_ address: IPAddress, path: String,
@@ -77,7 +77,7 @@ enum HostChecks {
     }
 
     /// "the network address" / "the broadcast address" when `ip` is one of those of `prefix`.
-    static func edgeReason(_ ip: IPAddress, of prefix: IPPrefix) -> String? {
+    public static func edgeReason(_ ip: IPAddress, of prefix: IPPrefix) -> String? {
         let bits = ip.bytes.count * 8
         // /31 and /32 (IPv4), /127 and /128 (IPv6) have no network or broadcast address.
         guard prefix.prefix < bits - 1 else { return nil }

@@ -176,7 +176,7 @@ public enum Planner {
     /// Why `ip` can be neither a guest address nor a host listen address (`address=`), whatever
     /// the host has, or nil. Loopback is refused for both: a DNAT of 127.0.0.1:PORT (or ::1) takes
     /// the host's own local connections to a service listening there and hands them to the VM.
-    static func unusableReason(_ ip: IPAddress) -> String? {
+    public static func unusableReason(_ ip: IPAddress) -> String? {
         if ip.isUnspecified { return "the unspecified address" }
         if ip.isMulticast { return "a multicast address" }
         if ip.isLoopback { return "a loopback address" }

@@ -53,12 +53,19 @@ public protocol GuestAddressResolver {
     func leaseHolders(network name: String, address: IPAddress) -> [MACAddress]
     /// Every address configured on the host's interfaces; nil when they cannot be read.
     func localAddresses() -> [IPAddress]?
+    /// Another NIC (not `mac`) that owns `address` now: a running domain's forward or guard, as
+    /// "domain 'NAME' (mac M)"; nil when none.
+    func addressHolder(_ address: IPAddress, except mac: MACAddress) -> String?
+    /// The gateways of the host's routes through interface `name` (its router on a plain bridge).
+    func gateways(interface name: String) -> [IPAddress]
 }
 
 extension GuestAddressResolver {
     public func network(named name: String) -> NetworkDefinition? { nil }
     public func leaseHolders(network name: String, address: IPAddress) -> [MACAddress] { [] }
     public func localAddresses() -> [IPAddress]? { nil }
+    public func addressHolder(_ address: IPAddress, except mac: MACAddress) -> String? { nil }
+    public func gateways(interface name: String) -> [IPAddress] { [] }
 }
 
 /// A resolver that knows nothing: every forward without `guest=` is pending, and what needs the

@@ -105,8 +105,11 @@ func tempFile(_ name: String, _ text: String) throws -> String {
 
     /// The commands other workers build keep their DESIGN contract synopsis.
     @Test func contractSynopses() throws {
+        // DESIGN "live edit", then "add output"'s --wait.
         #expect(try #require(Usage.command("add")).synopsis
-            == "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M]")
+            == "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS]")
+        #expect(try #require(Usage.command("trace")).synopsis
+            == "[VM] PROTO HOSTPORT [--from PREFIX] [--count N] [--timeout S] [--json]")
         #expect(try #require(Usage.command("remove")).synopsis == "DOMAIN PROTO HOSTPORT")
         #expect(try #require(Usage.command("doctor")).synopsis == "[--json]")
         #expect(try #require(Usage.command("history")).synopsis.hasPrefix("[--domain D] [--port P] [--since T] [--until T] [--at T]"))

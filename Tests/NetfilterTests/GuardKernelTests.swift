@@ -43,4 +43,34 @@ struct GuardKernelTests {
             #expect(throws: NetfilterError.self) { try nf.changeGuards(adding: [], previous: [], removing: [Self.a]) }
         }
     }
+
+    /// Link-locals the data path learned (DAD claims: dynamic elements of ip6 and ll_N) survive a
+    /// rebuild of the table for the same tap and MAC, and go with the port or with its MAC.
+    @Test func learnedLinkLocalsLiveAsLongAsThePort() throws {
+        try withNetNS("guardll") { ns in
+            let nf = try ns.session()
+            try nf.replaceGuards([Self.a])
+            let eui = "fe80::5054:ff:feaa:bb01"
+            #expect(try ns.nft("list set bridge virtport ipv6").stdout.contains(#""vnet0" . 52:54:00:aa:bb:01 . \#(eui)"#))
+            _ = try ns.nft(#"add element bridge virtport ipv6 { "vnet0" . 52:54:00:aa:bb:01 . fe80::1234:5678:9abc:def0 }"#)
+            _ = try ns.nft(#"add element bridge virtport ll_1 { "vnet0" . 52:54:00:aa:bb:01 }"#)
+            _ = try ns.nft(#"add element bridge virtport taken6 { fe80::1234:5678:9abc:def0 }"#)
+            try nf.replaceGuards([Self.a, Self.b])
+            #expect(try ns.nft("list set bridge virtport ipv6").stdout.contains("fe80::1234:5678:9abc:def0"))
+            #expect(try ns.nft("list set bridge virtport ll_1").stdout.contains("vnet0"))
+            #expect(try ns.nft("list set bridge virtport taken6").stdout.contains("fe80::1234:5678:9abc:def0"))
+            // Same tap, another MAC (it changed hands): what the previous holder claimed goes.
+            var other = Self.a
+            other.mac = MACAddress("52:54:00:aa:bb:03")!
+            try nf.changeGuards(adding: [other], previous: [Self.a], removing: [])
+            #expect(try !ns.nft("list set bridge virtport ipv6").stdout.contains("fe80::1234:5678:9abc:def0"))
+            #expect(try !ns.nft("list set bridge virtport ll_1").stdout.contains("vnet0"))
+            #expect(try !ns.nft("list set bridge virtport taken6").stdout.contains("fe80::1234:5678:9abc:def0"))
+            #expect(try ns.nft("list set bridge virtport taken6").stdout.contains("fe80::5054:ff:feaa:bb03"))
+            #expect(try nf.guardTableDamage(expecting: [other, Self.b]) == nil)
+            _ = try ns.nft(#"add element bridge virtport ipv6 { "vnet0" . 52:54:00:aa:bb:03 . fe80::1 }"#)
+            try nf.changeGuards(adding: [], previous: [], removing: [other])
+            #expect(try !ns.nft("list set bridge virtport ipv6").stdout.contains("vnet0"))
+        }
+    }
 }

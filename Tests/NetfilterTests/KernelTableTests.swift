@@ -69,26 +69,52 @@ struct KernelTableTests {
                 \t\tflags interval
                 \t}
 
+                \tset flows4 {
+                \t\ttype ipv4_addr . inet_service . inet_proto . ipv4_addr . inet_service
+                \t\tsize 65536
+                \t\tflags dynamic,timeout
+                \t\ttimeout 1d
+                \t}
+                
+                \tset flows6 {
+                \t\ttype ipv6_addr . inet_service . inet_proto . ipv6_addr . inet_service
+                \t\tsize 65536
+                \t\tflags dynamic,timeout
+                \t\ttimeout 1d
+                \t}
+                
                 \tchain prerouting {
                 \t\ttype nat hook prerouting priority dstnat; policy accept;
+                \t\tfib daddr type local iifname . ip daddr . meta l4proto . th dport @fwd4_dev_addr add @flows4 { ip saddr . th sport . meta l4proto . ip daddr . th dport }
                 \t\tfib daddr type local dnat ip to iifname . ip daddr . meta l4proto . th dport map @fwd4_dev_addr
+                \t\tfib daddr type local ip daddr . meta l4proto . th dport @fwd4_addr add @flows4 { ip saddr . th sport . meta l4proto . ip daddr . th dport }
                 \t\tfib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
+                \t\tfib daddr type local iifname . meta l4proto . th dport @fwd4_dev add @flows4 { ip saddr . th sport . meta l4proto . ip daddr . th dport }
                 \t\tmeta nfproto ipv4 fib daddr type local dnat ip to iifname . meta l4proto . th dport map @fwd4_dev
+                \t\tfib daddr type local meta l4proto . th dport @fwd4 add @flows4 { ip saddr . th sport . meta l4proto . ip daddr . th dport }
                 \t\tmeta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @fwd4
+                \t\tfib daddr type local iifname . ip6 daddr . meta l4proto . th dport @fwd6_dev_addr add @flows6 { ip6 saddr . th sport . meta l4proto . ip6 daddr . th dport }
                 \t\tfib daddr type local dnat ip6 to iifname . ip6 daddr . meta l4proto . th dport map @fwd6_dev_addr
+                \t\tfib daddr type local ip6 daddr . meta l4proto . th dport @fwd6_addr add @flows6 { ip6 saddr . th sport . meta l4proto . ip6 daddr . th dport }
                 \t\tfib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6_addr
+                \t\tfib daddr type local iifname . meta l4proto . th dport @fwd6_dev add @flows6 { ip6 saddr . th sport . meta l4proto . ip6 daddr . th dport }
                 \t\tmeta nfproto ipv6 fib daddr type local dnat ip6 to iifname . meta l4proto . th dport map @fwd6_dev
+                \t\tfib daddr type local meta l4proto . th dport @fwd6 add @flows6 { ip6 saddr . th sport . meta l4proto . ip6 daddr . th dport }
                 \t\tmeta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @fwd6
                 \t}
-
+                
                 \tchain output {
                 \t\ttype nat hook output priority -100; policy accept;
+                \t\tfib daddr type local ip daddr . meta l4proto . th dport @fwd4_addr add @flows4 { ip saddr . th sport . meta l4proto . ip daddr . th dport }
                 \t\tfib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @fwd4_addr
+                \t\tip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @fwd4 add @flows4 { ip saddr . th sport . meta l4proto . ip daddr . th dport }
                 \t\tip daddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @fwd4
+                \t\tfib daddr type local ip6 daddr . meta l4proto . th dport @fwd6_addr add @flows6 { ip6 saddr . th sport . meta l4proto . ip6 daddr . th dport }
                 \t\tfib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6_addr
+                \t\tip6 daddr != ::1 fib daddr type local meta l4proto . th dport @fwd6 add @flows6 { ip6 saddr . th sport . meta l4proto . ip6 daddr . th dport }
                 \t\tip6 daddr != ::1 fib daddr type local dnat ip6 to meta l4proto . th dport map @fwd6
                 \t}
-
+                
                 \tchain postrouting {
                 \t\ttype nat hook postrouting priority srcnat; policy accept;
                 \t\tct status dnat ip saddr @hairpin4 masquerade
@@ -141,7 +167,7 @@ struct KernelTableTests {
             let text = try ns.listTable()
             for line in Self.mixedAsNft { #expect(text.contains("elements = { \(line) }"), "\(line)") }
             let census = try Self.census(ns)
-            #expect(census.rules == 14)
+            #expect(census.rules == 26)
             #expect(ForwardMap.all.allSatisfy { census.elements[$0.name] == 1 })
         }
     }
@@ -153,7 +179,7 @@ struct KernelTableTests {
             try nf.apply(adding: Self.mixed + Self.mixed, removing: [])
             try ns.session().apply(adding: Self.mixed, removing: [])
             #expect(try nf.listElements().count == Self.mixed.count)
-            #expect(try Self.census(ns).rules == 14)
+            #expect(try Self.census(ns).rules == 26)
         }
     }
 
@@ -303,7 +329,7 @@ struct KernelTableTests {
                 }
                 #expect(failures.withLock { $0 } == [])
                 let census = try Self.census(ns)
-                #expect(census.rules == 14, "round \(round)")
+                #expect(census.rules == 26, "round \(round)")
                 #expect(census.elements["fwd4"] == 2, "round \(round)")
                 #expect(try ns.listTableJSON().filter { $0["chain"] != nil }.count == 3)
                 try ns.session().deleteTable()

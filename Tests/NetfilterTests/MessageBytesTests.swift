@@ -133,8 +133,8 @@ struct MessageBytesTests {
         #expect(batches[1].map(\.type) == [0x0a01])  // NFT_MSG_GETTABLE
         let skeleton = batches[2]
         #expect(skeleton[1].type == 0x0a00 && skeleton[1].flags == 0x0605)  // NEWTABLE, CREATE|EXCL|ACK|REQUEST
-        #expect(skeleton.filter { $0.type == 0x0a06 }.count == 14)  // NFT_MSG_NEWRULE
-        #expect(skeleton.filter { $0.type == 0x0a09 }.count == 10)  // NFT_MSG_NEWSET
+        #expect(skeleton.filter { $0.type == 0x0a06 }.count == 26)  // NFT_MSG_NEWRULE: 12 dnat + 12 recording + 2 hairpin
+        #expect(skeleton.filter { $0.type == 0x0a09 }.count == 12)  // NFT_MSG_NEWSET: 8 maps, 2 hairpin, 2 flows
         #expect(skeleton.filter { $0.type == 0x0a03 }.count == 3)  // NFT_MSG_NEWCHAIN
         #expect(batches[3].map(\.type) == [0x10, 0x0a0c, 0x11])  // only the element, again
     }

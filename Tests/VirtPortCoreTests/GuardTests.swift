@@ -48,6 +48,29 @@ import Testing
         #expect(try plan("", interfaces: nic1 + nic2, policy: policy).guards.map(\.tap) == ["vnet5", "vnet6"])
     }
 
+    /// Issue 21 item 5: on a plain bridge `[guard] bridges` guards, ip= may not name the host, its
+    /// router there, or another NIC's address; the same guard without the policy is accepted.
+    @Test func plainBridgePolicyRefusesHostRouterAndNeighbourAddresses() throws {
+        let r = FakeResolver()
+        r.routers["br0"] = [ip("192.168.1.254")]
+        r.holders[ip("192.168.1.11")] = "domain 'vm2' (mac 52:54:00:aa:bb:09)"
+        var policy = Policy()
+        policy.guardBridges = ["br0"]
+        let key = #"([guard] bridges = ["br0"])"#
+        let xml = { (ip: String) in virtport("<vp:guard mac='\(mac2)' ip='\(ip)'/>") }
+        for (addr, why) in [("192.168.122.1", "is one of the host's own addresses"),
+                            ("192.168.1.254", "is the host's router on bridge br0"),
+                            ("192.168.1.11", "belongs to domain 'vm2' (mac 52:54:00:aa:bb:09)")] {
+            let message = "guard[1]: ip=\"\(addr)\" \(why): not allowed on a bridge the policy guards \(key)"
+            #expect(throws: VirtPortError.invalid(message)) {
+                try plan(xml(addr), interfaces: nic1 + nic2, policy: policy, resolver: r)
+            }
+            // Without the policy key the same guard is accepted (the host knows no subnet there).
+            #expect(try plan(xml(addr), interfaces: nic1 + nic2, resolver: r).guards.count == 1)
+        }
+        #expect(try plan(xml("192.168.1.10"), interfaces: nic1 + nic2, policy: policy, resolver: r).guards.count == 1)
+    }
+
     @Test(arguments: [
         ("<vp:guard spoofing='off'/>", #"guard[1]: spoofing="off" weakens a guard the policy requires for this port ([guard] networks = ["default"])"#),
         ("<vp:guard dhcpServer='allow'/>", #"guard[1]: dhcpServer="allow" weakens a guard the policy requires for this port ([guard] networks = ["default"])"#),

@@ -70,6 +70,11 @@ final class FakeResolver: GuestAddressResolver, @unchecked Sendable {
     var networks: [String: NetworkDefinition] = ["default": defaultNetwork]
     var local: [IPAddress]? = testHostAddresses
     var leaseHoldersByAddress: [IPAddress: [MACAddress]] = [:]
+    var holders: [IPAddress: String] = [:]
+    var routers: [String: [IPAddress]] = [:]
+
+    func addressHolder(_ address: IPAddress, except mac: MACAddress) -> String? { holders[address] }
+    func gateways(interface name: String) -> [IPAddress] { routers[name] ?? [] }
 
     func network(named name: String) -> NetworkDefinition? { networks[name] }
     func localAddresses() -> [IPAddress]? { local }

@@ -167,14 +167,21 @@ class Lab:
         r = sh("nft", "-j", "list", "table", "inet", "virtport", ns=self.host, check=False)
         if r.returncode != 0:
             return None
-        return json.loads(r.stdout)["nftables"]
+        items = json.loads(r.stdout)["nftables"]
+        # flows4/flows6 are the kernel's own record of translated connections (README "Connection
+        # tracking"): they change with traffic, not with what virtport programs.
+        for item in items:
+            m = item.get("set")
+            if m and m.get("name") in ("flows4", "flows6"):
+                m.pop("elem", None)
+        return items
 
     def elements(self):
         """Every element of every virtport map, as nft prints them (list of (map, element-json))."""
         out = []
         for item in self.nft_json() or []:
             m = item.get("map")
-            if m and m.get("elem"):
+            if m and m.get("elem") and m["name"].startswith("fwd"):
                 for e in m["elem"]:
                     out.append((m["name"], e))
         return out

@@ -11,7 +11,8 @@ import time
 from conftest import sh
 from test_agent_watch import FIXED, start_agent, wait
 
-CHECK = re.compile(r"self-heal check \(deletes by (.*)\) took \d+ ms")
+# Checks started by a batch (not the one at start-up: "found when the agent started").
+CHECK = re.compile(r"self-heal check \(((?:deleted|rules inserted) by .*)\) took \d+ ms")
 
 
 def checks(agent):

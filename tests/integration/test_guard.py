@@ -393,7 +393,7 @@ def test_a_tap_that_changes_hands_keeps_nothing_of_the_previous_holder(glab):
                       "<vp:guard spoofing='off' dhcpServer='allow' routerAdvert='allow' isolated='yes'/>")
     r = glab.hook(iso, "reconnect")
     assert r.returncode == 0, r.stderr.decode()
-    for s in ("guarded", "spoof", "mac", "ip4", "ip6"):
+    for s in ("guarded", "spoof", "mac", "ip4", "ipv6"):
         assert glab.set_elements(s) == [], s
     assert "isolated on" in glab.port_flags("vnet0")
     assert glab.through(["spoof-mac", "ipv4"]) == {"spoof-mac", "ipv4"}

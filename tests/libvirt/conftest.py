@@ -7,6 +7,10 @@
 
 Skipped, with the reason shown, when not root or when libvirtd is not installed.
 Run: sudo python3 -m pytest tests/libvirt -v -rs
+
+VIRTPORT_LAB=11 runs the same tests against the libvirt 11 lab (lab11.Lab11: libvirt 11.3, modular
+daemons, nftables backend, in a lab root that scripts/lab/build-lab11.sh builds and caches); a test
+that only holds on one lab says so with `only_lab("9")` / `only_lab("11")`.
 """
 import os
 import signal
@@ -17,10 +21,24 @@ import pytest
 
 import harness
 
+LAB = os.environ.get("VIRTPORT_LAB", "9")
+if LAB not in ("9", "11"):
+    raise pytest.UsageError(f"VIRTPORT_LAB={LAB!r}: use 9 (the machine's libvirt 9.0) or 11 (the libvirt 11 lab)")
+
+
+def new_lab(**kw):
+    """A lab of the kind VIRTPORT_LAB selects (not started)."""
+    if LAB == "11":
+        import lab11
+        return lab11.Lab11(**kw)
+    return harness.LibvirtLab(**kw)
+
 
 def _skip_unless_possible():
     if os.geteuid() != 0:
         pytest.skip("libvirt lab needs root (network namespaces, libvirtd, /dev/kvm)")
+    if LAB == "11":
+        return          # everything it needs is in its own root (built on first use)
     if not harness.LIBVIRTD or not harness.VIRTLOGD:
         pytest.skip("libvirtd/virtlogd not installed (scripts/deps.sh --libvirt)")
     if not harness.shutil.which("qemu-system-x86_64"):
@@ -38,7 +56,7 @@ def libvirt_lab():
     old = signal.getsignal(signal.SIGTERM)
     if old == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm)
-    lab = harness.LibvirtLab()
+    lab = new_lab()
     try:
         lab.start()
         yield lab
@@ -48,6 +66,29 @@ def libvirt_lab():
         finally:
             if old == signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, old)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "only_lab(kind): the test holds only on that lab ('9' or '11')")
+
+
+# Files about libvirt 9.0 itself or the machine's own libvirtd (iptables facts, the harness's
+# /run and /etc handling, the package installed on the machine): lab 9 only. Their lab-11
+# counterparts are test_package_lab11.py and lab11.py's own checks.
+LAB9_ONLY_FILES = {"test_harness_smoke.py": "the 9.0 harness itself", "test_libvirt_facts.py": "libvirt 9.0 iptables facts",
+                   "test_package.py": "the package on the machine, beside its libvirtd",
+                   "test_reload_libvirt.py": "libvirt 9.0's iptables rebuilds (lab 11's: test_daemons_libvirt.py)"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        why = LAB9_ONLY_FILES.get(os.path.basename(str(item.fspath)))
+        if why and not item.get_closest_marker("only_lab"):
+            item.add_marker(pytest.mark.only_lab("9", why=why))
+        m = item.get_closest_marker("only_lab")
+        if m and m.args[0] != LAB:
+            item.add_marker(pytest.mark.skip(reason=f"libvirt {m.args[0]} lab only ({m.kwargs.get('why', '')}); "
+                                                    f"this run: VIRTPORT_LAB={LAB}"))
 
 
 @pytest.fixture

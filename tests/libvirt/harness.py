@@ -447,6 +447,11 @@ class LibvirtLab:
         deleted by teardown() unless keep_workdir is set or teardown hit errors).
     """
 
+    kind = "9"                      # which lab: "9" (this one) or "11" (lab11.Lab11)
+    backend = "iptables"            # libvirt's firewall backend in this lab
+    hooks_dir = HOOKS_DIR           # where libvirt looks for hooks, as a path on this machine
+    uri = URI                       # virsh's connection URI
+
     def __init__(self, daemon_env=None, etc_files=None, workdir=None, log_filters=LOG_FILTERS, stp=False):
         self.daemon_env = dict(daemon_env or {})
         self.stp = stp
@@ -832,7 +837,7 @@ class LibvirtLab:
         """libvirt reconnects to running domains in threads of their own, after its API already
         answers: with a qemu hook in place, wait until each running domain's `reconnect` hook was
         called and no hook process is left, so callers see the state the hooks leave."""
-        if not any(os.path.exists(os.path.join(HOOKS_DIR, p)) for p in ("qemu", "qemu.d")):
+        if not any(os.path.exists(os.path.join(self.hooks_dir, p)) for p in ("qemu", "qemu.d")):
             return
         running = out(self.virsh("list", "--name", "--state-running", check=False)).split()
         for name in running:
@@ -900,11 +905,15 @@ class LibvirtLab:
         self.wait_reload_idle()
 
     def virsh(self, *args, check=True, input=None, timeout=60):
-        return sh("virsh", "-c", URI, *args, check=check, input=input, timeout=timeout)
+        return sh("virsh", "-c", self.uri, *args, check=check, input=input, timeout=timeout)
 
     def exec(self, *args, check=True, **kw):
         """Run a command inside the libvirt namespace."""
         return sh(*args, ns=self.ns, check=check, **kw)
+
+    def cmd(self, *args):
+        """The argv that runs ARGS where exec() runs it (for Popen)."""
+        return ["ip", "netns", "exec", self.ns] + [str(a) for a in args]
 
     def connect(self, proto, addr, port):
         """Connect from the libvirt namespace itself (the 'host')."""
@@ -962,8 +971,9 @@ class LibvirtLab:
         return removed
 
     def hooks_installed(self):
-        return {h: (os.readlink(os.path.join(HOOKS_DIR, h)) if os.path.islink(os.path.join(HOOKS_DIR, h))
-                    else os.path.exists(os.path.join(HOOKS_DIR, h)))
+        d = self.hooks_dir
+        return {h: (os.readlink(os.path.join(d, h)) if os.path.islink(os.path.join(d, h))
+                    else os.path.exists(os.path.join(d, h)))
                 for h in ("qemu", "network")}
 
     def stand_in_hook(self):

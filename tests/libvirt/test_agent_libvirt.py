@@ -37,7 +37,7 @@ class LabAgent:
 
     def start(self):
         with open(self.log, "a") as f:
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.lab.ns, BIN, "agent", "--verbose"],
+            self.proc = subprocess.Popen(self.lab.cmd(BIN, "agent", "--verbose"),
                                          stdout=subprocess.DEVNULL, stderr=f)
         harness.wait_for(lambda: self.connects() >= 1 or self.proc.poll() is not None, 20, 0.05, "the agent connected")
         assert self.proc.poll() is None, open(self.log).read()

@@ -98,7 +98,7 @@ def guard_history(vp):
 def assert_unguarded(lab, vp, tap):
     """After the stop: no element names the tap, its isolated flag is off (or the tap is gone),
     the journal holds no guard."""
-    for s in ("guarded", "spoof", "mac", "ip4", "ip6"):
+    for s in ("guarded", "spoof", "mac", "ip4", "ipv6", "ll_1", "ll_2", "fast4", "fast6"):
         assert not [e for e in set_elements(lab, s) if e[0] == tap], (s, set_elements(lab, s))
     details = port_details(lab, tap)
     assert details is None or "isolated off" in details, details

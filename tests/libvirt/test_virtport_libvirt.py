@@ -96,10 +96,20 @@ class Virtport:
         return None
 
     def forward_chain(self):
+        """Where virtport's accept for DNATed traffic lives: iptables FORWARD (libvirt's iptables
+        backend), or libvirt's `ip libvirt_network guest_input` chain (its nftables backend)."""
+        if self.lab.backend == "nftables":
+            return self.lab.guest_input()
         return [l for l in out(self.lab.iptables("-S", "FORWARD")).splitlines() if l.startswith("-A")]
 
     def assert_forward_rule_first(self):
         chain = self.forward_chain()
+        if self.lab.backend == "nftables":       # above libvirt's reject (first or not)
+            ours = [i for i, l in enumerate(chain) if 'ct status dnat accept comment "virtport:virbr0"' in l]
+            rejects = [i for i, l in enumerate(chain) if l.endswith("reject") or " reject " in l]
+            assert len(ours) == 1 and sum("virtport" in l for l in chain) == 1, "\n".join(chain)
+            assert rejects and ours[0] < rejects[0], "\n".join(chain)
+            return
         assert chain and chain[0] == OUR_FORWARD_RULE, "\n".join(chain)
         assert sum("virtport" in l for l in chain) == 1, "\n".join(chain)
         assert "virtport" not in out(self.lab.iptables("-S", "LIBVIRT_FWI"))
@@ -109,8 +119,13 @@ class Virtport:
         assert not any("virtport" in l for l in chain), "\n".join(chain)
 
     def clear_kernel(self):
-        """Drop table inet virtport and our FORWARD rule(s): state a previous test may have left."""
+        """Drop table inet virtport and our accept rule(s): state a previous test may have left."""
         self.lab.exec("nft", "delete", "table", "inet", "virtport", check=False)
+        if self.lab.backend == "nftables":
+            r = self.lab.exec("nft", "-a", "list", "chain", "ip", "libvirt_network", "guest_input", check=False)
+            for handle in re.findall(r'"virtport:[^"]*".*# handle (\d+)', out(r)):
+                self.lab.exec("nft", "delete", "rule", "ip", "libvirt_network", "guest_input", "handle", handle)
+            return
         for line in self.forward_chain():
             if "virtport:" in line:
                 spec = line.split()[2:]
@@ -133,7 +148,7 @@ def install(lab, strict=False):
     r = lab.install_hooks(BIN, wait_rescan=False)
     text = out(r)
     real = os.path.realpath(BIN)
-    assert {h: os.path.realpath(os.path.join(harness.HOOKS_DIR, h)) for h in ("qemu", "network")} == \
+    assert {h: os.path.realpath(os.path.join(lab.hooks_dir, h)) for h in ("qemu", "network")} == \
         {"qemu": real, "network": real}, text
     _rescanned(lab, mark, "Found hook script /etc/libvirt/hooks/qemu", "install", text, strict)
     return text
@@ -395,6 +410,10 @@ def test_libvirtd_restart_kill_and_sighup(lab, installed):
     vp.assert_forward_rule_first()
     assert vp.mappings() == applied
 
+    if lab.backend == "nftables":
+        # libvirt 11's virtnetworkd SIGHUP moves its reject above virtport's accept and no hook
+        # runs: healed by the agent (test_daemons_libvirt.py), not by anything tested here.
+        return
     # SIGHUP: libvirt deletes and re-inserts all its iptables rules; no hook call.
     mark = lab.log_mark()
     lab.sighup_libvirtd()
@@ -606,7 +625,7 @@ def test_hooks_run_by_libvirtd_are_served_by_the_agent(lab, installed):
     lab.write_etc("virtport/virtport.conf", vp.config + f'[paths]\nagent_socket = "{sock}"\n')
     log = os.path.join(lab.workdir, "agent.log")
     with open(log, "w") as f:
-        agent = subprocess.Popen(["ip", "netns", "exec", lab.ns, BIN, "agent", "--verbose"],
+        agent = subprocess.Popen(lab.cmd(BIN, "agent", "--verbose"),
                                  stdout=subprocess.DEVNULL, stderr=f)
     try:
         harness.wait_for(lambda: os.path.exists(sock), 10, 0.02, "the agent's socket")

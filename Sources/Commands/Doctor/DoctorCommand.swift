@@ -68,6 +68,7 @@ struct Doctor {
         out.append(apparmor(exe: exe))
         out.append(selinux())
         out += FirewallDoctor.findings()
+        out += TraceDoctor.findings(config: config)
         out.append(ipForward())
         out.append(brNetfilter())
         let journalOK = journal(into: &out)
@@ -229,8 +230,17 @@ struct Doctor {
         let sock = config.agentSocket
         if FileSystem.exists(sock) {
             if let fd = UnixSocket.connect(to: sock) {
-                fd.close()
-                return .ok("agent", "listening on \(sock)")
+                defer { fd.close() }
+                // A request the agent declines (no hook kind): it answers, and logs nothing.
+                let probe = AgentFrame.Request(configPath: config.sourcePath, kind: AgentFrame.probeKind, args: [], input: [])
+                if FrameIO.send(fd, AgentFrame.encode(probe)), let frame = FrameIO.receive(fd, timeoutMs: 2_000),
+                   AgentFrame.decodeReply(frame) != nil {
+                    return .ok("agent", "listening on \(sock) and answering")
+                }
+                return .fail("agent", "\(sock) accepts connections but did not answer a request within 2 s",
+                             why: "each hook waits up to 2 s for the agent's claim before doing the work itself: VM starts are slower",
+                             fix: SystemdUnits.running ? "systemctl restart virtport-agent; journalctl -u virtport-agent" : "restart virtport agent",
+                             status: "warn")
             }
             return .fail("agent", "\(sock) exists but nothing accepts connections (stale socket)",
                          why: "each hook tries it first and then does the work itself: slower, but forwards still work",
@@ -281,8 +291,12 @@ struct Doctor {
             return
         }
         for f in real {
-            out.append(.fail(f.guards ? "guards" : "forwards", "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
-                             why: describe(f), fix: "virtport reconcile"))
+            let check = f.guards ? "guards" : f.action == .acceptRule ? "libvirt firewall" : "forwards"
+            let fix = f.action == .acceptRule
+                ? "virtport reconcile   (a running agent does this by itself within a second of libvirt's rebuild: systemctl enable --now virtport-agent)"
+                : "virtport reconcile"
+            out.append(.fail(check, "\(f.action.rawValue) \(f.domain.map { "[\($0)] " } ?? "")\(f.what)",
+                             why: describe(f), fix: fix))
         }
     }
 
@@ -298,6 +312,10 @@ struct Doctor {
         case .kernelDelete: "the kernel forwards a port no journal entry owns (\(f.reason))"
         case .addMapping: "a running VM declares a forward that is not applied (\(f.reason))"
         case .removeMapping: "a forward of a VM that is not running is still in place (\(f.reason))"
+        case .acceptRule:
+            "virtport keeps one accept rule in front of libvirt's reject for each NAT network with forwards (\(f.reason)); "
+                + "libvirt re-inserts its rules at the top of its chains whenever it rebuilds them (virtnetworkd or libvirtd "
+                + "started or sent SIGHUP, virtport install, a package upgrade)"
         default: f.reason
         }
     }

@@ -40,15 +40,21 @@ enum FirewallDoctor {
             out.append(.ok("iptables-legacy", "no legacy iptables tables loaded\(LegacyIptables.alternative.map { "; iptables -> \($0)" } ?? "")"))
         }
 
-        // firewalld (nftables backend): its filter_FORWARD must accept DNATed connections.
+        // firewalld (nftables backend): its filter_FORWARD must accept DNATed connections, or a
+        // policy must accept what is forwarded to the guests' bridges.
         if tables.contains("table inet firewalld") {
-            let chain = nft.flatMap { Spawn.capture([$0, "list", "chain", "inet", "firewalld", "filter_FORWARD"]) } ?? ""
+            let list = { (chain: String) in nft.flatMap { Spawn.capture([$0, "list", "chain", "inet", "firewalld", chain]) } ?? "" }
+            let chain = list("filter_FORWARD")
+            let policies = acceptingPolicies(list)
             if chain.contains("ct status dnat accept") {
                 out.append(.ok("firewalld", "firewalld's filter_FORWARD accepts DNATed connections (ct status dnat accept)"))
+            } else if !policies.isEmpty {
+                out.append(.ok("firewalld", "firewalld's filter_FORWARD has no `ct status dnat accept` (StrictForwardPorts=yes); policy "
+                               + policies.map { "\($0.policy) accepts forwarded traffic to \($0.bridge)" }.joined(separator: ", ")))
             } else {
-                out.append(.fail("firewalld", "firewalld's filter_FORWARD has no `ct status dnat accept` (StrictForwardPorts=yes, or a version without it)",
-                                 why: "firewalld then forwards only its own forward-ports: connections virtport DNATs to a guest are rejected by firewalld's zone rules (libvirt's zone included)",
-                                 fix: "set StrictForwardPorts=no in /etc/firewalld/firewalld.conf and run firewall-cmd --reload   (or a policy: firewall-cmd --permanent --new-policy virtport; --policy virtport --add-ingress-zone ANY --add-egress-zone libvirt --set-target ACCEPT)"))
+                out.append(.fail("firewalld", "firewalld's filter_FORWARD has no `ct status dnat accept` (StrictForwardPorts=yes in firewalld >= 2.3) and no policy accepts forwarded traffic to the guests' bridges",
+                                 why: "firewalld then forwards only its own forward-ports: connections virtport DNATs to a guest are rejected by firewalld (reject with icmpx admin-prohibited) before they reach the guest",
+                                 fix: "set StrictForwardPorts=no in /etc/firewalld/firewalld.conf and run firewall-cmd --reload; or keep it and accept forwarded traffic into libvirt's zone (libvirt's own rules still admit only virtport's DNATed connections): firewall-cmd --permanent --new-policy virtport && firewall-cmd --permanent --policy virtport --add-ingress-zone ANY && firewall-cmd --permanent --policy virtport --add-egress-zone libvirt && firewall-cmd --permanent --policy virtport --set-target ACCEPT && firewall-cmd --reload"))
             }
         } else if tables.contains("table ip firewalld") || FileSystem.exists("/run/firewalld") && !tables.contains("table inet firewalld") && FileSystem.exists("/run/firewalld/firewalld.pid") {
             out.append(.fail("firewalld", "firewalld runs without its nftables tables (iptables backend?)",
@@ -58,5 +64,20 @@ enum FirewallDoctor {
             out.append(.ok("firewalld", "not running"))
         }
         return out
+    }
+
+    /// firewalld policies whose forward chain ends in `accept`, with the bridge (oifname) that
+    /// filter_FORWARD_POLICIES_pre sends to them: `oifname "virbr0" jump filter_FWD_policy_NAME`.
+    static func acceptingPolicies(_ list: (String) -> String) -> [(policy: String, bridge: String)] {
+        var found: [(policy: String, bridge: String)] = []
+        for line in list("filter_FORWARD_POLICIES_pre").split(separator: "\n").map({ $0.trimmed }) {
+            let words = line.split(separator: " ").map(String.init)
+            guard words.count == 4, words[0] == "oifname", words[2] == "jump", words[3].hasPrefix("filter_FWD_policy_") else { continue }
+            let rules = list(words[3]).split(separator: "\n").map { $0.trimmed }.filter { !$0.isEmpty && $0 != "}" }
+            if rules.last == "accept" {
+                found.append((String(words[3].dropFirst("filter_FWD_policy_".count)), String(words[1].filter { $0 != "\"" })))
+            }
+        }
+        return found
     }
 }

@@ -14,6 +14,9 @@ public enum AgentFrame {
     public static let claimTimeoutMs: Int32 = 2_000
     /// How long a hook waits for the reply once its request was claimed.
     public static let replyTimeoutMs: Int32 = 30_000
+    /// The hook kind of `virtport doctor`'s probe: a well-formed request the agent declines (the
+    /// declined reply shows it answers) and does not log.
+    public static let probeKind = "probe"
     /// Requests are a hook's stdin plus a few strings; anything larger is refused.
     public static let maxFrame = HookInput.limit + 64 * 1024
 

@@ -59,6 +59,7 @@ public struct Forwarder {
             }
             try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
             log.change(domain: domain, adding: delta.adding, removing: delta.removing, reason: reason)
+            forgetUnforwardedFlows(db: db, adding: delta.adding.map(\.mapping))
         }
     }
 
@@ -107,7 +108,13 @@ public struct Forwarder {
     /// Removes every forward virtport holds (`virtport uninstall`): the journal's mappings are
     /// closed with history, the table is deleted and libvirt's accept rules go with them.
     public func removeEverything(reason: String) throws(VirtPortError) -> Int {
-        guard let db = try resources.existingJournal(readOnly: false) else { return 0 }
+        guard let db = try resources.existingJournal(readOnly: false) else {
+            // No journal, but a table may still be there (a journal moved aside, a crash).
+            do { try resources.kernel().deleteTable() } catch {
+                throw .operational("cannot delete table inet \(config.table)", cause: error)
+            }
+            return 0
+        }
         return try resources.changeLock().withExclusive { () throws(VirtPortError) -> Int in
             let rows = try db.activeMappings()
             var intents: [[ActiveMapping]] = []
@@ -115,8 +122,16 @@ public struct Forwarder {
                 intents.append(try db.beginRemoveAll(domainUUID: uuid, reason: reason, now: nowMicros()))
             }
             let nf = try resources.kernel()
+            let elements = rows.filter(\.isInKernel).flatMap(\.mapping.elements)
+            // Read before the table goes: its flows are then deleted by tuple, not by walks.
+            let record = nf.flowRecord()
             do { try nf.deleteTable() } catch {
                 throw .operational("cannot delete table inet \(config.table)", cause: error)
+            }
+            if !elements.isEmpty {
+                do { try nf.forgetFlows(of: elements, record: record) } catch {
+                    warnings.emit("cannot delete the connection tracking entries of \(elements.count) forwards: \(error)")
+                }
             }
             try NetworkSync(nf: nf, resolver: resolver(), warn: warnings.emit)
                 .sync(db: db, others: Set(rows.compactMap(\.mapping.network)))
@@ -168,9 +183,64 @@ public struct Forwarder {
             log.notice("healed: table inet \(config.table) " + (created ? "was missing" : "had chains, maps or rules missing")
                 + ": rebuilt from the journal in one batch, \(all.count) elements")
         }
+        // Connections the removed forwards translated must not keep following them (README
+        // "Connection tracking"). After the kernel change, so a packet in between cannot recreate
+        // one through the old element. A rebuilt table lost its flow record: walk instead.
+        forgetFlows(nf, removing, walk: rebuild)
         // A hook exits right after: let a child pay the socket's slow release after deletes.
         if rebuild || !removing.isEmpty || !hairpinDel.isEmpty { nf.closeInBackground() }
         try NetworkSync(nf: nf, resolver: resolver(), warn: warnings.emit).syncFirewall(networks)
+    }
+
+    /// Deletes the conntrack entries `removing` created; a failure is a warning, never the
+    /// change's failure (the forwards are already right; only old flows linger).
+    func forgetFlows(_ nf: NetfilterSession, _ removing: [ForwardElement], walk: Bool) {
+        if removing.isEmpty { return }
+        let started = monotonicMicros()
+        do {
+            if walk {
+                try nf.forgetFlowsByWalking(removing)
+                log.info("conntrack: flows of \(removing.count) removed forwards deleted by walking the table "
+                    + "in \(monotonicMicros() - started) us")
+            } else {
+                let done = try nf.forgetFlows(of: removing)
+                if done.deleted == 0 && done.walks == 0 { return }
+                log.info("conntrack: \(done.deleted) flows of \(removing.count) removed forwards deleted in "
+                    + "\(monotonicMicros() - started) us" + (done.walks > 0 ? " (\(done.walks) table walks)" : ""))
+            }
+        } catch {
+            warnings.emit("cannot delete the connection tracking entries of \(removing.count) removed forwards: \(error); "
+                + "their ongoing connections keep their old destination until they end")
+        }
+    }
+
+    /// How long an untranslated entry left by a flow to a released port can live: UDP's stream
+    /// timeout (nf_conntrack_udp_timeout_stream, 120 s) with margin. A flow older than its release
+    /// by more than this has lost its entry anyway.
+    static let untranslatedFlowWindow: Int64 = 180_000_000
+
+    /// A port released moments ago and taken again now (a VM stopped, another started on its
+    /// port; a reboot): a flow that kept sending in between holds an untranslated entry that
+    /// would keep it off the new forward. Deleted here, after the change (one filtered walk per
+    /// port, at most 16 ports per start). Ports nobody released lately cost one journal query.
+    func forgetUnforwardedFlows(db: JournalDB, adding: [Mapping]) {
+        let since = nowMicros() - Self.untranslatedFlowWindow
+        var ports: [(UInt16, IPProto, Family)] = []
+        for mapping in adding {
+            guard let family = mapping.family, !mapping.isPending,
+                  (try? db.releasedRecently(proto: mapping.proto, hostPorts: mapping.hostPorts, since: since)) == true
+            else { continue }
+            for port in mapping.hostPorts.start...mapping.hostPorts.end where ports.count < 16 {
+                ports.append((port, mapping.proto, family))
+            }
+        }
+        if ports.isEmpty { return }
+        do {
+            let nf = try resources.kernel()
+            for (port, proto, family) in ports { try nf.forgetFlows(toHostPort: port, proto: proto, family: family) }
+        } catch {
+            warnings.emit("cannot delete the connection tracking entries of flows to released ports: \(error)")
+        }
     }
 
     func resolver(overrides: [NetworkDefinition] = []) -> LibvirtFiles {
@@ -180,4 +250,11 @@ public struct Forwarder {
     func crashPoint(_ name: String) {
         if fault == name { _exit(86) }
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds (for the durations the log reports).
+func monotonicMicros() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000
 }

@@ -1,4 +1,4 @@
-import Netfilter
+public import Netfilter
 import VirtPortCore
 
 /// libvirt rejects new inbound connections to its NAT networks. This keeps one small, tagged rule
@@ -22,13 +22,16 @@ import VirtPortCore
 /// over the hook's netlink socket. The rule is removed once no applied forward on that network
 /// remains.
 struct LibvirtFirewall {
-    struct Place {
+    struct Place: Sendable, Equatable {
         /// Which of libvirt's firewall backends owns the chain: the rule is written in its encoding.
         var backend: AcceptRule.Style
         var table: String
         var chain: String
         /// Our rule must come before the first rule that mentions this name.
         var mustPrecede: String
+
+        /// That rule, as people call it.
+        var blockerText: String { backend == .nftables ? "libvirt's reject" : "the jump to \(mustPrecede)" }
     }
 
     let nf: NetfilterSession
@@ -61,26 +64,100 @@ struct LibvirtFirewall {
         }
     }
 
-    /// Makes sure the accept rule is in effect for each subnet of a NAT network.
-    /// - Returns: whether a rule had to be (re)placed.
-    @discardableResult
-    func ensure(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) -> Bool {
-        guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return false }
-        var placed = false
+    /// What is wrong with the accept rule for one subnet of a network.
+    struct Finding: Sendable, Equatable {
+        enum Problem: Sendable, Equatable {
+            case missing
+            /// Ours is rule `ours` (1-based) of the chain, libvirt's blocker rule `blocker`.
+            case below(ours: Int, blocker: Int, of: Int)
+            case duplicated(Int)
+        }
+
+        var bridge: String
+        var family: Family
+        var subnet: IPPrefix
+        var place: Place
+        var problem: Problem
+        /// Our rules' handles (deleted when the rule is put back in place).
+        var handles: [UInt64]
+
+        /// "ip libvirt_network guest_input"
+        var chainText: String { "\(family == .ipv4 ? "ip" : "ip6") \(place.table) \(place.chain)" }
+
+        /// What is wrong, as reconcile and doctor say it.
+        var text: String {
+            switch problem {
+            case .missing: "missing from \(chainText)"
+            case .below(let ours, let blocker, let count):
+                "below \(place.blockerText) in \(chainText) (rule \(ours) of \(count), \(place.blockerText) is rule \(blocker))"
+            case .duplicated(let n): "\(n) copies in \(chainText)"
+            }
+        }
+
+        /// What it does to traffic.
+        var consequence: String {
+            switch problem {
+            case .missing, .below: "new connections to the network's forwards are refused by \(place.blockerText)"
+            case .duplicated: "harmless, but only one belongs there"
+            }
+        }
+
+        /// What was done about it, for the heal's log line.
+        var repair: String {
+            switch problem {
+            case .missing: "put back at the top of \(chainText)"
+            case .below: "\(LibvirtFirewall.movedBack) \(place.blockerText) (it was below it in \(chainText))"
+            case .duplicated: "duplicates removed from \(chainText)"
+            }
+        }
+    }
+
+    /// The phrase of a heal line that only restored the order (`Healer.isReorder`).
+    static let movedBack = "moved back in front of"
+
+    /// Reads, for each subnet of a NAT network in `families`, whether the accept rule is in effect:
+    /// present once, before the first rule that mentions `mustPrecede`. Read-only.
+    /// - Returns: one finding per subnet where it is not (empty: all in place, or no libvirt reject).
+    /// - Parameter noPlace: called for a subnet whose family has no libvirt reject chain.
+    func inspect(_ net: NetworkDefinition, families: Set<Family>,
+                 noPlace: (String, Family) -> Void = { _, _ in }) throws(VirtPortError) -> [Finding] {
+        guard let bridge = net.bridge, (net.forwardMode ?? "") == "nat" else { return [] }
+        var out: [Finding] = []
         for ip in net.ips where families.contains(ip.family) {
             guard let place = try place(ip.family) else {
-                if let line = LegacyIptables.warningIfInUse(bridge: bridge, family: ip.family) { warn(line) }
+                noPlace(bridge, ip.family)
                 continue
             }
             let rules = try rules(ip.family, place)
             let ours = rules.indices.filter { rules[$0].mentions(Self.tag(bridge)) }
-            let blocker = rules.firstIndex { $0.mentions(place.mustPrecede) }
-            if ours.count == 1, blocker.map({ ours[0] < $0 }) ?? true { continue }
-            try delete(ip.family, place, handles: ours.map { rules[$0].handle })
-            try insert(place, bridge: bridge, subnet: ip.subnet)
-            placed = true
+            let blocker = rules.firstIndex { !$0.mentions(Self.tag(bridge)) && $0.mentions(place.mustPrecede) }
+            let problem: Finding.Problem
+            if ours.isEmpty {
+                problem = .missing
+            } else if let blocker, ours[0] > blocker {
+                problem = .below(ours: ours[0] + 1, blocker: blocker + 1, of: rules.count)
+            } else if ours.count > 1 {
+                problem = .duplicated(ours.count)
+            } else {
+                continue
+            }
+            out.append(Finding(bridge: bridge, family: ip.family, subnet: ip.subnet, place: place, problem: problem,
+                               handles: ours.map { rules[$0].handle }))
         }
-        return placed
+        return out
+    }
+
+    /// Makes sure the accept rule is in effect for each subnet of a NAT network: where it is
+    /// missing, misplaced or doubled, our rules are deleted and one is inserted at the top, in one
+    /// batch (no moment without it).
+    /// - Returns: what had to be put right (empty: all was in place).
+    @discardableResult
+    func ensure(_ net: NetworkDefinition, families: Set<Family>) throws(VirtPortError) -> [Finding] {
+        let findings = try inspect(net, families: families) { bridge, family in
+            if let line = LegacyIptables.warningIfInUse(bridge: bridge, family: family) { warn(line) }
+        }
+        for f in findings { try replace(f) }
+        return findings
     }
 
     /// Removes our rules for this network (no forward needs them any more).
@@ -94,16 +171,26 @@ struct LibvirtFirewall {
         }
     }
 
-    /// Inserts over netlink, in the chain owner's own encoding (`AcceptRule`): no process.
-    private func insert(_ place: Place, bridge: String, subnet: IPPrefix) throws(VirtPortError) {
-        let rule = AcceptRule(style: place.backend, bridge: bridge,
-                              subnet: Subnet(address: subnet.network, prefix: UInt8(subnet.prefix)), tag: Self.tag(bridge))
-        do {
-            try nf.insertAtTop(rule, table: place.table, chain: place.chain)
-        } catch {
-            throw .operational("libvirt firewall: cannot insert virtport's rule into \(place.table) \(place.chain)",
-                               cause: error)
+    /// Deletes our rules of `f` and inserts one at the top, in one batch over netlink, in the chain
+    /// owner's own encoding (`AcceptRule`): no process. A handle gone meanwhile (libvirt rebuilding
+    /// under us) aborts the batch: read again and retry once.
+    private func replace(_ f: Finding) throws(VirtPortError) {
+        let rule = AcceptRule(style: f.place.backend, bridge: f.bridge,
+                              subnet: Subnet(address: f.subnet.network, prefix: UInt8(f.subnet.prefix)), tag: Self.tag(f.bridge))
+        var handles = f.handles
+        for attempt in 0..<2 {
+            do {
+                try nf.insertAtTop(rule, table: f.place.table, chain: f.place.chain, replacing: handles)
+                break
+            } catch where attempt == 0 && error.isMissingObject {
+                let rules = try rules(f.family, f.place)
+                handles = rules.filter { $0.mentions(Self.tag(f.bridge)) }.map(\.handle)
+            } catch {
+                throw .operational("libvirt firewall: cannot insert virtport's rule into \(f.place.table) \(f.place.chain)",
+                                   cause: error)
+            }
         }
+        if !handles.isEmpty { nf.closeInBackground() }
     }
 
     /// Deletes by handle over netlink, for both backends (iptables-nft keeps its rules in nf_tables,
@@ -118,5 +205,30 @@ struct LibvirtFirewall {
                                cause: error)
         }
         nf.closeInBackground()
+    }
+}
+
+/// Where libvirt's accept rule can live, as nf_tables notifications name things: what the agent
+/// (`HealWatcher`) and `install` (`LibvirtReload`) watch for libvirt's rebuilds.
+public enum LibvirtChains {
+    /// "family table chain" of each chain the accept rule goes into: a rule inserted there may
+    /// land above ours.
+    public static let acceptRuleChains: Set<String> = [
+        "ip libvirt_network guest_input", "ip6 libvirt_network guest_input", "ip filter FORWARD", "ip6 filter FORWARD",
+    ]
+
+    /// "family table" of the tables libvirt rebuilds (its nftables backend's, iptables-nft's filter).
+    public static let tables: Set<String> = ["ip libvirt_network", "ip6 libvirt_network", "ip filter", "ip6 filter"]
+
+    /// Whether libvirt's firewall for a NAT network is present for either family (its
+    /// `guest_input` chain or iptables' `LIBVIRT_FWI`): a rebuild of it is coming after a SIGHUP.
+    public static func present(_ nf: NetfilterSession) -> Bool {
+        for family in [Family.ipv4, .ipv6] {
+            if (try? nf.chainExists(family: family, table: "libvirt_network", chain: "guest_input")) == true
+                || (try? nf.chainExists(family: family, table: "filter", chain: "LIBVIRT_FWI")) == true {
+                return true
+            }
+        }
+        return false
     }
 }

@@ -57,13 +57,17 @@ struct NetworkSync {
 
     /// libvirt's accept rule in front of its reject for every network of `needs` that has forwards,
     /// removed from those it names as unneeded.
-    /// - Returns: the networks whose accept rule had to be (re)placed.
+    /// - Returns: one line per network whose accept rule had to be put right, saying what was done.
     @discardableResult
     func syncFirewall(_ needs: NetworkNeeds) throws(VirtPortError) -> [String] {
         let firewall = LibvirtFirewall(nf: nf, warn: warn)
         var placed: [String] = []
         for (name, families) in needs.families.sorted(by: { $0.key < $1.key }) {
-            if let def = needs.definitions[name], try firewall.ensure(def, families: families) { placed.append(name) }
+            guard let def = needs.definitions[name] else { continue }
+            let fixed = try firewall.ensure(def, families: families)
+            if !fixed.isEmpty {
+                placed.append("libvirt's accept rule for network \(name) " + fixed.map(\.repair).joined(separator: "; "))
+            }
         }
         for name in needs.unneeded.sorted() {
             if let def = needs.definitions[name] { try firewall.remove(def) }
@@ -92,6 +96,22 @@ struct NetworkSync {
         } catch {
             throw .operational("cannot update the hairpin sets", cause: error)
         }
-        return fixed + (try syncFirewall(needs)).map { "libvirt's accept rule for network \($0)" }
+        return fixed + (try syncFirewall(needs))
+    }
+}
+
+extension NetworkSync {
+    /// What is wrong with libvirt's accept rule for each network `mappings` forward into: read-only
+    /// (reconcile's plan, doctor).
+    static func acceptRuleFindings(_ mappings: [Mapping], nf: NetfilterSession,
+                                   resolver: LibvirtFiles) throws(VirtPortError) -> [(network: String, LibvirtFirewall.Finding)] {
+        let needs = NetworkNeeds.of(mappings, resolver: resolver)
+        let firewall = LibvirtFirewall(nf: nf)
+        var out: [(network: String, LibvirtFirewall.Finding)] = []
+        for (name, families) in needs.families.sorted(by: { $0.key < $1.key }) {
+            guard let def = needs.definitions[name] else { continue }
+            out += try firewall.inspect(def, families: families).map { (name, $0) }
+        }
+        return out
     }
 }

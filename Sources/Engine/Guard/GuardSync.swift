@@ -45,6 +45,37 @@ public enum GuardSync {
         }
     }
 
+    /// Takes down every guard (`virtport uninstall`, package removal): `table bridge` is deleted
+    /// (whether or not the journal knows of anything in it), the isolated flags virtport set are
+    /// cleared (never libvirt's own), and every guard row is closed with an `off` event.
+    /// - Returns: how many guarded ports were taken down.
+    public static func removeEverything(reason: String, resources: Resources,
+                                        diagnostics: any Diagnostics) throws(VirtPortError) -> Int {
+        let warnings = warnings(resources, diagnostics)
+        let deleteTable = { () throws(VirtPortError) in
+            do { try resources.kernel().deleteGuardTable() } catch {
+                throw .operational("cannot delete table bridge \(resources.config.table)", cause: error)
+            }
+        }
+        guard let db = try resources.existingJournal(readOnly: false) else {
+            try deleteTable()
+            return 0
+        }
+        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> Int in
+            let rows = try db.activeGuards()
+            for uuid in Set(rows.map(\.domain.uuid)) { try db.setGuardState(domainUUID: uuid, .removing) }
+            try deleteTable()
+            clearIsolation(rows, warnings: warnings)
+            divertGroups(rows, on: false, warnings: warnings)
+            let log = EventLog(config: resources.config)
+            for uuid in Set(rows.map(\.domain.uuid)).sorted() {
+                try db.deleteGuards(domainUUID: uuid, reason: reason, now: nowMicros())
+            }
+            for row in rows { log.info("guard off: domain '\(Quoted.message(row.domain.name))' port \(row.tap) (\(reason))") }
+            return rows.count
+        }
+    }
+
     /// Network `started` (libvirt rebuilt its bridge and firewall, maybe after a firewall reload
     /// that flushed ours): rebuilds the bridge table from the journal when anything of it is
     /// missing (an intact table keeps its counters), and puts back the isolated flags virtport set
@@ -60,6 +91,8 @@ public enum GuardSync {
                     warnings(resources, diagnostics).emit("cannot set the isolated flag of bridge port \(row.tap) again: \(error)")
                 }
             }
+            divertGroups(try db.activeGuards().filter { $0.network == network }, on: true,
+                         warnings: warnings(resources, diagnostics))
         }
     }
 
@@ -118,6 +151,7 @@ public enum GuardSync {
             let agrees = before.count == planned.count
                 && zip(before, planned).allSatisfy { $0.sameGuard($1) && $0.state == .applied }
                 && before.allSatisfy { !$0.isolatedByUs || BridgePort.isolated($0.tap) != false }
+                && before.allSatisfy { port($0) == nil || BridgePort.groupForwardMask($0.tap).map { $0 & BridgePort.guardedGroups == BridgePort.guardedGroups } != false }
             if agrees { continue }
             if let lock, !dryRun {
                 try applyLocked(ref, want, reason: reason, db: db, resources: resources, lock: lock, warnings: warn)
@@ -155,6 +189,8 @@ public enum GuardSync {
         try db.putGuards(domain: domain, rows, reason: reason, now: nowMicros())
         try program(adding: adding, previous: previous, removing: previous.filter { p in !adding.contains { $0.tap == p.tap } },
                     db: db, resources: resources, lock: lock)
+        forgetFlows(of: Set(previous.flatMap(\.addresses)).subtracting(adding.flatMap(\.addresses)), resources: resources,
+                    warnings: warnings)
         for row in rows {
             let wasOurs = held.first { $0.tap == row.tap }?.isolatedByUs ?? false
             do throws(NetfilterError) {
@@ -168,6 +204,9 @@ public enum GuardSync {
             }
         }
         clearIsolation(gone, warnings: warnings)
+        divertGroups(rows, on: true, warnings: warnings)
+        divertGroups(gone + held.filter { h in rows.contains { $0.tap == h.tap && port($0) == nil } }, on: false,
+                     warnings: warnings)
         try db.setGuardState(domainUUID: domain.uuid, .applied)
         let log = EventLog(config: resources.config)
         for row in rows where !(before.contains { $0.sameGuard(row) }) {
@@ -186,9 +225,24 @@ public enum GuardSync {
         try program(adding: [], previous: [], removing: rows.compactMap(port), db: db, resources: resources, lock: lock,
                     excluding: uuid)
         clearIsolation(rows, warnings: warnings)
+        divertGroups(rows, on: false, warnings: warnings)
         try db.deleteGuards(domainUUID: uuid, reason: reason, now: nowMicros())
         let log = EventLog(config: resources.config)
         for row in rows { log.info("guard off: domain '\(Quoted.message(row.domain.name))' port \(row.tap) (\(reason))") }
+    }
+
+    /// An address a guard stopped allowing (a lease moved, `ip=` edited, the tap changed hands)
+    /// keeps no connection tracking entry: its flows must not go on as if still allowed (README
+    /// "Connection tracking"). Two filtered walks of the conntrack table per address; not on a
+    /// stop (the port is gone with its traffic). A failure is a warning.
+    static func forgetFlows(of addresses: Set<IPAddress>, resources: Resources, warnings: Warnings) {
+        if addresses.isEmpty { return }
+        do {
+            let nf = try resources.kernel()
+            for address in addresses.sorted() { try nf.forgetFlows(of: address) }
+        } catch {
+            warnings.emit("cannot delete the connection tracking entries of addresses a guard no longer allows: \(error)")
+        }
     }
 
     /// Turns off the isolated flags virtport set on `rows`' ports; a port that is gone (the tap
@@ -198,6 +252,20 @@ public enum GuardSync {
             do throws(NetfilterError) { try BridgePort.setIsolated(row.tap, false) } catch {
                 if ![ENODEV, EOPNOTSUPP, EINVAL].contains(error.errno) {
                     warnings.emit("cannot clear the isolated flag of bridge port \(row.tap): \(error)")
+                }
+            }
+        }
+    }
+
+    /// Filtered ports (`port(row)` not nil) forward the reserved group addresses the bridge would
+    /// otherwise hand to the host past every bridge hook (`BridgePort.guardedGroups`), so their
+    /// frames meet the guard; `on: false` gives them back when the guard goes. A port that is gone
+    /// has nothing to give back.
+    static func divertGroups(_ rows: [GuardRow], on: Bool, warnings: Warnings) {
+        for row in rows where port(row) != nil {
+            do throws(NetfilterError) { try BridgePort.setGuardedGroups(row.tap, on) } catch {
+                if on || ![ENODEV, EOPNOTSUPP, EINVAL].contains(error.errno) {
+                    warnings.emit("cannot \(on ? "set" : "clear") the group_fwd_mask of bridge port \(row.tap): \(error)")
                 }
             }
         }

@@ -17,6 +17,9 @@ public struct Fix: Sendable, Equatable {
         case rebuildTable = "rebuild-table"
         /// The journal was missing or corrupt: a fresh one is rebuilt from the running domains.
         case rebuildJournal = "rebuild-journal"
+        /// libvirt's accept rule for a network with forwards is missing, doubled, or below libvirt's
+        /// reject (libvirt rebuilt its rules): put back at the top of libvirt's chain.
+        case acceptRule = "accept-rule"
         /// Left alone, with the reason (unreadable live XML, invalid metadata, a refused intent).
         case skip
     }
@@ -84,6 +87,9 @@ public struct ReconcilePlan: Sendable {
     public var kernelDelete: Set<ForwardElement> = []
     /// Networks the journal's rows forward into (their hairpin subnets and accept rules are synced).
     public var networks: Set<String> = []
+    /// The mappings the journal will hold once the plan is applied (their networks need libvirt's
+    /// accept rule).
+    public var kept: [Mapping] = []
     public var fixes: [Fix] = []
 
     public init() {}
@@ -134,6 +140,7 @@ public struct ReconcilePlan: Sendable {
         for (uuid, _) in domains {
             let ms = p.desired[uuid]?.mappings ?? rows.filter { $0.domain.uuid == uuid && $0.state != .removing }.map(\.mapping)
             for m in ms { p.target.formUnion(m.elements) }
+            p.kept += ms
         }
         p.planKernel(kernel, table: table, rows: rows, reason: reason)
         return p

@@ -57,14 +57,28 @@ public struct Reconciler {
         if f.action == .skip || f.action == .rebuildJournal { log.warning(line) } else { log.notice(line) }
     }
 
-    /// Reads the journal's rows and the kernel's table and decides; changes nothing.
+    /// Reads the journal's rows, the kernel's table and libvirt's chains, and decides; changes nothing.
     public func plan(db: JournalDB?, reason: String) throws(VirtPortError) -> ReconcilePlan {
         let rows = try db?.activeMappings() ?? []
         let resolver = files
         let policy = config.policy
-        return ReconcilePlan.make(rows: rows, running: running, kernel: try readKernel(), table: config.table,
-                                  reason: reason) { (d) throws(VirtPortError) -> [Mapping] in
+        let kernel = try readKernel()
+        var plan = ReconcilePlan.make(rows: rows, running: running, kernel: kernel, table: config.table,
+                                      reason: reason) { (d) throws(VirtPortError) -> [Mapping] in
             try Planner.plan(domain: d, resolver: resolver, policy: policy).mappings
+        }
+        // A kernel that cannot be read (no CAP_NET_ADMIN) is already the plan's finding.
+        if kernel.readError == nil { plan.fixes += try acceptRuleFixes(plan.kept, reason: reason) }
+        return plan
+    }
+
+    /// libvirt's accept rule, for each network the plan keeps forwards on: one fix per subnet where
+    /// it is missing, doubled, or below libvirt's reject (`apply`'s NetworkSync puts it right).
+    func acceptRuleFixes(_ mappings: [Mapping], reason: String) throws(VirtPortError) -> [Fix] {
+        let findings = try NetworkSync.acceptRuleFindings(mappings, nf: try resources.kernel(), resolver: files)
+        return findings.map { name, f in
+            Fix(.acceptRule, domain: nil, what: "network \(name): rule \(LibvirtFirewall.tag(f.bridge)) (\(f.subnet)) \(f.text)",
+                reason: "\(reason): \(f.consequence)")
         }
     }
 
