@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
 bash scripts/deps.sh --test
 modprobe -q nf_tables 2>/dev/null || true
-swift build -c release
+# The release build must print no compiler warning (a fresh clone, as in CI, compiles every file).
+swift build -c release 2>&1 | tee /tmp/virtport-release-build.log
+if grep -q 'warning:' /tmp/virtport-release-build.log; then
+  echo "test.sh: the release build printed compiler warnings (above); none are allowed" >&2
+  exit 1
+fi
 swift build --build-tests
 swift test --skip-build 2>&1 | tee /tmp/virtport-swift-test.log
 # Integration suites (root), one pytest run each (each directory has its own conftest):

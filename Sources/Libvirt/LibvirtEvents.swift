@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CLibvirt
-public import VirtPortCore
+import VirtPortCore
 
 /// What libvirtd tells the agent (README "Agent"): the events it registers, reduced to what the
 /// agent acts on. Every domain event carries the domain's uuid and name; what to do is decided

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNftnl
+import VirtPortCore
 
 /// A bridge port's `isolated` flag (isolated ports exchange no frames with each other, only with
 /// non-isolated ports and the bridge itself): the same setting as libvirt's
@@ -38,7 +39,7 @@ public enum BridgePort {
         defer { fclose(f) }
         var buffer = [CChar](repeating: 0, count: 16)
         guard fgets(&buffer, 16, f) != nil else { return nil }
-        let text = String(cString: buffer).trimmingSuffixNewline
+        let text = Bytes.text(buffer).trimmingSuffixNewline
         guard text.hasPrefix("0x"), let v = UInt16(text.dropFirst(2), radix: 16) else { return nil }
         return v
     }

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CNftnl
-public import VirtPortCore
+import VirtPortCore
 
 /// One port's dropped frames for one reason.
 public struct GuardCounter: Sendable, Hashable {

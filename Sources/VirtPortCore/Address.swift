@@ -38,7 +38,7 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
         return bytes.withUnsafeBytes { raw in
             let af = bytes.count == 4 ? AF_INET : AF_INET6
             guard inet_ntop(af, raw.baseAddress, &buf, socklen_t(buf.count)) != nil else { return "?" }
-            return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return Bytes.text(buf)
         }
     }
 

@@ -16,4 +16,10 @@ public enum Bytes {
         }
         return nil
     }
+
+    /// The text of a NUL-terminated C buffer (what `inet_ntop`, `if_indextoname`, `fgets` fill),
+    /// up to its first NUL; invalid UTF-8 is repaired, never trapped on.
+    public static func text(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }

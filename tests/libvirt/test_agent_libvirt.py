@@ -114,7 +114,7 @@ def test_live_metadata_edits_and_virtport_add_remove_take_effect_at_once(lab, in
 
     # virtport add: written to the definition and the live XML, applied before it returns.
     r = vp.run("add", vm, "tcp", "9090:80", "--guest", G1)
-    assert "definition and live domain" in out(r)
+    assert out(r).strip() == f"applied: tcp *:9090 -> {G1}:80 (domain '{vm}')", out(r)
     assert client.connect("tcp", HOST, 9090) == answer("W1", 80, CLIENT)
     assert "9090" in out(lab.virsh("dumpxml", "--inactive", vm)) and "9090" in out(lab.virsh("dumpxml", vm))
     # A conflict: exit 2, one line naming the holder, nothing changed.
@@ -128,7 +128,8 @@ def test_live_metadata_edits_and_virtport_add_remove_take_effect_at_once(lab, in
     assert r.returncode == 2 and "host_ports" in r.stderr.decode(), r.stderr.decode()
 
     # virtport remove: gone from both, traffic stops at once.
-    vp.run("remove", vm, "tcp", "9090")
+    r = vp.run("remove", vm, "tcp", "9090")
+    assert out(r).startswith("removed: tcp *:9090"), out(r)
     assert client.connect("tcp", HOST, 9090).startswith("ERROR")
     assert "9090" not in out(lab.virsh("dumpxml", "--inactive", vm)) + out(lab.virsh("dumpxml", vm))
     assert client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT)

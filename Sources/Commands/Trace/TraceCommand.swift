@@ -89,7 +89,7 @@ enum TraceCommand {
         report.limit = count
         report.interfaceName = { index in
             var buf = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-            return if_indextoname(index, &buf) != nil ? String(cString: buf) : "if\(index)"
+            return if_indextoname(index, &buf) != nil ? Bytes.text(buf) : "if\(index)"
         }
         if let rules = try? nf.listAllRules() {
             for r in rules { report.rules[report.key(r.family, r.table, r.chain, r.handle)] = r }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-public import Journal
+import Journal
 import Netfilter
 import POSIX
 public import VirtPortCore

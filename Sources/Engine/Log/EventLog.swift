@@ -1,5 +1,5 @@
 public import Journal
-public import VirtPortCore
+import VirtPortCore
 
 /// Every decision of hooks, agent and commands, one line each in the system log (`SystemLog`):
 /// what became of which mapping of which domain, and why. `journalctl -t virtport` answers "why

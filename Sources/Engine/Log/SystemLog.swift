@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import POSIX
-public import VirtPortCore
+import VirtPortCore
 
 /// The system log: one datagram per line to the syslog socket (`[log] syslog_socket`, default
 /// `/dev/log`, which journald or rsyslog owns), facility daemon, identifier `virtport`, in the
