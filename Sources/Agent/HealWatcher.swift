@@ -135,6 +135,14 @@ final class HealWatcher: Watcher, @unchecked Sendable {
             return
         }
         let healed: [String]
+        let began = monotonicMicros()
+        defer {
+            // Each check, even one that finds nothing: at 10,000 mappings a full check holds the
+            // exclusive change lock ~150–250 ms, which every hook then waits for (issue 24).
+            if agent.verbose {
+                AgentLog.write("self-heal check (\(culprit)) took \((monotonicMicros() - began) / 1000) ms")
+            }
+        }
         do {
             healed = try agent.withResources { (r) throws(VirtPortError) in
                 acceptRulesOnly ? try Healer.healAcceptRules(resources: r, diagnostics: CollectedDiagnostics())

@@ -494,10 +494,13 @@ public final class JournalDB {
     /// (microseconds): an ongoing flow to that port may then hold a conntrack entry made while
     /// nothing forwarded it. One indexed query (history_at).
     public func releasedRecently(proto: IPProto, hostPorts: PortRange, since: Int64) throws(VirtPortError) -> Bool {
-        try conn.scalar("SELECT 1 FROM history WHERE at >= ? AND action = 'remove' AND proto = ? "
-                        + "AND host_port_start <= ? AND host_port_end >= ? LIMIT 1",
+        try conn.scalar(Self.releasedRecentlySQL,
                         [.int(since), .text(proto.rawValue), .int(Int64(hostPorts.end)), .int(Int64(hostPorts.start))]) != nil
     }
+
+    /// Served by index history_released (schema 5) alone: the recent removals of one protocol.
+    static let releasedRecentlySQL = "SELECT 1 FROM history WHERE at >= ? AND action = 'remove' AND proto = ? "
+        + "AND host_port_start <= ? AND host_port_end >= ? LIMIT 1"
 
     /// The identity's last history action ("add"/"remove"), nil if none.
     func lastAction(domainUUID: String, mapping: Mapping) throws(VirtPortError) -> HistoryAction? {
