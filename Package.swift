@@ -61,13 +61,9 @@ let package = Package(
             name: "virtport", dependencies: ["Hook", "Commands"], exclude: ["link"], swiftSettings: strict,
             // `-static-stdlib` names `-lstdc++` itself; Sources/virtport/link/libstdc++.so, first on
             // the library path, is a linker script that turns it into libstdc++.a (ICU needs it once
-            // more after its archives: VirtPortCore). libgcc is linked statically too. `-no-pie`: a
-            // position-independent executable carries ~27,000 relative relocations (Swift metadata)
-            // that ld.so applies at every exec, copy-on-write faulting ~90 pages; fixed addresses
-            // take 0.3 ms of CPU and 88 page faults off every hook process (README "Startup cost").
+            // more after its archives: VirtPortCore). libgcc is linked statically too.
             linkerSettings: [.unsafeFlags(["-static-stdlib", "-L\(packageDirectory)Sources/virtport/link",
-                                           "-Xclang-linker", "-static-libgcc", "-Xclang-linker", "-no-pie"],
-                                          .when(configuration: .release))]),
+                                           "-Xclang-linker", "-static-libgcc"], .when(configuration: .release))]),
 
         .testTarget(name: "VirtPortCoreTests", dependencies: ["VirtPortCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "VirtPortCore"]),
