@@ -70,7 +70,7 @@ let package = Package(
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "VirtPortCore"]),
         .testTarget(name: "POSIXTests", dependencies: ["POSIX"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "VirtPortCore", "Journal", "Netfilter", "POSIX"]),
-        .testTarget(name: "FrontEndTests", dependencies: ["Commands", "Hook", "Agent", "Engine", "VirtPortCore"]),
+        .testTarget(name: "FrontEndTests", dependencies: ["Commands", "Hook", "Agent", "Engine", "VirtPortCore", "POSIX"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -80,7 +80,7 @@ final class EventLoop: @unchecked Sendable {
         let token = monitor.locked { () -> Token in
             defer { nextID += 1 }
             let t = Token(id: nextID)
-            let deadline = FrameIO.monotonicMillis() + max(millis, 0)
+            let deadline = MonotonicClock.millis() + max(millis, 0)
             let i = timers.firstIndex { $0.deadline > deadline } ?? timers.count
             timers.insert((deadline, t, handler), at: i)
             return t
@@ -117,7 +117,7 @@ final class EventLoop: @unchecked Sendable {
         while true {
             let timeout = monitor.locked { () -> Int32 in
                 guard let first = timers.first else { return -1 }
-                return Int32(clamping: max(first.deadline - FrameIO.monotonicMillis(), 0))
+                return Int32(clamping: max(first.deadline - MonotonicClock.millis(), 0))
             }
             let n = epoll_wait(epoll, &events, Int32(events.count), timeout)
             if n < 0 && errno != EINTR { continue }
@@ -135,7 +135,7 @@ final class EventLoop: @unchecked Sendable {
                 return posted
             }
             for handler in work { handler() }
-            let now = FrameIO.monotonicMillis()
+            let now = MonotonicClock.millis()
             let due = monitor.locked { () -> [Handler] in
                 var out: [Handler] = []
                 while let first = timers.first, first.deadline <= now { out.append(timers.removeFirst().handler) }
@@ -178,7 +178,7 @@ final class WorkQueue: @unchecked Sendable {
     func drain(untilMillis deadline: Int64) -> Bool {
         monitor.locked { () -> Bool in
             while !items.isEmpty || busy {
-                if !monitor.wait(untilMillis: deadline) && FrameIO.monotonicMillis() >= deadline { return false }
+                if !monitor.wait(untilMillis: deadline) && MonotonicClock.millis() >= deadline { return false }
             }
             return true
         }
@@ -189,7 +189,7 @@ final class WorkQueue: @unchecked Sendable {
             let work = monitor.locked { () -> () -> Void in
                 while items.isEmpty {
                     // A long wait, not a poll: woken by `async`.
-                    _ = monitor.wait(untilMillis: FrameIO.monotonicMillis() + 86_400_000)
+                    _ = monitor.wait(untilMillis: MonotonicClock.millis() + 86_400_000)
                 }
                 busy = true
                 return items.removeFirst()

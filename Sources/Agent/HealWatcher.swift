@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import POSIX
 import Glibc
 #endif
 import Engine
@@ -58,7 +59,7 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         // libvirt's accept rule, displaced while no agent watched (libvirt rebuilt its firewall
         // while the agent was being restarted, by a package upgrade say), is put right now, not at
         // the next notification. Only that: the rest is the start-up reconcile's business.
-        let started = monotonicMicros()
+        let started = MonotonicClock.micros()
         agent.work.async { [self] in
             check(agent, culprit: "found when the agent started", noticed: started, acceptRulesOnly: true)
         }
@@ -93,7 +94,7 @@ final class HealWatcher: Watcher, @unchecked Sendable {
             if !culprits.contains(who) { culprits.append(who) }
         }
         guard relevant else { return }
-        lastNotice = monotonicMicros()
+        lastNotice = MonotonicClock.micros()
         guard !scheduled else { return }
         scheduled = true
         firstNotice = lastNotice
@@ -103,7 +104,7 @@ final class HealWatcher: Watcher, @unchecked Sendable {
     /// On the loop: the check runs once nothing relevant came for `debounceMs` (a rebuild in
     /// progress is waited for), or `maxSettleMs` after the first notice at the latest.
     private func settled(_ agent: AgentContext) {
-        let now = monotonicMicros()
+        let now = MonotonicClock.micros()
         let quietMs = (now - lastNotice) / 1000, sinceFirstMs = (now - firstNotice) / 1000
         if quietMs < Self.debounceMs && sinceFirstMs < Self.maxSettleMs {
             agent.loop.schedule(afterMillis: min(Self.debounceMs - quietMs, Self.maxSettleMs - sinceFirstMs)) { [self] in
@@ -122,7 +123,7 @@ final class HealWatcher: Watcher, @unchecked Sendable {
 
     /// On the work queue.
     private func check(_ agent: AgentContext, culprit: String, noticed: Int64, acceptRulesOnly: Bool = false) {
-        let now = monotonicMicros() / 1000
+        let now = MonotonicClock.micros() / 1000
         if deferred { return }  // a deferred check is due; it looks at everything
         if now < notBefore {
             deferred = true
@@ -135,12 +136,12 @@ final class HealWatcher: Watcher, @unchecked Sendable {
             return
         }
         let healed: [String]
-        let began = monotonicMicros()
+        let began = MonotonicClock.micros()
         defer {
             // Each check, even one that finds nothing: at 10,000 mappings a full check holds the
             // exclusive change lock ~150–250 ms, which every hook then waits for (issue 24).
             if agent.verbose {
-                AgentLog.write("self-heal check (\(culprit)) took \((monotonicMicros() - began) / 1000) ms")
+                AgentLog.write("self-heal check (\(culprit)) took \((MonotonicClock.micros() - began) / 1000) ms")
             }
         }
         do {
@@ -162,7 +163,7 @@ final class HealWatcher: Watcher, @unchecked Sendable {
         let reorderOnly = healed.allSatisfy(Healer.isReorder)
         if reorderOnly { reorders.append(now) } else { heals.append(now) }
         agent.metrics.healed()
-        agent.metrics.event(source: "heal", micros: monotonicMicros() - noticed)
+        agent.metrics.event(source: "heal", micros: MonotonicClock.micros() - noticed)
         agent.metrics.changed(agent)
         let line = "healed: \(healed.joined(separator: "; ")) (\(culprit))"
         agent.log.notice(line)

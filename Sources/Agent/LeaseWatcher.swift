@@ -37,7 +37,7 @@ final class LeaseWatcher: Watcher, @unchecked Sendable {
         if addDirectoryWatch() {
             // Every lease counts as new at start: forwards left pending while the agent was down
             // (or killed mid-event) are completed now; for the others it is a no-op.
-            let received = monotonicMicros()
+            let received = MonotonicClock.micros()
             agent.work.async { [self] in
                 for file in FileSystem.listDirectory(directory).sorted() where file.hasSuffix(".status") {
                     changed(file, received: received, agent)
@@ -55,7 +55,7 @@ final class LeaseWatcher: Watcher, @unchecked Sendable {
 
     /// On the loop: which status files changed.
     private func readable(_ agent: AgentContext) {
-        let received = monotonicMicros()
+        let received = MonotonicClock.micros()
         var files = Set<String>()
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
         while true {

@@ -1,3 +1,4 @@
+import POSIX
 import Engine
 import Libvirt
 import VirtPortCore
@@ -41,7 +42,7 @@ final class LibvirtWatcher: Watcher, @unchecked Sendable {
         epoch += 1
         let mine = epoch
         let c = LibvirtEventConnection(uri: uri) { [weak self] event in
-            let received = monotonicMicros()
+            let received = MonotonicClock.micros()
             agent.work.async { self?.handle(event, epoch: mine, received: received, agent) }
         }
         guard let c else {

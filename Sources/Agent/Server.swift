@@ -116,7 +116,7 @@ public final class AgentServer: @unchecked Sendable {
             let client = monitor.locked { () -> FileDescriptor in
                 while handoff.isEmpty {
                     idleReaders += 1
-                    _ = monitor.wait(untilMillis: FrameIO.monotonicMillis() + 3_600_000)
+                    _ = monitor.wait(untilMillis: MonotonicClock.millis() + 3_600_000)
                     idleReaders -= 1
                 }
                 return handoff.removeFirst()
@@ -128,7 +128,7 @@ public final class AgentServer: @unchecked Sendable {
     }
 
     private func handle(_ client: FileDescriptor) {
-        let accepted = FrameIO.monotonicMillis()
+        let accepted = MonotonicClock.millis()
         guard let peer = UnixSocket.peer(client), peer.uid == 0 || peer.uid == getuid() else {
             AgentLog.write("refused a connection from uid \(UnixSocket.peer(client)?.uid ?? UInt32.max)")
             return

@@ -84,7 +84,7 @@ final class AgentContext: @unchecked Sendable {
         } catch {
             failed(error, domain: name, reason: reason)
         }
-        metrics.event(source: source, micros: monotonicMicros() - started)
+        metrics.event(source: source, micros: MonotonicClock.micros() - started)
         metrics.changed(self)
     }
 
@@ -119,13 +119,6 @@ final class AgentContext: @unchecked Sendable {
     func say(_ line: String) {
         if verbose { AgentLog.write(line) }
     }
-}
-
-/// CLOCK_MONOTONIC in µs.
-func monotonicMicros() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000
 }
 
 /// The watchers `virtport agent` starts, in order: nf_tables first (a flush while libvirt is

@@ -52,7 +52,7 @@ final class WorkerPool: @unchecked Sendable {
     func checkout(untilMillis deadline: Int64) -> Worker? {
         monitor.locked { () -> Worker? in
             while idle.isEmpty {
-                if FrameIO.monotonicMillis() >= deadline || !monitor.wait(untilMillis: deadline) {
+                if MonotonicClock.millis() >= deadline || !monitor.wait(untilMillis: deadline) {
                     if idle.isEmpty { return nil }
                 }
             }

@@ -51,10 +51,10 @@ struct LibvirtReload {
 
     /// Waits for the rebuild the signal started to end (`quietMs` without a change in libvirt's tables).
     func wait() -> Outcome {
-        let start = FrameIO.monotonicMillis()
+        let start = MonotonicClock.millis()
         var last: Int64?
         while true {
-            let now = FrameIO.monotonicMillis()
+            let now = MonotonicClock.millis()
             let deadline = last.map { min($0 + Self.quietMs, start + Self.limitMs) } ?? start + Self.firstChangeMs
             if now >= deadline {
                 guard let last else { return .noRebuild }
@@ -64,7 +64,7 @@ struct LibvirtReload {
             guard (try? fd.waitReadable(timeoutMs: Int32(clamping: deadline - now))) == true else { continue }
             let (batches, overrun) = monitor.read()
             if overrun || batches.contains(where: { Self.isLibvirts($0) && !OwnCommits.committed($0) }) {
-                last = FrameIO.monotonicMillis()
+                last = MonotonicClock.millis()
             }
         }
     }

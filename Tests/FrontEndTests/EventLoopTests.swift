@@ -5,6 +5,7 @@ import Foundation
 import Testing
 @testable import Agent
 import Engine
+import POSIX
 
 /// The agent's event loop: descriptors, timers and posted work run on its thread, in order; a
 /// cancelled timer never runs; the work queue runs items one at a time, in order.
@@ -72,7 +73,7 @@ import Engine
                 running.with { $0 -= 1 }
             }
         }
-        #expect(q.drain(untilMillis: FrameIO.monotonicMillis() + 5_000))
+        #expect(q.drain(untilMillis: MonotonicClock.millis() + 5_000))
         #expect(order.with { $0 } == Array(0..<20))
         #expect(!overlap.with { $0 })
         #expect(q.depth == 0)

@@ -17,7 +17,7 @@ public enum FrameIO {
     /// `timeoutMs` after the call (a deadline for the frame, not per byte: a peer that drips a
     /// byte at a time cannot hold the reader longer).
     public static func receive(_ fd: FileDescriptor, timeoutMs: Int32) -> [UInt8]? {
-        let deadline = monotonicMillis() + Int64(timeoutMs)
+        let deadline = MonotonicClock.millis() + Int64(timeoutMs)
         guard let head = exactly(fd, 4, deadline: deadline) else { return nil }
         let n = Int(UInt32(head[0]) | UInt32(head[1]) << 8 | UInt32(head[2]) << 16 | UInt32(head[3]) << 24)
         guard n <= AgentFrame.maxFrame else { return nil }
@@ -28,7 +28,7 @@ public enum FrameIO {
         var out: [UInt8] = []
         out.reserveCapacity(count)
         while out.count < count {
-            let left = deadline - monotonicMillis()
+            let left = deadline - MonotonicClock.millis()
             guard left > 0, (try? fd.waitReadable(timeoutMs: Int32(clamping: left))) == true,
                   let chunk = try? fd.read(upTo: min(count - out.count, 1 << 20)), !chunk.isEmpty
             else { return nil }
@@ -37,12 +37,6 @@ public enum FrameIO {
         return out
     }
 
-    /// CLOCK_MONOTONIC in milliseconds.
-    public static func monotonicMillis() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
 }
 
 /// `AF_UNIX` stream sockets by path.

@@ -196,17 +196,17 @@ public struct Forwarder {
     /// change's failure (the forwards are already right; only old flows linger).
     func forgetFlows(_ nf: NetfilterSession, _ removing: [ForwardElement], walk: Bool) {
         if removing.isEmpty { return }
-        let started = monotonicMicros()
+        let started = MonotonicClock.micros()
         do {
             if walk {
                 try nf.forgetFlowsByWalking(removing)
                 log.info("conntrack: flows of \(removing.count) removed forwards deleted by walking the table "
-                    + "in \(monotonicMicros() - started) us")
+                    + "in \(MonotonicClock.micros() - started) us")
             } else {
                 let done = try nf.forgetFlows(of: removing)
                 if done.deleted == 0 && done.walks == 0 { return }
                 log.info("conntrack: \(done.deleted) flows of \(removing.count) removed forwards deleted in "
-                    + "\(monotonicMicros() - started) us" + (done.walks > 0 ? " (\(done.walks) table walks)" : ""))
+                    + "\(MonotonicClock.micros() - started) us" + (done.walks > 0 ? " (\(done.walks) table walks)" : ""))
             }
         } catch {
             warnings.emit("cannot delete the connection tracking entries of \(removing.count) removed forwards: \(error); "
@@ -250,11 +250,4 @@ public struct Forwarder {
     func crashPoint(_ name: String) {
         if fault == name { _exit(86) }
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds (for the durations the log reports).
-func monotonicMicros() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000
 }
