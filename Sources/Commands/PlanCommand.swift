@@ -38,7 +38,13 @@ enum PlanCommand {
         let resolver = LibvirtFiles(config: config, overrides: networks)
         let plan = try Planner.plan(domain: domain, resolver: resolver, policy: config.policy)
         // What prepare would say now (read-only): `refused` per forward and for the whole start.
-        let refusals = DomainSync.refusals(plan, resources: .perProcess(config), diagnostics: StandardErrorDiagnostics())
+        let diagnostics = StandardErrorDiagnostics()
+        // A journal this user cannot even see (root's 0700 directory) would look absent: say so.
+        if access(config.databasePath, F_OK) != 0 && errno == EACCES {
+            diagnostics.emit("plan \(plan.domainName): refusal check without the journal: "
+                + "\(config.databasePath): permission denied (run as root)")
+        }
+        let refusals = DomainSync.refusals(plan, resources: .perProcess(config), diagnostics: diagnostics)
         Output.out(json(plan, refusals).serialized(pretty: true))
         return 0
     }
