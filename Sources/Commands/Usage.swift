@@ -68,8 +68,12 @@ enum Usage {
                 "With VM (a domain name), the XML comes from libvirt (libvirt_uri, read-only): the live XML when the domain runs, "
                     + "else its persistent definition, like `virsh dumpxml VM`. Without VM, the domain XML is read from stdin. "
                     + "A domain XML without <uuid> is accepted here (libvirt adds one at define time); the hook requires it.",
-                "Exit 0 with \"forwards\": [] for a domain without metadata; 2 with one line naming the element and attribute "
-                    + "for invalid input or a policy refusal.",
+                "It also runs qemu prepare's own check, read-only (host processes bound to a host port, other domains' "
+                    + "forwards in the journal): each forward's \"refused\" is why its domain's next start would be refused for it "
+                    + "(\"host port tcp/8080 is already forwarded to domain 'web1' (uuid …)\"), else null; the top-level "
+                    + "\"refused\" is the line the hook would print refusing that start, else null.",
+                "Exit 0 with \"forwards\": [] for a domain without metadata, and 0 when a forward would be refused; 2 with one "
+                    + "line naming the element and attribute for invalid input or a policy refusal.",
             ],
             options: [
                 Option(name: "--network-xml", value: "FILE",

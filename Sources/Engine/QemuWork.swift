@@ -52,6 +52,12 @@ public enum QemuWork {
         }
     }
 
+    /// `domain 'web' prepare`, or with `error` the hook's whole line `domain 'web' prepare: …`.
+    public static func line(op: String, domain: String, _ error: VirtPortError? = nil) -> String {
+        let prefix = "domain '\(Quoted.message(domain))' \(op)"
+        return error.map { "\(prefix): \($0)" } ?? prefix
+    }
+
     /// One line about `error`; the exit status follows the hook contract and the policy:
     /// invalid input 2 (libvirt refuses the start and shows the line); `reconnect` always 0 (a
     /// failing reconnect makes libvirt kill the VM); internal trouble 1 at teardown or when
@@ -60,7 +66,7 @@ public enum QemuWork {
     /// continued without its forwards.
     public static func report(_ error: VirtPortError, op: String, domain: String, policy: Policy,
                               diagnostics: any Diagnostics, log: EventLog) -> Int32 {
-        let prefix = "domain '\(Quoted.message(domain))' \(op)"
+        let prefix = line(op: op, domain: domain)
         func say(_ line: String, refused: Bool = false) {
             diagnostics.emit(line)
             if refused { log.refused(line) } else { log.warning(line) }

@@ -93,6 +93,37 @@ import VirtPortCore
         #expect(fake.sent.isEmpty)  // prepare is read-only
     }
 
+    /// `virtport plan`'s `refused`: prepare's own check, read-only; the top line is exactly the line
+    /// prepare prints, and each forward says whether it alone is refused.
+    @Test func planRefusalsArePreparesLinePerForward() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let lines = CollectedDiagnostics()
+        #expect(QemuWork.run(.start, domainName: "a", input: domain("a", uuidA, tcp(47227, to: 22)),
+                             resources: try box.resources(RecordingTransport()), diagnostics: lines) == 0)
+        let xml = domain("b", uuidB, tcp(47228, to: 80, guest: "192.168.122.11") + tcp(47227, to: 81, guest: "192.168.122.11"))
+        let fake = RecordingTransport()
+        let resources = try box.resources(fake)
+        let plan = try DomainSync.plan(try DomainXML.parse(xml), resources: resources, diagnostics: lines)
+        let refusals = DomainSync.refusals(plan, resources: resources, diagnostics: lines)
+        #expect(QemuWork.run(.prepare, domainName: "b", input: xml, resources: resources, diagnostics: lines) == 2)
+        #expect(lines.lines.count == 1)
+        #expect(refusals.line == lines.lines.last)
+        #expect(refusals.perMapping.count == 2)
+        // In the plan's order (by host port), as `forwards` lists them.
+        #expect(plan.mappings.map(\.hostPorts.start) == [47227, 47228])
+        #expect(refusals.perMapping[1] == nil)
+        #expect(refusals.perMapping[0] == "host port tcp/47227 is already forwarded to domain 'a' (uuid \(uuidA))")
+        #expect(fake.sent.isEmpty)
+        // Nothing refused: a itself (its own rows do not count), and b once a has stopped.
+        let own = try DomainSync.plan(try DomainXML.parse(domain("a", uuidA, tcp(47227, to: 22))), resources: resources, diagnostics: lines)
+        #expect(DomainSync.refusals(own, resources: resources, diagnostics: lines) == Refusals(line: nil, perMapping: [nil]))
+        #expect(QemuWork.run(.stopped, domainName: "a", input: domain("a", uuidA, tcp(47227, to: 22)),
+                             resources: try box.resources(RecordingTransport()), diagnostics: lines) == 0)
+        #expect(DomainSync.refusals(plan, resources: resources, diagnostics: lines) == Refusals(line: nil, perMapping: [nil, nil]))
+        #expect(lines.lines.count == 1)
+    }
+
     @Test func teardownWithoutUUIDIsInvalidAndInternalTroubleFailsIt() throws {
         let box = Sandbox()
         defer { box.cleanup() }

@@ -1,5 +1,6 @@
 import Testing
 import VirtPortCore
+import Engine
 @testable import Commands
 
 /// `add`/`remove` output (DESIGN "add output") and the guest address an added forward takes from
@@ -69,5 +70,30 @@ struct EditOutcomeTests {
                                         metadata: meta, interfaces: nics) == nil)
         // Two NICs and no mac=: no NIC to take it from.
         #expect(EditOutcome.statedGuest(for: ForwardSpec(proto: .udp), metadata: meta, interfaces: nics) == nil)
+    }
+}
+
+/// `virtport plan`'s JSON with the refusal check: `refused` is only added (per forward and at the
+/// top); every field the plan printed before stays, in its order.
+struct PlanJSONTests {
+    @Test func refusedIsAddedPerForwardAndAtTheTop() {
+        let m = Mapping(proto: .tcp, hostAddress: nil, dev: nil, hostPorts: PortRange(8080, 8080),
+                        guestAddress: IPAddress("192.168.122.10")!, guestPortStart: 80, mac: nil, network: "default",
+                        guestSource: .attribute)
+        let plan = Plan(domainName: "b", domainUUID: "u", mappings: [m, m])
+        let why = "host port tcp/8080 is already forwarded to domain 'a' (uuid x)"
+        let out = PlanCommand.json(plan, Refusals(line: "domain 'b' prepare: " + why, perMapping: [why, nil]))
+        guard case .object(let top) = out, case .object(let before) = plan.json else { Issue.record("not an object"); return }
+        #expect(top.map { $0.0 } == before.map { $0.0 } + ["refused"])
+        #expect(top.last?.1 == .string("domain 'b' prepare: " + why))
+        guard case .array(let forwards) = top[1].1 else { Issue.record("no forwards"); return }
+        #expect(forwards.count == 2)
+        for (k, f) in forwards.enumerated() {
+            guard case .object(let fields) = f, case .object(let old) = m.json else { Issue.record("not an object"); return }
+            #expect(fields.dropLast().map { $0.0 } == old.map { $0.0 })
+            #expect(fields.last?.0 == "refused")
+            #expect(fields.last?.1 == (k == 0 ? .string(why) : .null))
+        }
+        #expect(PlanCommand.json(plan, Refusals(line: nil, perMapping: [nil, nil])).serialized().contains("\"refused\":null"))
     }
 }

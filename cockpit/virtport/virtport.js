@@ -123,7 +123,9 @@ async function loadDomains() {
 
 /* What each VM declares (`virtport plan VM`: the live XML while it runs, else its definition), so
  * the page also shows forwards of VMs that do not run, and declared forwards a running VM does not
- * have (refused at its start). A VM whose metadata is invalid gets plan's one line. */
+ * have. Each planned forward carries `refused` (plan runs qemu prepare's own check, read-only): the
+ * one line why its VM's next start would be refused for it (a conflict naming the holder, a bound
+ * host socket), or null. A VM whose metadata is invalid gets plan's one line. */
 async function loadPlans() {
     const plans = {};
     await Promise.all(state.domains.map(async name => {
@@ -144,7 +146,10 @@ function vmRows(vm) {
     const active = state.forwards.filter(f => f.domain === vm);
     const plan = (state.plans || {})[vm];
     const declared = (plan && plan.forwards ? plan.forwards : []).filter(d => !active.some(a => sameForward(a, d))).map(d =>
-        Object.assign({}, d, { domain: vm, declared: true, state: state.running.has(vm) ? "not applied" : "declared", since: null }));
+        Object.assign({}, d, {
+            domain: vm, declared: true, since: null,
+            state: d.refused ? "refused" : state.running.has(vm) ? "not applied" : "declared",
+        }));
     return active.concat(declared);
 }
 
@@ -181,8 +186,10 @@ function renderForwards() {
 
     const applied = state.forwards.filter(f => !isPending(f) && f.state === "applied").length;
     const pending = state.forwards.filter(isPending).length;
-    const declared = vms.reduce((n, vm) => n + vmRows(vm).filter(f => f.declared).length, 0);
-    $("vp-summary").textContent = `${applied} applied, ${pending} pending, ${declared} declared but not active; ${vms.length} VMs`;
+    const notActive = vms.flatMap(vm => vmRows(vm).filter(f => f.declared));
+    const refused = notActive.filter(f => f.state === "refused").length;
+    $("vp-summary").textContent = `${applied} applied, ${pending} pending, ${refused} refused, `
+        + `${notActive.length - refused} declared but not active; ${vms.length} VMs`;
 
     const table = el("table", { class: "pf-c-table pf-m-compact pf-m-grid-md vp-forwards", role: "grid", "aria-label": "Forwards per VM" },
         el("thead", {}, el("tr", {},
@@ -195,7 +202,8 @@ function renderForwards() {
             if (!fState) return true;
             if (fState === "pending") return isPending(f);
             if (fState === "applied") return !isPending(f) && f.state === "applied";
-            if (fState === "declared") return !!f.declared;
+            if (fState === "refused") return f.state === "refused";
+            if (fState === "declared") return !!f.declared && f.state !== "refused";
             return !isPending(f) && f.state !== "applied";
         }).sort((a, b) => a.proto.localeCompare(b.proto) || a.host_port_start - b.host_port_start);
         const running = state.running.has(vm);
@@ -216,9 +224,9 @@ function renderForwards() {
             const stateCell = f.declared
                 ? el("td", { "data-label": "State" }, el("span", { class: `pf-c-label pf-m-compact ${f.state === "declared" ? "" : "pf-m-red"}` },
                     el("span", { class: "pf-c-label__content" }, f.state)),
-                    el("div", { class: "vp-reason" }, f.state === "declared"
-                        ? "in the definition: applied when the VM starts"
-                        : "declared, but the VM runs without it (refused at its start?): see Doctor"))
+                    el("div", { class: "vp-reason" }, f.state === "refused" ? f.refused
+                        : f.state === "declared" ? "in the definition: applied when the VM starts"
+                        : "declared, but the VM runs without it: see Doctor"))
                 : pend
                 ? el("td", { "data-label": "State" }, el("span", { class: "pf-c-label pf-m-orange pf-m-compact" }, el("span", { class: "pf-c-label__content" }, "pending")),
                     el("div", { class: "vp-reason" }, pendingReason(f)))
