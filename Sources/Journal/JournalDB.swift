@@ -95,6 +95,7 @@ public final class JournalDB {
             try conn.exec("PRAGMA journal_size_limit = 1048576")
         }
         try migrate()
+        if !readOnly { try conn.exec(Schema.versionlessIndexes) }
     }
 
     /// For a long-lived connection (the agent's): no checkpoint inside its commits; another
@@ -498,7 +499,7 @@ public final class JournalDB {
                         [.int(since), .text(proto.rawValue), .int(Int64(hostPorts.end)), .int(Int64(hostPorts.start))]) != nil
     }
 
-    /// Served by index history_released (schema 5) alone: the recent removals of one protocol.
+    /// Served by index history_released (Schema.versionlessIndexes) alone: the recent removals of one protocol.
     static let releasedRecentlySQL = "SELECT 1 FROM history WHERE at >= ? AND action = 'remove' AND proto = ? "
         + "AND host_port_start <= ? AND host_port_end >= ? LIMIT 1"
 

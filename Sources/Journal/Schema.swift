@@ -73,14 +73,20 @@ enum Schema {
         """
         DROP INDEX mappings_domain;
         """,
-        // 5: "was this port released in the last 3 minutes" (a forward's start, per mapping) reads
-        // only the recent removals of that protocol, from the index alone. Without it SQLite
-        // walked history_port over every row below the port: O(history), ~10,000 instructions per
-        // history row at every start (issue 24: 13 M -> 38 M instructions after 120 cycles).
-        """
-        CREATE INDEX history_released ON history (action, proto, at, host_port_start, host_port_end);
-        """,
     ]
+
+    /// Indexes that come without a schema version, created (if missing) by every read-write open:
+    /// a journal keeps the version the previous release reads, so that release's hooks keep working
+    /// beside this release's agent during an upgrade (the same reason the guard tables come with the
+    /// first guard). An index is invisible to older code.
+    ///
+    /// history_released: "was this port released in the last 3 minutes" (a forward's start, per
+    /// mapping) reads only the recent removals of that protocol, from the index alone. Without it
+    /// SQLite walked history_port over every row below the port: O(history), ~10,000 instructions
+    /// per history row at every start (issue 24: 13 M -> 38 M instructions after 120 cycles).
+    static let versionlessIndexes = """
+        CREATE INDEX IF NOT EXISTS history_released ON history (action, proto, at, host_port_start, host_port_end);
+        """
 
     /// The mapping columns, in the order `bind(_:)` produces and `decode(_:from:)` reads them.
     static let mappingColumnNames = ["proto", "host_addr", "dev", "host_port_start", "host_port_end", "guest_addr",
