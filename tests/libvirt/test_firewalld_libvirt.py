@@ -11,7 +11,6 @@ effect, driven by the same firewalld.conf key (see there).
 Its own lab instance (module scope), so it runs beside the session's lab; only in the libvirt 11 run.
 """
 import json
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ import harness
 from conftest import LAB
 from harness import out
 from test_agent_libvirt import LabAgent
+from test_daemons_libvirt import flows_within
 from test_virtport_libvirt import BIN, CLIENT, G1, HOST, MAC1, Virtport, answer, install, meta
 
 pytestmark = pytest.mark.only_lab("11", why="firewalld runs in the libvirt 11 lab root")
@@ -67,16 +67,6 @@ def fw(fw_lab, request):
             lab.set_firewalld_conf("StrictForwardPorts", "no")
             lab.firewall_cmd("--permanent", "--delete-policy", "virtport", check=False)
             lab.restart_firewalld()
-
-
-def flows_within(client, seconds):
-    t0 = time.monotonic()
-    while True:
-        if client.connect("tcp", HOST, 2222) == answer("G1", 22, CLIENT):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > seconds:
-            return None
-        time.sleep(0.05)
 
 
 def zones(lab):
