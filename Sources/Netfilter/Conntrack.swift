@@ -48,7 +48,10 @@ enum Conntrack {
 
     static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
     static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
-    static func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+    static func le32(_ v: UInt32) -> [UInt8] {
+        [UInt8(truncatingIfNeeded: v), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v >> 16),
+         UInt8(truncatingIfNeeded: v >> 24)]
+    }
 
     /// CTA_IP_V4_SRC/DST = 1/2, CTA_IP_V6_SRC/DST = 3/4.
     static func addressType(_ address: IPAddress, source: Bool) -> UInt16 {
@@ -204,9 +207,22 @@ extension NetfilterSession {
     /// tracked untranslated) so that its next packet meets the forward just added. One filtered
     /// walk of the conntrack table per port. Wraps IPCTNL_MSG_CT_DELETE with CTA_FILTER.
     public func forgetFlows(toHostPort port: UInt16, proto: IPProto, family: Family) throws(NetfilterError) {
-        try conntrackRequests([Conntrack.deleteByDestinationPort(port, proto: proto.number, family: family,
-                                                                 sequence: takeSequence())],
-                              operation: "delete conntrack entries to \(proto.rawValue) port \(port)")
+        try forgetFlows(toHostPorts: [(port, proto, family)])
+    }
+
+    /// `forgetFlows(toHostPort:proto:family:)` for several ports: the requests go in one datagram
+    /// and their acks are read together (one send and one wait instead of one round trip per
+    /// port). The kernel still walks its table once per port.
+    public func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
+        if ports.isEmpty { return }
+        var requests: [[UInt8]] = []
+        requests.reserveCapacity(ports.count)
+        for p in ports {
+            requests.append(Conntrack.deleteByDestinationPort(p.port, proto: p.proto.number, family: p.family,
+                                                              sequence: takeSequence()))
+        }
+        let what = ports.count == 1 ? "\(ports[0].proto.rawValue) port \(ports[0].port)" : "\(ports.count) released ports"
+        try conntrackRequests(requests, operation: "delete conntrack entries to \(what)")
     }
 
     /// Deletes every connection tracking entry to or from `address` (a guard removed it from a
