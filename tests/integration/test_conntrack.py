@@ -13,6 +13,8 @@ import textwrap
 import threading
 import time
 
+import pytest
+
 from conftest import domain_xml, sh
 from test_agent_watch import running, start_agent, wait, write_leases, guest_of_2222
 
@@ -289,3 +291,35 @@ def test_uninstall_deletes_the_flows_of_the_forwards_it_takes_down(lab):
     assert lab.nft_json() is None
     # The flow keeps sending; its next packets are not translated any more.
     assert entries_to(lab, "192.168.122.10") == []
+
+
+@pytest.mark.parametrize("unrelated", [0, 300], ids=["few-entries-one-dump", "many-entries-walks"])
+def test_a_restart_deletes_what_flows_left_untranslated_on_every_released_port(lab, unrelated):
+    """A VM stopped and started again (a reboot): while its ports had no forward, packets to them
+    were tracked untranslated, and such an entry would keep its flow off the forward. `start`
+    deletes them on every port it takes back that was released lately: with few entries in the
+    table by reading it once (one dump), with more than 256 by one filtered walk per port. Entries
+    to other ports stay."""
+    two = domain_xml("cta", UA, "<vp:portForward proto='udp' guest='192.168.122.10'>"
+                                "<vp:range start='7000' to='5000'/></vp:portForward>"
+                                "<vp:portForward proto='udp' guest='192.168.122.10'>"
+                                "<vp:range start='7002' to='5002'/></vp:portForward>",
+                     macs=("52:54:00:aa:bb:01",))
+    lab.start(two)
+    lab.stop(two)
+    with ctnl_in(lab.host) as ct:
+        if unrelated:
+            ct.create_udp(ctnl.unrelated(unrelated))
+        # What the client's packets left while no forward held the ports: untranslated entries.
+        ct.create_udp([("203.0.113.2", "203.0.113.1", 40001, 7000), ("203.0.113.2", "203.0.113.1", 40002, 7002),
+                       ("203.0.113.2", "203.0.113.1", 40003, 7004)])
+
+    def left():
+        with ctnl_in(lab.host) as ct:
+            entries = ct.dump()
+        return (sorted(e[0][4] for e in entries if e[0][0] == "203.0.113.2" and e[0][1] == "203.0.113.1"),
+                sum(1 for e in entries if e[0][0].startswith("10.200.")))
+
+    assert left() == ([7000, 7002, 7004], unrelated)
+    lab.start(two)
+    assert left() == ([7004], unrelated), "the released ports' untranslated entries should be gone, the rest kept"
