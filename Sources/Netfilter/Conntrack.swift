@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import CNftnl
-import POSIX
 public import VirtPortCore
 
 /// ctnetlink (NFNL_SUBSYS_CTNETLINK) requests, built by hand: the same NETLINK_NETFILTER socket
@@ -66,66 +65,15 @@ enum Conntrack {
             + [UInt8(family == .ipv4 ? AF_INET : AF_INET6), 0, 0, 0] + attributes
     }
 
-    static let get: UInt16 = 1  // IPCTNL_MSG_CT_GET
-    static let new: UInt16 = 0  // IPCTNL_MSG_CT_NEW (each entry of a dump)
-    static let zone: UInt16 = 18  // CTA_ZONE
-
-    /// IPCTNL_MSG_CT_GET with NLM_F_DUMP: every entry of `family` in the socket's namespace.
-    static func dump(family: Family, sequence: UInt32) -> [UInt8] {
-        message(get, family: family, flags: Netlink.request | Netlink.dump, sequence: sequence, [])
-    }
-
-    /// An entry of a dump: its original tuple and zone (0: the default zone). nil when the message
-    /// lacks an original tuple with both addresses, a protocol and (for TCP, UDP, SCTP…) ports.
-    static func parseEntry(_ message: [UInt8], offset: Int, length: Int) -> (tuple: Tuple, zone: UInt16)? {
-        message.withUnsafeBytes { raw -> (tuple: Tuple, zone: UInt16)? in
-            let start = offset + Netlink.headerLength + Netlink.nfgenmsgLength
-            guard start <= offset + length, offset + length <= raw.count else { return nil }
-            var source: IPAddress?, destination: IPAddress?
-            var proto: UInt8?, sourcePort: UInt16?, destinationPort: UInt16?
-            var zoneID: UInt16 = 0
-            RuleAttributes.each(raw, start..<(offset + length)) { type, value in
-                if type == zone, value.count >= 2 {
-                    zoneID = UInt16(raw[value.lowerBound]) << 8 | UInt16(raw[value.lowerBound + 1])
-                }
-                guard type == tupleOriginal else { return }
-                RuleAttributes.each(raw, value) { type, value in
-                    if type == tupleIP {
-                        RuleAttributes.each(raw, value) { type, value in
-                            let bytes = Array(raw[value])
-                            let address = (1...4).contains(type) ? IPAddress(bytes: bytes) : nil
-                            if type == 1 || type == 3 { source = address } else if type == 2 || type == 4 { destination = address }
-                        }
-                    } else if type == tupleProto {
-                        RuleAttributes.each(raw, value) { type, value in
-                            switch (type, value.count) {
-                            case (protoNumber, 1...): proto = raw[value.lowerBound]
-                            case (protoSourcePort, 2...):
-                                sourcePort = UInt16(raw[value.lowerBound]) << 8 | UInt16(raw[value.lowerBound + 1])
-                            case (protoDestinationPort, 2...):
-                                destinationPort = UInt16(raw[value.lowerBound]) << 8 | UInt16(raw[value.lowerBound + 1])
-                            default: break
-                            }
-                        }
-                    }
-                }
-            }
-            guard let source, let destination, let proto, let sourcePort, let destinationPort else { return nil }
-            return (Tuple(source: source, destination: destination, proto: proto, sourcePort: sourcePort,
-                          destinationPort: destinationPort), zoneID)
-        }
-    }
-
-    /// IPCTNL_MSG_CT_DELETE of the entry whose original tuple is `tuple` (in conntrack zone `zone`,
-    /// 0: the default): one hash lookup in the kernel.
-    static func deleteByTuple(_ tuple: Tuple, zone zoneID: UInt16 = 0, sequence: UInt32) -> [UInt8] {
+    /// IPCTNL_MSG_CT_DELETE of the entry whose original tuple is `tuple`: one hash lookup in the kernel.
+    static func deleteByTuple(_ tuple: Tuple, sequence: UInt32) -> [UInt8] {
         let ip = nest(tupleIP, attribute(addressType(tuple.source, source: true), tuple.source.bytes),
                       attribute(addressType(tuple.destination, source: false), tuple.destination.bytes))
         let proto = nest(tupleProto, attribute(protoNumber, [tuple.proto]),
                          attribute(protoSourcePort, be16(tuple.sourcePort)),
                          attribute(protoDestinationPort, be16(tuple.destinationPort)))
         return message(delete, family: tuple.source.family, flags: Netlink.request | Netlink.ack, sequence: sequence,
-                       nest(tupleOriginal, ip, proto) + (zoneID == 0 ? [] : attribute(zone, be16(zoneID))))
+                       nest(tupleOriginal, ip, proto))
     }
 
     /// IPCTNL_MSG_CT_DELETE with CTA_FILTER on the original direction's protocol and destination port.
@@ -265,18 +213,8 @@ extension NetfilterSession {
     /// `forgetFlows(toHostPort:proto:family:)` for several ports: the requests go in one datagram
     /// and their acks are read together (one send and one wait instead of one round trip per
     /// port). The kernel still walks its table once per port.
-    ///
-    /// With few entries in the namespace's table (`nf_conntrack_count` ≤ `dumpLimit`) it reads the
-    /// table once instead (one dump per family) and deletes the matching entries by tuple: the
-    /// kernel's walk visits every bucket of the hash table (262,144 on a 24 GB host, ~0.12 ms each
-    /// time), so ten released ports cost ten walks, against one. The same entries go either way:
-    /// original direction's protocol and destination port, any translation, any zone.
     public func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
         if ports.isEmpty { return }
-        if let count = Self.conntrackCount(), count <= Self.dumpLimit {
-            try forgetFlowsByDump(ports)
-            return
-        }
         var requests: [[UInt8]] = []
         requests.reserveCapacity(ports.count)
         for p in ports {
@@ -285,62 +223,6 @@ extension NetfilterSession {
         }
         let what = ports.count == 1 ? "\(ports[0].proto.rawValue) port \(ports[0].port)" : "\(ports.count) released ports"
         try conntrackRequests(requests, operation: "delete conntrack entries to \(what)")
-    }
-
-    /// Up to this many entries in the namespace's conntrack table, `forgetFlows(toHostPorts:)` reads
-    /// the table (copying and parsing each entry, ~1-3 µs) rather than having the kernel walk it
-    /// once per port.
-    static let dumpLimit = 256
-
-    /// The number of conntrack entries in this process's network namespace, nil when unknown
-    /// (nf_conntrack not loaded).
-    static func conntrackCount() -> Int? {
-        guard let bytes = try? FileSystem.readFile("/proc/sys/net/netfilter/nf_conntrack_count", limit: 64)
-        else { return nil }
-        var n = 0
-        var digits = 0
-        for b in bytes {
-            guard b >= 0x30 && b <= 0x39 else { break }
-            n = n * 10 + Int(b - 0x30)
-            digits += 1
-        }
-        return digits > 0 ? n : nil
-    }
-
-    /// `forgetFlows(toHostPorts:)` by one dump per family and deletes by tuple.
-    func forgetFlowsByDump(_ ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
-        var requests: [[UInt8]] = []
-        for family in [Family.ipv4, .ipv6] where ports.contains(where: { $0.family == family }) {
-            let wanted = ports.filter { $0.family == family }
-            let sequence = takeSequence()
-            let operation = "list conntrack entries (\(family.rawValue))"
-            try transport.send(Conntrack.dump(family: family, sequence: sequence))
-            var done = false
-            while !done {
-                guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
-                    throw NetfilterError(errno: ETIMEDOUT, operation: operation)
-                }
-                for message in NetlinkMessage.split(reply) where message.sequence == sequence {
-                    switch message.type {
-                    case Netlink.typeDone:
-                        done = true
-                    case Netlink.typeError:
-                        guard let ack = NetlinkAck(message, in: reply) else { continue }
-                        if ack.errno != 0 { throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message) }
-                        done = true
-                    case Conntrack.subsystem | Conntrack.new:
-                        guard let entry = Conntrack.parseEntry(reply, offset: message.offset, length: message.length),
-                              wanted.contains(where: { $0.proto.number == entry.tuple.proto && $0.port == entry.tuple.destinationPort })
-                        else { continue }
-                        requests.append(Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: takeSequence()))
-                    default:
-                        continue
-                    }
-                }
-            }
-        }
-        if requests.isEmpty { return }
-        try conntrackRequests(requests, operation: "delete conntrack entries to \(ports.count) released ports")
     }
 
     /// Deletes every connection tracking entry to or from `address` (a guard removed it from a
