@@ -22,13 +22,13 @@ public enum SystemLog {
 
     /// Sends `text` (escaped to one line) to the socket at `path`; "" sends nothing.
     public static func send(_ severity: Severity, _ text: String, socket path: String) {
-        if path.isEmpty { return }
-        let line = Quoted.cell(text)
-        var datagram = Array("<\(facility | severity.rawValue)>\(timestamp()) virtport[\(getpid())]: ".utf8)
-        datagram += line.utf8
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return }
-        defer { Glibc.close(fd) }
+        send([(severity, text)], socket: path)
+    }
+
+    /// Sends each line as its own datagram, in order, through one socket (a change's lines: one
+    /// socket, not one per line).
+    public static func send(_ lines: [(Severity, String)], socket path: String) {
+        if path.isEmpty || lines.isEmpty { return }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -37,11 +37,19 @@ public enum SystemLog {
             for (i, b) in bytes.enumerated() { raw[i] = b }
             raw[bytes.count] = 0
         }
-        _ = datagram.withUnsafeBytes { buf in
-            withUnsafePointer(to: &address) { a in
-                a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                    retryingOnInterrupt {
-                        sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), sa, socklen_t(MemoryLayout<sockaddr_un>.size))
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { Glibc.close(fd) }
+        let prefix = "\(timestamp()) virtport[\(getpid())]: "
+        for (severity, text) in lines {
+            var datagram = Array("<\(facility | severity.rawValue)>\(prefix)".utf8)
+            datagram += Quoted.cell(text).utf8
+            _ = datagram.withUnsafeBytes { buf in
+                withUnsafePointer(to: &address) { a in
+                    a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                        retryingOnInterrupt {
+                            sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), sa, socklen_t(MemoryLayout<sockaddr_un>.size))
+                        }
                     }
                 }
             }
