@@ -8,8 +8,8 @@ import VirtPortCore
 /// `/dev/log`, which journald or rsyslog owns), facility daemon, identifier `virtport`, in the
 /// format glibc's syslog(3) writes (`<PRI>Mmm dd hh:mm:ss virtport[PID]: text`), so
 /// `journalctl -t virtport` and /var/log/syslog show it. Best effort and stateless: a socket per
-/// call (a change's lines share one; socket, one sendto per line, close), nothing when no one listens there, no lock, safe
-/// from any thread. Not glibc's syslog(3) itself: its socket path is fixed, and tests (and hosts
+/// call (a change's lines share one: socket, one sendto per line, close), nothing when no one
+/// listens there, no lock, safe from any thread. Not glibc's syslog(3) itself: its socket path is fixed, and tests (and hosts
 /// with the log elsewhere) need another one.
 public enum SystemLog {
     /// syslog(3) severities virtport uses.
