@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import CNftnl
-import POSIX
 public import VirtPortCore
 
 /// ctnetlink (NFNL_SUBSYS_CTNETLINK) requests, built by hand: the same NETLINK_NETFILTER socket
@@ -265,19 +264,21 @@ extension NetfilterSession {
     /// `forgetFlows(toHostPort:proto:family:)` for several ports. A filtered walk visits every
     /// bucket and every entry of the host's conntrack table, all namespaces' (measured: 0.17 ms
     /// with an empty table of 262,144 buckets, 8-9 ms with 50,000 entries elsewhere). So the first
-    /// port is walked and timed; when walking the rest would cost more than reading the table once
+    /// port is walked and timed (the thread's CPU time); when walking the rest would cost more than reading the table once
     /// (`dumpIsCheaper`: a dump costs about a walk plus 9 ms), the rest go by one dump per family
     /// and deletes by tuple, else by walks whose requests share one datagram. The same entries go
     /// either way: original direction's protocol and destination port, any translation, any zone.
     public func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
         guard let first = ports.first else { return }
-        let started = MonotonicClock.micros()
+        // The walk runs in this thread's system call: its CPU time, unlike the clock, leaves out
+        // time the thread spent preempted on a busy machine.
+        let started = Self.threadCPUMicros()
         try conntrackRequests([Conntrack.deleteByDestinationPort(first.port, proto: first.proto.number, family: first.family,
                                                                  sequence: takeSequence())],
                               operation: "delete conntrack entries to \(first.proto.rawValue) port \(first.port)")
         let rest = Array(ports.dropFirst())
         if rest.isEmpty { return }
-        if Self.dumpIsCheaper(walkMicros: MonotonicClock.micros() - started, remaining: rest.count) {
+        if Self.dumpIsCheaper(walkMicros: Self.threadCPUMicros() - started, remaining: rest.count) {
             try forgetFlowsByDump(rest)
             return
         }
@@ -288,6 +289,13 @@ extension NetfilterSession {
                                                               sequence: takeSequence()))
         }
         try conntrackRequests(requests, operation: "delete conntrack entries to \(rest.count) released ports")
+    }
+
+    /// CPU time of the calling thread, user and system (CLOCK_THREAD_CPUTIME_ID), in µs.
+    static func threadCPUMicros() -> Int64 {
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        return Int64(t.tv_sec) * 1_000_000 + Int64(t.tv_nsec) / 1_000
     }
 
     /// Whether one dump of the conntrack table (about a walk plus 9 ms: 8.8 ms with an empty table
