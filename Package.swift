@@ -36,11 +36,11 @@ let package = Package(
         .systemLibrary(name: "CLibXML2", providers: [.apt(["libxml2-dev"])]),
         // Headers only: libvirt is dlopen()ed by the agent/CLI so the hook never loads it.
         .systemLibrary(name: "CLibvirt", providers: [.apt(["libvirt-dev"])]),
-        // Linux headers Glibc's module lacks (epoll, eventfd, inotify): headers only.
+        // Linux headers Glibc's module lacks (epoll, eventfd, inotify), for POSIX: headers only.
         .systemLibrary(name: "CLinux"),
 
         // The system-call layer under everything that does I/O: EINTR retries, typed Errno.
-        .target(name: "POSIX", swiftSettings: strict),
+        .target(name: "POSIX", dependencies: ["CLinux"], swiftSettings: strict),
         .target(name: "VirtPortCore", dependencies: ["CLibXML2"], swiftSettings: strict,
                 linkerSettings: link(["xml2"], staticArchives: ["xml2", "icuuc", "icudata", "lzma", "z"])
                     + [.linkedLibrary("stdc++", .when(configuration: .release))]),
@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "Engine", dependencies: ["POSIX", "VirtPortCore", "Netfilter", "Journal"], swiftSettings: strict),
         // Front ends: what libvirt runs (hook), the long-lived agent, the commands people type.
         .target(name: "Hook", dependencies: ["POSIX", "VirtPortCore", "Engine"], swiftSettings: strict),
-        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt", "CLinux"], swiftSettings: strict),
+        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt"], swiftSettings: strict),
         .target(name: "Commands", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt",
                                                  "Hook", "Agent"], swiftSettings: strict),
         .executableTarget(

@@ -1,6 +1,7 @@
-import POSIX
 import Engine
 import Libvirt
+import POSIX
+import Synchronization
 import VirtPortCore
 
 /// libvirt's events (README "Agent"): domain lifecycle, domain metadata change (`virsh metadata
@@ -14,24 +15,27 @@ import VirtPortCore
 /// the connection closes (libvirtd, virtqemud or virtnetworkd restarted or stopped) the agent
 /// reconnects with backoff, 0.5 s doubling to 30 s, and reconciles at every (re)connect, so VMs
 /// started or stopped while it was away converge.
-final class LibvirtWatcher: Watcher, @unchecked Sendable {
+final class LibvirtWatcher: Watcher {
     let name = "libvirt events"
     static let firstRetryMs: Int64 = 500
     static let maxRetryMs: Int64 = 30_000
 
     /// On the work queue only.
-    private var connection: LibvirtEventConnection?
-    private var retryMs = LibvirtWatcher.firstRetryMs
-    private var outage = false
-    /// Bumped at every reconnect: events of an old connection are dropped.
-    private var epoch = 0
+    private struct Session {
+        var connection: LibvirtEventConnection?
+        var retryMs = LibvirtWatcher.firstRetryMs
+        var outage = false
+        /// Bumped at every reconnect: events of an old connection are dropped.
+        var epoch = 0
+    }
+    private let session = Mutex(Session())
 
     func start(_ agent: AgentContext) throws(VirtPortError) {
         let uri = agent.config.libvirtURI
         guard !uri.isEmpty else { throw .invalid("libvirt_uri is \"\": the agent does not connect to libvirt") }
         guard LibvirtEventLoop.register() else { throw .operational("libvirt.so.0 cannot be loaded") }
-        guard spawnDetached({ while true { LibvirtEventLoop.runOnce() } }) else {
-            throw .operational("cannot start libvirt's event thread")
+        do { try Thread.detach { while true { LibvirtEventLoop.runOnce() } } } catch {
+            throw .operational("cannot start libvirt's event thread", cause: error)
         }
         agent.work.async { [self] in connect(agent) }
     }
@@ -39,27 +43,36 @@ final class LibvirtWatcher: Watcher, @unchecked Sendable {
     /// On the work queue.
     private func connect(_ agent: AgentContext) {
         let uri = agent.config.libvirtURI
-        epoch += 1
-        let mine = epoch
+        let mine = session.withLock { s in
+            s.epoch += 1
+            return s.epoch
+        }
         let c = LibvirtEventConnection(uri: uri) { [weak self] event in
             let received = MonotonicClock.micros()
-            agent.work.async { self?.handle(event, epoch: mine, received: received, agent) }
+            guard let self else { return }
+            agent.work.async { self.handle(event, epoch: mine, received: received, agent) }
         }
         guard let c else {
-            if !outage {
+            let (firstFailure, delay) = session.withLock { s in
+                defer {
+                    s.outage = true
+                    s.retryMs = min(s.retryMs * 2, Self.maxRetryMs)
+                }
+                return (!s.outage, s.retryMs)
+            }
+            if firstFailure {
                 agent.log.warning("agent: cannot reach libvirt at \(uri): \(LibvirtClient.lastFailure); retrying "
                     + "with backoff up to \(Self.maxRetryMs / 1000) s (hooks keep working without the agent)")
-                outage = true
             }
-            agent.say("libvirt: \(LibvirtClient.lastFailure); retry in \(retryMs) ms")
-            let delay = retryMs
-            retryMs = min(retryMs * 2, Self.maxRetryMs)
+            agent.say("libvirt: \(LibvirtClient.lastFailure); retry in \(delay) ms")
             agent.loop.schedule(afterMillis: delay) { agent.work.async { [self] in connect(agent) } }
             return
         }
-        connection = c
-        retryMs = Self.firstRetryMs
-        outage = false
+        session.withLock { s in
+            s.connection = c
+            s.retryMs = Self.firstRetryMs
+            s.outage = false
+        }
         agent.log.notice("agent: connected to libvirt at \(uri), watching domain and network events; reconciling")
         if !c.networkEvents {
             agent.log.info("agent: libvirt at \(uri) sends no network events (\(c.networkProblem)); "
@@ -70,7 +83,7 @@ final class LibvirtWatcher: Watcher, @unchecked Sendable {
     }
 
     private func reconcile(_ agent: AgentContext, reason: String) {
-        guard let c = connection else { return }
+        guard let c = session.withLock({ $0.connection }) else { return }
         do {
             agent.reconcile(running: try RunningDomains.list(client: c.client), reason: reason)
         } catch {
@@ -80,10 +93,10 @@ final class LibvirtWatcher: Watcher, @unchecked Sendable {
 
     /// On the work queue.
     private func handle(_ event: LibvirtEvent, epoch: Int, received: Int64, _ agent: AgentContext) {
-        guard epoch == self.epoch, let c = connection else { return }
+        guard let c = session.withLock({ s in epoch == s.epoch ? s.connection : nil }) else { return }
         switch event {
         case .closed(let reason):
-            connection = nil
+            session.withLock { $0.connection = nil }
             agent.log.warning("agent: lost the libvirt connection (reason \(reason): libvirtd stopped or restarted); reconnecting")
             agent.say("libvirt: connection closed (\(reason))")
             agent.loop.schedule(afterMillis: Self.firstRetryMs) { agent.work.async { [self] in connect(agent) } }
