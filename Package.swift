@@ -41,7 +41,7 @@ let package = Package(
 
         // The system-call layer under everything that does I/O: EINTR retries, typed Errno.
         .target(name: "POSIX", dependencies: ["CLinux"], swiftSettings: strict),
-        .target(name: "VirtPortCore", dependencies: ["CLibXML2"], swiftSettings: strict,
+        .target(name: "VirtPortCore", dependencies: ["POSIX", "CLibXML2"], swiftSettings: strict,
                 linkerSettings: link(["xml2"], staticArchives: ["xml2", "icuuc", "icudata", "lzma", "z"])
                     + [.linkedLibrary("stdc++", .when(configuration: .release))]),
         .target(name: "Netfilter", dependencies: ["POSIX", "VirtPortCore", "CNftnl"], swiftSettings: strict,

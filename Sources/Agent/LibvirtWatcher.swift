@@ -1,7 +1,6 @@
 import Engine
 import Libvirt
 import POSIX
-import Synchronization
 import VirtPortCore
 
 /// libvirt's events (README "Agent"): domain lifecycle, domain metadata change (`virsh metadata
@@ -20,7 +19,7 @@ final class LibvirtWatcher: Watcher {
     static let firstRetryMs: Int64 = 500
     static let maxRetryMs: Int64 = 30_000
 
-    /// On the work queue only.
+    /// On the work queue only (`Locked`, not `Mutex`: the connection is not `Sendable`).
     private struct Session {
         var connection: LibvirtEventConnection?
         var retryMs = LibvirtWatcher.firstRetryMs
@@ -28,7 +27,7 @@ final class LibvirtWatcher: Watcher {
         /// Bumped at every reconnect: events of an old connection are dropped.
         var epoch = 0
     }
-    private let session = Mutex(Session())
+    private let session = Locked(Session())
 
     func start(_ agent: AgentContext) throws(VirtPortError) {
         let uri = agent.config.libvirtURI

@@ -212,10 +212,10 @@ struct Doctor {
             return true
         } catch {
             let text = error.message
-            if text.contains("newer virtport") {
+            if error.code == .newerJournal {
                 out.append(.fail("journal", text, why: "this virtport cannot read it: hooks fail to journal (policy on_internal_error decides whether VMs still start)",
                                  fix: "install the virtport version that wrote it (apt install virtport)"))
-            } else if text.contains("schema") {
+            } else if error.code == .olderJournal {
                 out.append(.fail("journal", text, why: "an older schema: the next hook migrates it, reading commands refuse until then",
                                  fix: "virtport reconcile", status: "warn"))
             } else {
