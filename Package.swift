@@ -12,6 +12,10 @@ let strict: [SwiftSetting] = [
     .unsafeFlags(["-Xcc", "-I/usr/include/libxml2"]),
 ]
 
+/// The front ends also import every module whose members they use (no member reaching a file through
+/// an import made in another file of the module).
+let explicitImports: [SwiftSetting] = strict + [.enableUpcomingFeature("MemberImportVisibility")]
+
 /// The C libraries: shared in debug builds (the tests), static archives in release (the product).
 /// A hook is a new process on every VM start, and each shared library costs symbol lookups and
 /// relocations at exec: linking libxml2 (with ICU, liblzma, zlib), SQLite, libnftnl and libstdc++
@@ -54,9 +58,9 @@ let package = Package(
         .target(name: "Engine", dependencies: ["POSIX", "VirtPortCore", "Netfilter", "Journal"], swiftSettings: strict),
         // Front ends: what libvirt runs (hook), the long-lived agent, the commands people type.
         .target(name: "Hook", dependencies: ["POSIX", "VirtPortCore", "Engine"], swiftSettings: strict),
-        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt"], swiftSettings: strict),
+        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt"], swiftSettings: explicitImports),
         .target(name: "Commands", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt",
-                                                 "Hook", "Agent"], swiftSettings: strict),
+                                                 "Hook", "Agent"], swiftSettings: explicitImports),
         .executableTarget(
             name: "virtport", dependencies: ["Hook", "Commands"], exclude: ["link"], swiftSettings: strict,
             // `-static-stdlib` names `-lstdc++` itself; Sources/virtport/link/libstdc++.so, first on

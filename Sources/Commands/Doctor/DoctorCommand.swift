@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Journal
+import Agent
 import Engine
 import POSIX
 import VirtPortCore
