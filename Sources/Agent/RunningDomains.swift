@@ -50,7 +50,7 @@ public enum RunningDomains {
         for file in FileSystem.listDirectory(dir) where file.hasSuffix(".xml") {
             guard let bytes = (try? IO.readFile("\(dir)/\(file)")) ?? nil,
                   let uuid = HookInput.domainUUID(bytes) else { continue }
-            guard let pid = statusPID(bytes), kill(pid, 0) == 0 || errno == EPERM else { continue }
+            guard let pid = statusPID(bytes), Process.exists(pid) else { continue }
             let name = String(file.dropLast(4))
             do {
                 let d = try DomainXML.parse(bytes)

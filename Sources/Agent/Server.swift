@@ -61,7 +61,7 @@ public final class AgentServer: Sendable {
 
     deinit {
         listener.close()
-        unlink(socketPath)
+        FileSystem.remove(socketPath)
     }
 
     /// The agent as `virtport agent` runs it: every watcher of `Watchers.all()`.
@@ -201,7 +201,7 @@ public final class AgentServer: Sendable {
             throw .operational("another virtport agent is already listening on \(path)")
         }
         try IO.makeDirectories(FileSystem.dirname(path), mode: 0o755)
-        unlink(path)
+        FileSystem.remove(path)
         do { return try UnixSocket.listen(on: path, backlog: 128) } catch where error.code == ENAMETOOLONG {
             throw .invalid("agent socket path \(path) is empty or too long")
         } catch {

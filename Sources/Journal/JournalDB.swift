@@ -160,7 +160,7 @@ public final class JournalDB {
                 throw VirtPortError.operational("database \(path): cannot switch to WAL (journal mode is \(mode ?? "?"))")
             } catch {
                 if !conn.lastErrorIsBusy || nowMicros() > deadline { throw error }
-                usleep(5000)
+                Thread.sleep(millis: 5)
             }
         }
     }

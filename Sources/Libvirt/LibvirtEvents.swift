@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibvirt
+import POSIX
 import VirtPortCore
 
 /// What libvirtd tells the agent (README "Agent"): the events it registers, reduced to what the
@@ -45,7 +46,7 @@ public enum LibvirtEventLoop {
 
     /// One iteration of libvirt's loop: dispatches whatever is due, sleeping until something is.
     public static func runOnce() {
-        if run?() ?? -1 < 0 { usleep(100_000) }
+        if run?() ?? -1 < 0 { Thread.sleep(millis: 100) }
     }
 }
 

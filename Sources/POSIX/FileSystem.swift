@@ -83,6 +83,11 @@ public enum FileSystem {
         }
     }
 
+    /// Removes the file (or socket, or symlink) at `path`; false when there was none or it could
+    /// not be removed. Wraps unlink(2).
+    @discardableResult
+    public static func remove(_ path: String) -> Bool { unlink(path) == 0 }
+
     /// The target of the symlink at `path`; nil when it is not one. Wraps `readlink(2)`.
     public static func readLink(_ path: String) -> String? {
         var buf = [CChar](repeating: 0, count: 4096)
@@ -115,6 +120,13 @@ public enum FileSystem {
         guard let i = path.lastIndex(of: "/") else { return path }
         return String(path[path.index(after: i)...])
     }
+}
+
+/// Processes by id.
+public enum Process {
+    /// Whether a process `pid` exists (one of another user's counts: EPERM). Wraps kill(2) with
+    /// signal 0.
+    public static func exists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
 }
 
 /// The process environment.

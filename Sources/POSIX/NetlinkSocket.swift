@@ -8,17 +8,22 @@ import CLinux
 public struct NetlinkSocket: Sendable {
     public let descriptor: FileDescriptor
 
-    /// Opens a socket of netlink `protocol` (NETLINK_NETFILTER, NETLINK_SOCK_DIAG, …) and binds it
-    /// (the kernel picks the port id). Wraps socket(2) and bind(2).
-    public init(protocol: Int32, nonBlocking: Bool = false) throws(Errno) {
+    /// Opens a socket of netlink `protocol` (NETLINK_NETFILTER, NETLINK_SOCK_DIAG, …) and, with
+    /// `bind` (needed to join a group; a socket that only sends requests is bound by its first
+    /// send), binds it: the kernel picks the port id. Wraps socket(2) and bind(2).
+    public init(protocol: Int32, nonBlocking: Bool = false, bind: Bool = true) throws(Errno) {
         let type = Int32(SOCK_RAW.rawValue | SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
         let fd = FileDescriptor(rawValue: try valueOrErrno("socket") { socket(AF_NETLINK, type, `protocol`) })
+        if !bind {
+            descriptor = fd
+            return
+        }
         var addr = sockaddr_nl()
         addr.nl_family = sa_family_t(AF_NETLINK)
         do throws(Errno) {
             _ = try valueOrErrno("bind") {
                 withUnsafePointer(to: &addr) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
                 }
             }
         } catch {
