@@ -12,7 +12,7 @@ struct AgentFixture {
     let config: Config
     let context: AgentContext
 
-    init() throws {
+    init(libvirtURI: String = "") throws {
         dir = NSTemporaryDirectory() + "vp-agent-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
         var c = Config()
@@ -23,6 +23,7 @@ struct AgentFixture {
         c.agentSocket = dir + "/agent.sock"
         c.syslogSocket = dir + "/log.sock"
         c.sourcePath = dir + "/virtport.conf"
+        c.libvirtURI = libvirtURI
         config = c
         let loop = try EventLoop()
         try loop.start()

@@ -11,6 +11,7 @@ import VirtPortCore
 /// the convergence are fakes.
 @Suite struct LeaseWatcherTests {
     static let mac = "52:54:00:aa:bb:01"
+    static let uuid = "11111111-1111-4111-8111-111111111111"
     static let xml = """
         <domain type='qemu'><name>web</name><uuid>11111111-1111-4111-8111-111111111111</uuid>
         <metadata><vp:virtport xmlns:vp='urn:virtport:domain:1'><vp:portForward proto='tcp'><vp:range start='2222' to='22'/>
