@@ -89,6 +89,11 @@ public struct FileDescriptor: Sendable, Equatable {
         return try valueOrErrno("poll") { poll(&p, 1, timeoutMs) } > 0
     }
 
+    /// Sets the file's permission bits. Wraps fchmod(2).
+    public func setPermissions(_ mode: UInt32) throws(Errno) {
+        _ = try valueOrErrno("fchmod") { fchmod(rawValue, mode) }
+    }
+
     /// `flock(2)` modes.
     public enum LockMode: Sendable { case shared, exclusive }
 

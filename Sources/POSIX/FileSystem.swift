@@ -17,6 +17,31 @@ public enum FileSystem {
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// What kind of file `path` is and its permission bits, not following a final symlink; nil
+    /// when there is nothing there (ENOENT, ENOTDIR); other failures throw. Wraps lstat(2).
+    public static func linkStatus(_ path: String) throws(Errno) -> (kind: FileKind, permissions: UInt32)? {
+        var st = stat()
+        do { _ = try valueOrErrno("lstat") { lstat(path, &st) } } catch where error.isNotFound { return nil }
+        let kind: FileKind = switch st.st_mode & S_IFMT {
+        case S_IFREG: .regular
+        case S_IFDIR: .directory
+        case S_IFLNK: .symlink
+        default: .other
+        }
+        return (kind, UInt32(st.st_mode & 0o7777))
+    }
+
+    /// Whether the calling process may read `path` (following symlinks); throws why not.
+    /// Wraps access(2) with R_OK.
+    public static func checkReadable(_ path: String) throws(Errno) {
+        _ = try valueOrErrno("access") { access(path, R_OK) }
+    }
+
+    /// Renames `from` to `to` (replacing it). Wraps rename(2).
+    public static func rename(_ from: String, to: String) throws(Errno) {
+        _ = try valueOrErrno("rename") { Glibc.rename(from, to) }
+    }
+
     /// (device, inode) of the file at `path`, following symlinks; nil when there is none.
     public static func identity(_ path: String) -> FileIdentity? {
         var st = stat()
@@ -73,7 +98,7 @@ public enum FileSystem {
                 try fd.writeAll(bytes)
                 _ = try valueOrErrno("fchmod") { fchmod(fd.rawValue, mode) }
                 fd.close()
-                _ = try valueOrErrno("rename") { rename(tmp, path) }
+                _ = try valueOrErrno("rename") { Glibc.rename(tmp, path) }
                 return
             } catch {
                 fd.close()
@@ -120,6 +145,11 @@ public enum FileSystem {
         guard let i = path.lastIndex(of: "/") else { return path }
         return String(path[path.index(after: i)...])
     }
+}
+
+/// What `FileSystem.linkStatus` found.
+public enum FileKind: Sendable, Equatable {
+    case regular, directory, symlink, other
 }
 
 /// Processes by id.

@@ -39,6 +39,27 @@ public enum UnixSocket {
         return connected
     }
 
+    /// Sends `bytes` as one datagram to the AF_UNIX datagram socket at `path` (the system log),
+    /// from a socket opened for it and closed after; false when it could not be sent (no such
+    /// socket, nobody reading, path too long). Never raises SIGPIPE. Wraps socket(2), sendto(2).
+    @discardableResult
+    public static func sendDatagram(_ bytes: [UInt8], to path: String) -> Bool {
+        guard var addr = address(path) else { return false }
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        let sent = bytes.withUnsafeBytes { buf in
+            withUnsafePointer(to: &addr) { a in
+                a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                    retryingOnInterrupt {
+                        sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), sa, socklen_t(MemoryLayout<sockaddr_un>.size))
+                    }
+                }
+            }
+        }
+        return sent == bytes.count
+    }
+
     /// Binds and listens on `path` with mode 0600 (the socket file). Wraps socket(2), bind(2), listen(2).
     public static func listen(on path: String, backlog: Int32) throws(Errno) -> FileDescriptor {
         guard var addr = address(path) else { throw Errno(ENAMETOOLONG, "bind") }
