@@ -42,6 +42,20 @@ public enum FileSystem {
         _ = try valueOrErrno("rename") { Glibc.rename(from, to) }
     }
 
+    /// Removes the file at `path`, throwing why it could not. Wraps unlink(2).
+    public static func removeFile(_ path: String) throws(Errno) {
+        _ = try valueOrErrno("unlink") { unlink(path) }
+    }
+
+    /// Removes the directory at `path` if it is empty; false otherwise. Wraps rmdir(2).
+    @discardableResult
+    public static func removeEmptyDirectory(_ path: String) -> Bool { rmdir(path) == 0 }
+
+    /// Creates a symbolic link at `path` pointing to `target`. Wraps symlink(2).
+    public static func makeSymlink(_ path: String, to target: String) throws(Errno) {
+        _ = try valueOrErrno("symlink") { symlink(target, path) }
+    }
+
     /// (device, inode) of the file at `path`, following symlinks; nil when there is none.
     public static func identity(_ path: String) -> FileIdentity? {
         var st = stat()
@@ -157,6 +171,9 @@ public enum Process {
     /// Whether a process `pid` exists (one of another user's counts: EPERM). Wraps kill(2) with
     /// signal 0.
     public static func exists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
+
+    /// Sends `signal` to process `pid`; false when it could not be sent. Wraps kill(2).
+    public static func signal(_ pid: Int32, _ signal: Int32) -> Bool { kill(pid, signal) == 0 }
 }
 
 /// The process environment.
