@@ -42,7 +42,7 @@ enum Files {
     /// to -wal and -shm, so one loose file makes them all loose).
     static func checkPrivate(_ path: String, fix: Bool) throws(VirtPortError) {
         for file in [path, path + "-wal", path + "-shm"] {
-            let status: (kind: FileKind, permissions: UInt32)?
+            let status: LinkStatus?
             do { status = try FileSystem.linkStatus(file) } catch {
                 throw .operational("cannot stat \(file)", cause: error)
             }

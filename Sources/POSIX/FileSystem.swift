@@ -17,9 +17,10 @@ public enum FileSystem {
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
-    /// What kind of file `path` is and its permission bits, not following a final symlink; nil
-    /// when there is nothing there (ENOENT, ENOTDIR); other failures throw. Wraps lstat(2).
-    public static func linkStatus(_ path: String) throws(Errno) -> (kind: FileKind, permissions: UInt32)? {
+    /// What kind of file `path` is, its permission bits and modification time, not following a
+    /// final symlink; nil when there is nothing there (ENOENT, ENOTDIR); other failures throw.
+    /// Wraps lstat(2).
+    public static func linkStatus(_ path: String) throws(Errno) -> LinkStatus? {
         var st = stat()
         do { _ = try valueOrErrno("lstat") { lstat(path, &st) } } catch where error.isNotFound { return nil }
         let kind: FileKind = switch st.st_mode & S_IFMT {
@@ -28,8 +29,19 @@ public enum FileSystem {
         case S_IFLNK: .symlink
         default: .other
         }
-        return (kind, UInt32(st.st_mode & 0o7777))
+        return LinkStatus(kind: kind, permissions: UInt32(st.st_mode & 0o7777), modifiedSeconds: Int64(st.st_mtim.tv_sec))
     }
+
+    /// The permission bits of the file at `path`, following symlinks; nil when there is none.
+    /// Wraps stat(2).
+    public static func permissions(_ path: String) -> UInt32? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return UInt32(st.st_mode & 0o7777)
+    }
+
+    /// Whether the calling process may execute `path`. Wraps access(2) with X_OK.
+    public static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
 
     /// Whether the calling process may read `path` (following symlinks); throws why not.
     /// Wraps access(2) with R_OK.
@@ -161,9 +173,17 @@ public enum FileSystem {
     }
 }
 
-/// What `FileSystem.linkStatus` found.
+/// What kind of file: `FileSystem.linkStatus`.
 public enum FileKind: Sendable, Equatable {
     case regular, directory, symlink, other
+}
+
+/// What `FileSystem.linkStatus` found (the link itself for a symlink).
+public struct LinkStatus: Sendable, Equatable {
+    public var kind: FileKind
+    /// The permission bits (`st_mode & 0o7777`).
+    public var permissions: UInt32
+    public var modifiedSeconds: Int64
 }
 
 /// Processes by id.
