@@ -35,12 +35,19 @@ public struct VirtPortError: ErrorCause {
     /// One line, naming the element/attribute/object and the reason.
     public var message: String
     /// The lower-level error this one wraps, if any.
-    public var cause: (any ErrorCause)?
+    public var cause: (any ErrorCause)? {
+        get { storedCause as? any ErrorCause }
+        set { storedCause = newValue }
+    }
+    /// Kept as `any Error` (one boxed reference) rather than `any ErrorCause` (an inline existential
+    /// whose copies need its metadata built at run time): every hook copies errors around, few ask
+    /// the cause anything. Only `ErrorCause`s are ever stored (`init`, `cause`'s setter).
+    private var storedCause: (any Error & Sendable)?
 
     public init(_ code: Code, _ message: String, cause: (any ErrorCause)? = nil) {
         self.code = code
         self.message = message
-        self.cause = cause
+        storedCause = cause
     }
 
     public static func invalid(_ message: String) -> VirtPortError { .init(.invalidInput, message) }
@@ -58,14 +65,14 @@ public struct VirtPortError: ErrorCause {
     public var exitCode: Int32 { code == .invalidInput ? 2 : 1 }
 
     /// The cause as text (its own description), nil when there is none.
-    public var causeText: String? { cause.map { "\($0)" } }
+    public var causeText: String? { storedCause.map { "\($0)" } }
 
     /// The first cause of type `E` along the chain of wrapped errors.
     public func cause<E: Error>(as type: E.Type) -> E? {
-        var next = cause
+        var next = storedCause
         while let c = next {
             if let e = c as? E { return e }
-            next = (c as? VirtPortError)?.cause
+            next = (c as? VirtPortError)?.storedCause
         }
         return nil
     }
