@@ -163,6 +163,17 @@ import VirtPortCore
         #expect(!fw.calls.contains { $0.hasPrefix("setIsolated") || $0.hasPrefix("guardPart") })
     }
 
+    @Test func pendingForwardsSendNothing() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let fw = firewall()
+        // No guest= and no lease yet: the forward waits for an address; the journal has it, the kernel nothing.
+        _ = try start(box, fw, "<vp:portForward proto='tcp'><vp:range start='47222' to='22'/></vp:portForward>")
+        #expect(fw.batches.isEmpty)
+        #expect(!fw.calls.contains { $0.hasPrefix("send") || $0.hasPrefix("apply") })
+        #expect(try box.journal().activeMappings().map(\.mapping.isPending) == [true])
+    }
+
     @Test func isolationOnlyGuardSetsTheFlagAndSendsNoGuardElements() throws {
         let box = Sandbox()
         defer { box.cleanup() }
