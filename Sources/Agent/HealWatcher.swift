@@ -86,9 +86,10 @@ final class HealWatcher: Watcher {
     /// where that rule lives (which may now come first).
     /// - Returns: who did what, for the log, and whether it deleted (then everything is checked;
     ///   an insertion can only have displaced libvirt's accept rule, so only that is).
-    static func relevant(_ c: NftablesMonitor.Commit, table: String) -> (who: String, deleted: Bool)? {
+    /// `tables`: every rule kind's (`DomainLifecycle.tables`).
+    static func relevant(_ c: NftablesMonitor.Commit, tables: Set<String>) -> (who: String, deleted: Bool)? {
         let deleted = c.deletedFrom.contains { t in
-            t == "inet \(table)" || t == "bridge \(table)" || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
+            tables.contains(t) || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
                 || t.hasPrefix("inet libvirt")
         }
         if deleted { return ("deleted by \(c.committer)", true) }
@@ -98,11 +99,11 @@ final class HealWatcher: Watcher {
 
     /// On the loop.
     private func readable(_ agent: AgentContext) {
-        let table = agent.config.table
+        let tables = DomainLifecycle.tables(agent.config)
         let now = MonotonicClock.micros()
         let first = loopSide.withLock { side -> Bool in
             guard let (commits, overrun) = side.source?.read() else { return false }
-            let notices = commits.filter { !OwnCommits.committed($0) }.compactMap { Self.relevant($0, table: table) }
+            let notices = commits.filter { !OwnCommits.committed($0) }.compactMap { Self.relevant($0, tables: tables) }
             return side.settling.notice(notices, overrun: overrun, now: now)
         }
         if first { agent.loop.schedule(afterMillis: Self.debounceMs) { [self] in settled(agent) } }

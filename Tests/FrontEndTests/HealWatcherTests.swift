@@ -18,12 +18,12 @@ import POSIX
         func commit(deleted: Set<String> = [], added: Set<String> = []) -> NftablesMonitor.Commit {
             NftablesMonitor.Commit(pid: 42, process: "nft", deletedFrom: deleted, addedTo: added)
         }
-        #expect(HealWatcher.relevant(commit(deleted: ["inet virtport"]), table: "virtport")! == ("deleted by pid 42 (nft)", true))
-        #expect(HealWatcher.relevant(commit(deleted: ["ip filter"]), table: "virtport")?.deleted == true)
-        #expect(HealWatcher.relevant(commit(deleted: ["inet other"]), table: "virtport") == nil)
-        #expect(HealWatcher.relevant(commit(added: ["ip libvirt_network guest_input"]), table: "virtport")!
+        #expect(HealWatcher.relevant(commit(deleted: ["inet virtport"]), tables: ["inet virtport", "bridge virtport"])! == ("deleted by pid 42 (nft)", true))
+        #expect(HealWatcher.relevant(commit(deleted: ["ip filter"]), tables: ["inet virtport", "bridge virtport"])?.deleted == true)
+        #expect(HealWatcher.relevant(commit(deleted: ["inet other"]), tables: ["inet virtport", "bridge virtport"]) == nil)
+        #expect(HealWatcher.relevant(commit(added: ["ip libvirt_network guest_input"]), tables: ["inet virtport", "bridge virtport"])!
             == ("rules inserted by pid 42 (nft)", false))
-        #expect(HealWatcher.relevant(commit(added: ["inet other input"]), table: "virtport") == nil)
+        #expect(HealWatcher.relevant(commit(added: ["inet other input"]), tables: ["inet virtport", "bridge virtport"]) == nil)
     }
 
     @Test func aBurstSettlesIntoOneCheckAfterTheDebounceOrTheCap() {
