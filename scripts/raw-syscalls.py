@@ -5,7 +5,7 @@ Swift method, not the C call; `x.name(` is a method unless x is Glibc/CLinux.
 
     python3 scripts/raw-syscalls.py [Sources] [-f: per file] [-v: every call]
 
-Issue 23 (the OS layer): 121 on f8275a1 (before), 38 after (branch agentos)."""
+Issue 23 (the OS layer): 121 on f8275a1 (before), 39 after (branch agentos merged with main 9e429fa)."""
 import re, sys, os, collections
 CALLS = """open openat close read write pread pwrite recv recvfrom recvmsg send sendto sendmsg socket bind
 listen accept accept4 connect setsockopt getsockopt getsockname shutdown epoll_create1 epoll_ctl epoll_wait
