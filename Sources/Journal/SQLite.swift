@@ -2,10 +2,10 @@
 import Glibc
 #endif
 import CSQLite
-import VirtPortCore
+public import VirtPortCore
 
 /// What SQLite answered: its (extended) result code and `sqlite3_errmsg`.
-public struct SQLiteError: Error, Sendable, CustomStringConvertible {
+public struct SQLiteError: ErrorCause {
     public var code: Int32
     public var message: String
     public var description: String { message }
@@ -161,8 +161,18 @@ final class SQLiteConnection {
 
     /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT` (the write lock is taken up front, waiting up to
     /// the busy timeout, so the transaction never fails half-way with SQLITE_BUSY); rolls back on error.
+    ///
+    /// Nestable: inside another `immediate` (a lifecycle's one transaction around every rule
+    /// kind's intents), `body` simply runs in the outer transaction, whose COMMIT makes it all
+    /// durable at once. An error inside must leave the outer `immediate` too (which rolls it all
+    /// back): nothing catches a journal error inside a transaction and goes on. (No savepoint:
+    /// each would cost a hook two more statements to parse.)
     func immediate<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
+        if depth > 0 { return try body() }
         try exec("BEGIN IMMEDIATE")
+        transactionsBegun += 1
+        depth += 1
+        defer { depth -= 1 }
         let result: T
         do {
             result = try body()
@@ -178,6 +188,11 @@ final class SQLiteConnection {
         }
         return result
     }
+
+    /// How many `immediate` calls are running (0: no transaction of ours is open).
+    private var depth = 0
+    /// Outermost transactions begun on this connection (unit tests count a change's transactions).
+    private(set) var transactionsBegun = 0
 
     private func prepare(_ sql: String) throws(VirtPortError) -> OpaquePointer {
         if let stmt = cache[sql] { return stmt }

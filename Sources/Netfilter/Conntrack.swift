@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNftnl
+import POSIX
 public import VirtPortCore
 
 /// ctnetlink (NFNL_SUBSYS_CTNETLINK) requests, built by hand: the same NETLINK_NETFILTER socket
@@ -272,13 +273,13 @@ extension NetfilterSession {
         guard let first = ports.first else { return }
         // The walk runs in this thread's system call: its CPU time, unlike the clock, leaves out
         // time the thread spent preempted on a busy machine.
-        let started = Self.threadCPUMicros()
+        let started = ThreadCPUClock.micros()
         try conntrackRequests([Conntrack.deleteByDestinationPort(first.port, proto: first.proto.number, family: first.family,
                                                                  sequence: takeSequence())],
                               operation: "delete conntrack entries to \(first.proto.rawValue) port \(first.port)")
         let rest = Array(ports.dropFirst())
         if rest.isEmpty { return }
-        if Self.dumpIsCheaper(walkMicros: Self.threadCPUMicros() - started, remaining: rest.count) {
+        if Self.dumpIsCheaper(walkMicros: ThreadCPUClock.micros() - started, remaining: rest.count) {
             try forgetFlowsByDump(rest)
             return
         }
@@ -289,13 +290,6 @@ extension NetfilterSession {
                                                               sequence: takeSequence()))
         }
         try conntrackRequests(requests, operation: "delete conntrack entries to \(rest.count) released ports")
-    }
-
-    /// CPU time of the calling thread, user and system (CLOCK_THREAD_CPUTIME_ID), in µs.
-    static func threadCPUMicros() -> Int64 {
-        var t = timespec()
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
-        return Int64(t.tv_sec) * 1_000_000 + Int64(t.tv_nsec) / 1_000
     }
 
     /// Whether one dump of the conntrack table (about a walk plus 9 ms: 8.8 ms with an empty table

@@ -8,9 +8,10 @@ import VirtPortCore
 /// `/dev/log`, which journald or rsyslog owns), facility daemon, identifier `virtport`, in the
 /// format glibc's syslog(3) writes (`<PRI>Mmm dd hh:mm:ss virtport[PID]: text`), so
 /// `journalctl -t virtport` and /var/log/syslog show it. Best effort and stateless: a socket per
-/// call (a change's lines share one: socket, one sendto per line, close), nothing when no one
-/// listens there, no lock, safe from any thread. Not glibc's syslog(3) itself: its socket path is fixed, and tests (and hosts
-/// with the log elsewhere) need another one.
+/// call (`UnixSocket.sendDatagrams`: a change's lines share one; socket, one sendto per line,
+/// close), nothing when no one listens there, no lock, safe from any thread. Not glibc's
+/// syslog(3) itself: its socket path is fixed, and tests (and hosts with the log elsewhere) need
+/// another one.
 public enum SystemLog {
     /// syslog(3) severities virtport uses.
     public enum Severity: Int32, Sendable {
@@ -29,31 +30,15 @@ public enum SystemLog {
     /// socket, not one per line).
     public static func send(_ lines: [(Severity, String)], socket path: String) {
         if path.isEmpty || lines.isEmpty { return }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return }
-        defer { Glibc.close(fd) }
         let prefix = "\(timestamp()) virtport[\(getpid())]: "
+        var datagrams: [[UInt8]] = []
+        datagrams.reserveCapacity(lines.count)
         for (severity, text) in lines {
             var datagram = Array("<\(facility | severity.rawValue)>\(prefix)".utf8)
             datagram += Quoted.cell(text).utf8
-            _ = datagram.withUnsafeBytes { buf in
-                withUnsafePointer(to: &address) { a in
-                    a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                        retryingOnInterrupt {
-                            sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), sa, socklen_t(MemoryLayout<sockaddr_un>.size))
-                        }
-                    }
-                }
-            }
+            datagrams.append(datagram)
         }
+        UnixSocket.sendDatagrams(datagrams, to: path)
     }
 
     /// `Dec  2 18:58:12`, local time, as RFC 3164 (and glibc) write it.
