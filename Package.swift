@@ -66,8 +66,12 @@ let package = Package(
             // `-static-stdlib` names `-lstdc++` itself; Sources/virtport/link/libstdc++.so, first on
             // the library path, is a linker script that turns it into libstdc++.a (ICU needs it once
             // more after its archives: VirtPortCore). libgcc is linked statically too.
+            // lld with `-z pack-relative-relocs`: the ~27,000 relative relocations of a PIE (Swift type
+            // metadata, mostly) as DT_RELR bitmaps instead of 24-byte RELA entries: ld.so reads 5.5 KB
+            // instead of ~660 KB at every exec and applies them faster. Same addresses, same ASLR.
             linkerSettings: [.unsafeFlags(["-static-stdlib", "-L\(packageDirectory)Sources/virtport/link",
-                                           "-Xclang-linker", "-static-libgcc"], .when(configuration: .release))]),
+                                           "-Xclang-linker", "-static-libgcc",
+                                           "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"], .when(configuration: .release))]),
 
         .testTarget(name: "VirtPortCoreTests", dependencies: ["VirtPortCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "VirtPortCore"]),

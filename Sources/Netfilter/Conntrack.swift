@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNftnl
+import POSIX
 public import VirtPortCore
 
 /// ctnetlink (NFNL_SUBSYS_CTNETLINK) requests, built by hand: the same NETLINK_NETFILTER socket
@@ -48,7 +49,10 @@ enum Conntrack {
 
     static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
     static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
-    static func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+    static func le32(_ v: UInt32) -> [UInt8] {
+        [UInt8(truncatingIfNeeded: v), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v >> 16),
+         UInt8(truncatingIfNeeded: v >> 24)]
+    }
 
     /// CTA_IP_V4_SRC/DST = 1/2, CTA_IP_V6_SRC/DST = 3/4.
     static func addressType(_ address: IPAddress, source: Bool) -> UInt16 {
@@ -62,15 +66,66 @@ enum Conntrack {
             + [UInt8(family == .ipv4 ? AF_INET : AF_INET6), 0, 0, 0] + attributes
     }
 
-    /// IPCTNL_MSG_CT_DELETE of the entry whose original tuple is `tuple`: one hash lookup in the kernel.
-    static func deleteByTuple(_ tuple: Tuple, sequence: UInt32) -> [UInt8] {
+    static let get: UInt16 = 1  // IPCTNL_MSG_CT_GET
+    static let new: UInt16 = 0  // IPCTNL_MSG_CT_NEW (each entry of a dump)
+    static let zone: UInt16 = 18  // CTA_ZONE
+
+    /// IPCTNL_MSG_CT_GET with NLM_F_DUMP: every entry of `family` in the socket's namespace.
+    static func dump(family: Family, sequence: UInt32) -> [UInt8] {
+        message(get, family: family, flags: Netlink.request | Netlink.dump, sequence: sequence, [])
+    }
+
+    /// An entry of a dump: its original tuple and zone (0: the default zone). nil when the message
+    /// lacks an original tuple with both addresses, a protocol and (for TCP, UDP, SCTP…) ports.
+    static func parseEntry(_ message: [UInt8], offset: Int, length: Int) -> (tuple: Tuple, zone: UInt16)? {
+        message.withUnsafeBytes { raw -> (tuple: Tuple, zone: UInt16)? in
+            let start = offset + Netlink.headerLength + Netlink.nfgenmsgLength
+            guard start <= offset + length, offset + length <= raw.count else { return nil }
+            var source: IPAddress?, destination: IPAddress?
+            var proto: UInt8?, sourcePort: UInt16?, destinationPort: UInt16?
+            var zoneID: UInt16 = 0
+            RuleAttributes.each(raw, start..<(offset + length)) { type, value in
+                if type == zone, value.count >= 2 {
+                    zoneID = UInt16(raw[value.lowerBound]) << 8 | UInt16(raw[value.lowerBound + 1])
+                }
+                guard type == tupleOriginal else { return }
+                RuleAttributes.each(raw, value) { type, value in
+                    if type == tupleIP {
+                        RuleAttributes.each(raw, value) { type, value in
+                            let bytes = Array(raw[value])
+                            let address = (1...4).contains(type) ? IPAddress(bytes: bytes) : nil
+                            if type == 1 || type == 3 { source = address } else if type == 2 || type == 4 { destination = address }
+                        }
+                    } else if type == tupleProto {
+                        RuleAttributes.each(raw, value) { type, value in
+                            switch (type, value.count) {
+                            case (protoNumber, 1...): proto = raw[value.lowerBound]
+                            case (protoSourcePort, 2...):
+                                sourcePort = UInt16(raw[value.lowerBound]) << 8 | UInt16(raw[value.lowerBound + 1])
+                            case (protoDestinationPort, 2...):
+                                destinationPort = UInt16(raw[value.lowerBound]) << 8 | UInt16(raw[value.lowerBound + 1])
+                            default: break
+                            }
+                        }
+                    }
+                }
+            }
+            guard let source, let destination, let proto, let sourcePort, let destinationPort else { return nil }
+            return (Tuple(source: source, destination: destination, proto: proto, sourcePort: sourcePort,
+                          destinationPort: destinationPort), zoneID)
+        }
+    }
+
+    /// IPCTNL_MSG_CT_DELETE of the entry whose original tuple is `tuple` (in conntrack zone `zone`,
+    /// 0: the default): one hash lookup in the kernel.
+    static func deleteByTuple(_ tuple: Tuple, zone zoneID: UInt16 = 0, sequence: UInt32) -> [UInt8] {
         let ip = nest(tupleIP, attribute(addressType(tuple.source, source: true), tuple.source.bytes),
                       attribute(addressType(tuple.destination, source: false), tuple.destination.bytes))
         let proto = nest(tupleProto, attribute(protoNumber, [tuple.proto]),
                          attribute(protoSourcePort, be16(tuple.sourcePort)),
                          attribute(protoDestinationPort, be16(tuple.destinationPort)))
         return message(delete, family: tuple.source.family, flags: Netlink.request | Netlink.ack, sequence: sequence,
-                       nest(tupleOriginal, ip, proto))
+                       nest(tupleOriginal, ip, proto) + (zoneID == 0 ? [] : attribute(zone, be16(zoneID))))
     }
 
     /// IPCTNL_MSG_CT_DELETE with CTA_FILTER on the original direction's protocol and destination port.
@@ -204,9 +259,80 @@ extension NetfilterSession {
     /// tracked untranslated) so that its next packet meets the forward just added. One filtered
     /// walk of the conntrack table per port. Wraps IPCTNL_MSG_CT_DELETE with CTA_FILTER.
     public func forgetFlows(toHostPort port: UInt16, proto: IPProto, family: Family) throws(NetfilterError) {
-        try conntrackRequests([Conntrack.deleteByDestinationPort(port, proto: proto.number, family: family,
+        try forgetFlows(toHostPorts: [(port, proto, family)])
+    }
+
+    /// `forgetFlows(toHostPort:proto:family:)` for several ports. A filtered walk visits every
+    /// bucket and every entry of the host's conntrack table, all namespaces' (measured: 0.17 ms
+    /// with an empty table of 262,144 buckets, 8-9 ms with 50,000 entries elsewhere). So the first
+    /// port is walked and timed (the thread's CPU time); when walking the rest would cost more than reading the table once
+    /// (`dumpIsCheaper`: a dump costs about a walk plus 9 ms), the rest go by one dump per family
+    /// and deletes by tuple, else by walks whose requests share one datagram. The same entries go
+    /// either way: original direction's protocol and destination port, any translation, any zone.
+    public func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
+        guard let first = ports.first else { return }
+        // The walk runs in this thread's system call: its CPU time, unlike the clock, leaves out
+        // time the thread spent preempted on a busy machine.
+        let started = ThreadCPUClock.micros()
+        try conntrackRequests([Conntrack.deleteByDestinationPort(first.port, proto: first.proto.number, family: first.family,
                                                                  sequence: takeSequence())],
-                              operation: "delete conntrack entries to \(proto.rawValue) port \(port)")
+                              operation: "delete conntrack entries to \(first.proto.rawValue) port \(first.port)")
+        let rest = Array(ports.dropFirst())
+        if rest.isEmpty { return }
+        if Self.dumpIsCheaper(walkMicros: ThreadCPUClock.micros() - started, remaining: rest.count) {
+            try forgetFlowsByDump(rest)
+            return
+        }
+        var requests: [[UInt8]] = []
+        requests.reserveCapacity(rest.count)
+        for p in rest {
+            requests.append(Conntrack.deleteByDestinationPort(p.port, proto: p.proto.number, family: p.family,
+                                                              sequence: takeSequence()))
+        }
+        try conntrackRequests(requests, operation: "delete conntrack entries to \(rest.count) released ports")
+    }
+
+    /// Whether one dump of the conntrack table (about a walk plus 9 ms: 8.8 ms with an empty table
+    /// where a walk took 0.17 ms, 12-16 ms with 50,000 entries where a walk took 8-9 ms) costs
+    /// less than `remaining` more walks like the one that took `walkMicros`.
+    static func dumpIsCheaper(walkMicros: Int64, remaining: Int) -> Bool {
+        Int64(remaining) * walkMicros > walkMicros + 9_000
+    }
+
+    /// `forgetFlows(toHostPorts:)` by one dump per family and deletes by tuple.
+    func forgetFlowsByDump(_ ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
+        var requests: [[UInt8]] = []
+        for family in [Family.ipv4, .ipv6] where ports.contains(where: { $0.family == family }) {
+            let wanted = ports.filter { $0.family == family }
+            let sequence = takeSequence()
+            let operation = "list conntrack entries (\(family.rawValue))"
+            try transport.send(Conntrack.dump(family: family, sequence: sequence))
+            var done = false
+            while !done {
+                guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
+                    throw NetfilterError(errno: ETIMEDOUT, operation: operation)
+                }
+                for message in NetlinkMessage.split(reply) where message.sequence == sequence {
+                    switch message.type {
+                    case Netlink.typeDone:
+                        done = true
+                    case Netlink.typeError:
+                        guard let ack = NetlinkAck(message, in: reply) else { continue }
+                        if ack.errno != 0 { throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message) }
+                        done = true
+                    case Conntrack.subsystem | Conntrack.new:
+                        guard let entry = Conntrack.parseEntry(reply, offset: message.offset, length: message.length),
+                              wanted.contains(where: { $0.proto.number == entry.tuple.proto && $0.port == entry.tuple.destinationPort })
+                        else { continue }
+                        requests.append(Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: takeSequence()))
+                    default:
+                        continue
+                    }
+                }
+            }
+        }
+        if requests.isEmpty { return }
+        try conntrackRequests(requests, operation: "delete conntrack entries to \(ports.count) released ports")
     }
 
     /// Deletes every connection tracking entry to or from `address` (a guard removed it from a

@@ -69,32 +69,73 @@ extension NetfilterSession {
     /// and the caller rebuilds it in the current shape.
     public func skeletonIsIntact() throws(NetfilterError) -> Bool {
         let rules = try dumpRules(nfproto: UInt16(NFPROTO_INET), table: table, chain: nil) ?? []
-        let expected = TableSkeleton.chains.flatMap { chain in
-            chain.rules.map { chain.name + ":" + $0.map(\.kernelName).sorted().joined(separator: ",") }
-        }
+        let expected = Self.skeletonShapes
         guard rules.count == expected.count else { return false }
-        return rules.map(Self.shape).sorted() == expected.sorted()
+        var shapes = rules.map { Self.shape($0.message) }
+        shapes.sort(by: Self.bytesBefore)
+        return shapes == expected
     }
 
-    /// "CHAIN:expr,expr,…" of a dumped rule, the expression names sorted: a table saved with
-    /// `nft list ruleset` and loaded back with `nft -f` holds the same expressions, but nft puts
-    /// its `meta nfproto` dependency where it likes.
-    static func shape(_ rule: ForeignRule) -> String {
-        let parsed = nftnl_rule_alloc()!
-        defer { nftnl_rule_free(parsed) }
-        let ok = rule.message.withUnsafeBytes { raw in
-            nftnl_rule_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress!)
-                .assumingMemoryBound(to: nlmsghdr.self), parsed)
+    /// The shapes of this version's skeleton rules (`shape`), sorted: built once per process (the
+    /// agent checks the skeleton after every change that adds elements).
+    static let skeletonShapes: [[UInt8]] = shapes(of: TableSkeleton.chains)
+
+    /// The sorted shapes of `chains`' rules, to compare with a dump's.
+    static func shapes(of chains: [TableSkeleton.Chain]) -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        for chain in chains {
+            for rule in chain.rules {
+                var names: [[UInt8]] = []
+                for expression in rule { names.append(Array(expression.kernelName.utf8)) }
+                out.append(shapeBytes(chain: Array(chain.name.utf8), names: &names))
+            }
         }
-        guard ok >= 0 else { return "?" }
-        let chain = nftnl_rule_get_str(parsed, UInt16(NFTNL_RULE_CHAIN.rawValue)).map { String(cString: $0) } ?? "?"
-        var names: [String] = []
-        guard let iterator = nftnl_expr_iter_create(parsed) else { return chain + ":" }
-        defer { nftnl_expr_iter_destroy(iterator) }
-        while let e = nftnl_expr_iter_next(iterator) {
-            names.append(nftnl_expr_get_str(e, UInt16(NFTNL_EXPR_NAME)).map { String(cString: $0) } ?? "?")
+        out.sort(by: bytesBefore)
+        return out
+    }
+
+    /// "CHAIN:expr,expr,…" (as bytes) of a dumped NEWRULE message, the expression names sorted: a
+    /// table saved with `nft list ruleset` and loaded back with `nft -f` holds the same expressions,
+    /// but nft puts its `meta nfproto` dependency where it likes. Read straight from the message's
+    /// attributes (NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS → NFTA_LIST_ELEM → NFTA_EXPR_NAME), no
+    /// libnftnl parse and no String per expression: the agent runs this for ~30 rules per change.
+    static func shape(_ message: [UInt8]) -> [UInt8] {
+        message.withUnsafeBytes { raw -> [UInt8] in
+            var chain: [UInt8] = [UInt8(ascii: "?")]
+            var names: [[UInt8]] = []
+            let length = raw.count >= 20 ? min(raw.count, Int(raw.loadUnaligned(as: UInt32.self))) : 0
+            guard length >= 20 else { return shapeBytes(chain: chain, names: &names) }
+            RuleAttributes.each(raw, 20..<length) { type, value in
+                if type == UInt16(NFTA_RULE_CHAIN.rawValue) {
+                    chain = RuleAttributes.string(raw, value)
+                } else if type == UInt16(NFTA_RULE_EXPRESSIONS.rawValue) {
+                    RuleAttributes.each(raw, value) { type, element in
+                        guard type == UInt16(NFTA_LIST_ELEM.rawValue) else { return }
+                        var name: [UInt8] = [UInt8(ascii: "?")]
+                        RuleAttributes.each(raw, element) { type, value in
+                            if type == UInt16(NFTA_EXPR_NAME.rawValue) { name = RuleAttributes.string(raw, value) }
+                        }
+                        names.append(name)
+                    }
+                }
+            }
+            return shapeBytes(chain: chain, names: &names)
         }
-        return chain + ":" + names.sorted().joined(separator: ",")
+    }
+
+    static func shapeBytes(chain: [UInt8], names: inout [[UInt8]]) -> [UInt8] {
+        names.sort(by: bytesBefore)
+        var out = chain
+        out.append(UInt8(ascii: ":"))
+        for (i, name) in names.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out += name
+        }
+        return out
+    }
+
+    static func bytesBefore(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.lexicographicallyPrecedes(b)
     }
 
     /// NFT_MSG_GETRULE dump of one chain (or, with `chain` nil, of every chain of the table) of any
@@ -115,15 +156,9 @@ extension NetfilterSession {
         let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWRULE, operation: operation) {
             (reply, message) throws(NetfilterError) in
             let bytes = Array(reply[message.offset..<(message.offset + message.length)])
-            let parsed = nftnl_rule_alloc()!
-            defer { nftnl_rule_free(parsed) }
-            let ok = bytes.withUnsafeBytes { raw in
-                nftnl_rule_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress!)
-                    .assumingMemoryBound(to: nlmsghdr.self), parsed)
-            }
-            guard ok >= 0 else { return }
-            rules.append(ForeignRule(handle: nftnl_rule_get_u64(parsed, UInt16(NFTNL_RULE_HANDLE.rawValue)),
-                                     message: bytes))
+            // The handle straight from NFTA_RULE_HANDLE (big endian); a message without one is skipped.
+            guard let handle = RuleAttributes.handle(bytes) else { return }
+            rules.append(ForeignRule(handle: handle, message: bytes))
         }
         guard case .complete = end else { return nil }
         return rules
@@ -165,5 +200,42 @@ extension NetfilterSession {
                 }
             }
         }
+    }
+}
+
+/// A NEWRULE message's attributes, read without libnftnl.
+enum RuleAttributes {
+    /// NFTA_RULE_HANDLE (a big-endian u64), or nil when absent or malformed.
+    static func handle(_ message: [UInt8]) -> UInt64? {
+        message.withUnsafeBytes { raw -> UInt64? in
+            guard raw.count >= 20 else { return nil }
+            let length = min(raw.count, Int(raw.loadUnaligned(as: UInt32.self)))
+            guard length >= 20 else { return nil }
+            var handle: UInt64?
+            each(raw, 20..<length) { type, value in
+                guard handle == nil, type == UInt16(NFTA_RULE_HANDLE.rawValue), value.count == 8 else { return }
+                handle = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: value.lowerBound, as: UInt64.self))
+            }
+            return handle
+        }
+    }
+
+    /// Calls `body` with each attribute's type (flags masked off) and value range in `range` of
+    /// `raw`, without building a list.
+    static func each(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>, _ body: (UInt16, Range<Int>) -> Void) {
+        var at = range.lowerBound
+        while at + 4 <= range.upperBound {
+            let length = Int(raw.loadUnaligned(fromByteOffset: at, as: UInt16.self))
+            guard length >= 4, at + length <= range.upperBound else { return }
+            body(raw.loadUnaligned(fromByteOffset: at + 2, as: UInt16.self) & 0x3fff, at + 4..<at + length)
+            at += Netlink.align(length)
+        }
+    }
+
+    /// A string attribute's bytes without its trailing NULs.
+    static func string(_ raw: UnsafeRawBufferPointer, _ value: Range<Int>) -> [UInt8] {
+        var end = value.upperBound
+        while end > value.lowerBound && raw[end - 1] == 0 { end -= 1 }
+        return Array(raw[value.lowerBound..<end])
     }
 }

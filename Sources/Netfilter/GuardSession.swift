@@ -149,10 +149,9 @@ extension NetfilterSession {
     /// reads as not intact).
     public func guardSkeletonIsIntact() throws(NetfilterError) -> Bool {
         let rules = try dumpRules(nfproto: UInt16(NFPROTO_BRIDGE), table: table, chain: nil) ?? []
-        let expected = GuardTable.chains.flatMap { chain in
-            chain.rules.map { chain.name + ":" + $0.map(\.kernelName).sorted().joined(separator: ",") }
-        }
-        return rules.map(Self.shape).sorted() == expected.sorted()
+        var shapes = rules.map { Self.shape($0.message) }
+        shapes.sort(by: Self.bytesBefore)
+        return shapes == Self.shapes(of: GuardTable.chains)
     }
 
     /// Every guard drop counter of the table (NFT_MSG_GETOBJ dump), by port and reason. Empty when

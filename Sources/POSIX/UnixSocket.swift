@@ -60,6 +60,30 @@ public enum UnixSocket {
         return sent == bytes.count
     }
 
+    /// `sendDatagram` of several datagrams, in order, through one socket (socket, one sendto
+    /// each, close). Returns how many were sent whole.
+    @discardableResult
+    public static func sendDatagrams(_ datagrams: [[UInt8]], to path: String) -> Int {
+        guard !datagrams.isEmpty, var addr = address(path) else { return 0 }
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        var sentWhole = 0
+        for bytes in datagrams {
+            let sent = bytes.withUnsafeBytes { buf in
+                withUnsafePointer(to: &addr) { a in
+                    a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                        retryingOnInterrupt {
+                            sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), sa, socklen_t(MemoryLayout<sockaddr_un>.size))
+                        }
+                    }
+                }
+            }
+            if sent == bytes.count { sentWhole += 1 }
+        }
+        return sentWhole
+    }
+
     /// Binds and listens on `path` with mode 0600 (the socket file). Wraps socket(2), bind(2), listen(2).
     public static func listen(on path: String, backlog: Int32) throws(Errno) -> FileDescriptor {
         guard var addr = address(path) else { throw Errno(ENAMETOOLONG, "bind") }

@@ -28,7 +28,19 @@ public enum Quoted {
     /// `text` with its control characters escaped, without a length cap and with backslashes
     /// left as they are (table cells, CSV fields, a whole message line).
     public static func cell(_ text: some StringProtocol) -> String {
-        if !text.unicodeScalars.contains(where: isControl) { return String(text) }
+        cell(String(text))
+    }
+
+    /// `cell` of a String (every log line goes through here).
+    public static func cell(_ text: String) -> String {
+        // Printable ASCII throughout (nearly every line): nothing to escape, decided per byte.
+        var text = text
+        let printable = text.withUTF8 { bytes in
+            for b in bytes where b < 0x20 || b >= 0x7f { return false }
+            return true
+        }
+        if printable { return text }
+        if !text.unicodeScalars.contains(where: isControl) { return text }
         var out = ""
         for scalar in text.unicodeScalars {
             if isControl(scalar) { append(scalar, to: &out) } else { out.unicodeScalars.append(scalar) }

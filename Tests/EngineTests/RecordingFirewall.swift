@@ -237,6 +237,10 @@ final class RecordingFirewall: FirewallDriver {
         calls.append("forgetFlows port \(port)")
     }
 
+    func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
+        for p in ports { calls.append("forgetFlows port \(p.port)") }
+    }
+
     func forgetFlows(of address: IPAddress) throws(NetfilterError) {
         calls.append("forgetFlows \(address)")
     }

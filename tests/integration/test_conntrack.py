@@ -13,6 +13,8 @@ import textwrap
 import threading
 import time
 
+import pytest
+
 from conftest import domain_xml, sh
 from test_agent_watch import running, start_agent, wait, write_leases, guest_of_2222
 
@@ -289,3 +291,52 @@ def test_uninstall_deletes_the_flows_of_the_forwards_it_takes_down(lab):
     assert lab.nft_json() is None
     # The flow keeps sending; its next packets are not translated any more.
     assert entries_to(lab, "192.168.122.10") == []
+
+
+@pytest.mark.parametrize("unrelated,elsewhere", [(0, 0), (300, 0), (0, 60000)],
+                         ids=["few-entries", "many-entries", "busy-host-table"])
+def test_a_restart_deletes_what_flows_left_untranslated_on_every_released_port(lab, unrelated, elsewhere):
+    """A VM stopped and started again (a reboot): while its ports had no forward, packets to them
+    were tracked untranslated, and such an entry would keep its flow off the forward. `start`
+    deletes them on every port it takes back that was released lately: by one filtered walk per
+    port while walks are cheap, by one dump when the host's table is busy (60,000 entries in
+    another namespace make each walk cost milliseconds); entries to other ports and unrelated ones
+    stay."""
+    if elsewhere:
+        busy = f"vpt-busy-{os.getpid()}"
+        sh("ip", "netns", "add", busy)
+        try:
+            with ctnl_in(busy) as ct:
+                ct.create_udp(ctnl.unrelated(elsewhere))
+            _restart_case(lab, unrelated)
+        finally:
+            sh("ip", "netns", "del", busy, check=False)
+        return
+    _restart_case(lab, unrelated)
+
+
+def _restart_case(lab, unrelated):
+    # Four ports: with a busy table the first walk is timed and the other three go by one dump.
+    four = domain_xml("cta", UA, "".join("<vp:portForward proto='udp' guest='192.168.122.10'>"
+                                        f"<vp:range start='{p}' to='{p - 2000}'/></vp:portForward>"
+                                        for p in (7000, 7002, 7006, 7008)),
+                     macs=("52:54:00:aa:bb:01",))
+    lab.start(four)
+    lab.stop(four)
+    with ctnl_in(lab.host) as ct:
+        if unrelated:
+            ct.create_udp(ctnl.unrelated(unrelated))
+        # What the client's packets left while no forward held the ports: untranslated entries.
+        ct.create_udp([("203.0.113.2", "203.0.113.1", 40001, 7000), ("203.0.113.2", "203.0.113.1", 40002, 7002),
+                       ("203.0.113.2", "203.0.113.1", 40003, 7004), ("203.0.113.2", "203.0.113.1", 40004, 7006),
+                       ("203.0.113.2", "203.0.113.1", 40005, 7008), ("203.0.113.2", "203.0.113.1", 40006, 7008)])
+
+    def left():
+        with ctnl_in(lab.host) as ct:
+            entries = ct.dump()
+        return (sorted(e[0][4] for e in entries if e[0][0] == "203.0.113.2" and e[0][1] == "203.0.113.1"),
+                sum(1 for e in entries if e[0][0].startswith("10.200.")))
+
+    assert left() == ([7000, 7002, 7004, 7006, 7008, 7008], unrelated)
+    lab.start(four)
+    assert left() == ([7004], unrelated), "the released ports' untranslated entries should be gone, the rest kept"

@@ -235,7 +235,7 @@ public struct Forwarder {
         if ports.isEmpty { return }
         do {
             let nf = try resources.kernel()
-            for (port, proto, family) in ports { try nf.forgetFlows(toHostPort: port, proto: proto, family: family) }
+            try nf.forgetFlows(toHostPorts: ports)  // one datagram for all ports (branch speed)
         } catch {
             warnings.emit("cannot delete the connection tracking entries of flows to released ports: \(error)")
         }

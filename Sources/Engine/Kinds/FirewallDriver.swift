@@ -60,6 +60,7 @@ public protocol FirewallDriver: AnyObject {
     func forgetFlows(of elements: [ForwardElement], record: FlowRecord?) throws(NetfilterError) -> ConntrackCleanup
     func forgetFlowsByWalking(_ elements: [ForwardElement]) throws(NetfilterError)
     func forgetFlows(toHostPort port: UInt16, proto: IPProto, family: Family) throws(NetfilterError)
+    func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError)
     func forgetFlows(of address: IPAddress) throws(NetfilterError)
 
     /// A short-lived process's last call after deletes (`NetfilterSession.closeInBackground`).

@@ -27,30 +27,36 @@ public struct EventLog: Sendable {
     /// - Parameter completed: the rows that replaced a pending row of the same NIC and host ports
     ///   (a lease that appeared) are logged as "completed" instead of "applied".
     public func change(domain: DomainRef, adding: [ActiveMapping], removing: [ActiveMapping], reason: String) {
+        if socket.isEmpty { return }
         let who = "domain '\(Quoted.message(domain.name))'"
         var replacedPending = Set<String>()
         for r in removing where r.mapping.isPending { replacedPending.insert(Self.slot(r.mapping)) }
         var completedSlots = Set<String>()
+        var lines: [(SystemLog.Severity, String)] = []
+        lines.reserveCapacity(adding.count + removing.count)
         for r in adding {
             let m = r.mapping
             let text = MappingText.describe(m)
             if m.isPending {
-                warning("pending: \(who) \(text): \(Self.pendingWhy(m)) (\(reason))")
-            } else if replacedPending.contains(Self.slot(m)) {
+                lines.append((.warning, "pending: \(who) \(text): \(Self.pendingWhy(m)) (\(reason))"))
+            } else if !replacedPending.isEmpty && replacedPending.contains(Self.slot(m)) {
                 completedSlots.insert(Self.slot(m))
-                notice("completed: \(who) \(text), guest address from \(m.guestSource.rawValue) (\(reason))")
+                lines.append((.notice, "completed: \(who) \(text), guest address from \(m.guestSource.rawValue) (\(reason))"))
             } else {
-                notice("applied: \(who) \(text) (\(reason))")
+                lines.append((.notice, "applied: \(who) \(text) (\(reason))"))
             }
         }
         for r in removing {
             let m = r.mapping
             if m.isPending {
-                if !completedSlots.contains(Self.slot(m)) { info("dropped pending: \(who) \(MappingText.describe(m)) (\(reason))") }
+                if !completedSlots.contains(Self.slot(m)) {
+                    lines.append((.info, "dropped pending: \(who) \(MappingText.describe(m)) (\(reason))"))
+                }
             } else {
-                notice("removed: \(who) \(MappingText.describe(m)) (\(reason))")
+                lines.append((.notice, "removed: \(who) \(MappingText.describe(m)) (\(reason))"))
             }
         }
+        SystemLog.send(lines, socket: socket)
     }
 
     /// A start or edit refused (exit 2): the line libvirt or the command showed.

@@ -8,9 +8,10 @@ import VirtPortCore
 /// `/dev/log`, which journald or rsyslog owns), facility daemon, identifier `virtport`, in the
 /// format glibc's syslog(3) writes (`<PRI>Mmm dd hh:mm:ss virtport[PID]: text`), so
 /// `journalctl -t virtport` and /var/log/syslog show it. Best effort and stateless: a socket per
-/// line (`UnixSocket.sendDatagram`: three system calls, a few microseconds), nothing when no one
-/// listens there, no lock, safe from any thread. Not glibc's syslog(3) itself: its socket path is fixed, and tests (and hosts
-/// with the log elsewhere) need another one.
+/// call (`UnixSocket.sendDatagrams`: a change's lines share one; socket, one sendto per line,
+/// close), nothing when no one listens there, no lock, safe from any thread. Not glibc's
+/// syslog(3) itself: its socket path is fixed, and tests (and hosts with the log elsewhere) need
+/// another one.
 public enum SystemLog {
     /// syslog(3) severities virtport uses.
     public enum Severity: Int32, Sendable {
@@ -22,11 +23,22 @@ public enum SystemLog {
 
     /// Sends `text` (escaped to one line) to the socket at `path`; "" sends nothing.
     public static func send(_ severity: Severity, _ text: String, socket path: String) {
-        if path.isEmpty { return }
-        let line = Quoted.cell(text)
-        var datagram = Array("<\(facility | severity.rawValue)>\(timestamp()) virtport[\(getpid())]: ".utf8)
-        datagram += line.utf8
-        UnixSocket.sendDatagram(datagram, to: path)
+        send([(severity, text)], socket: path)
+    }
+
+    /// Sends each line as its own datagram, in order, through one socket (a change's lines: one
+    /// socket, not one per line).
+    public static func send(_ lines: [(Severity, String)], socket path: String) {
+        if path.isEmpty || lines.isEmpty { return }
+        let prefix = "\(timestamp()) virtport[\(getpid())]: "
+        var datagrams: [[UInt8]] = []
+        datagrams.reserveCapacity(lines.count)
+        for (severity, text) in lines {
+            var datagram = Array("<\(facility | severity.rawValue)>\(prefix)".utf8)
+            datagram += Quoted.cell(text).utf8
+            datagrams.append(datagram)
+        }
+        UnixSocket.sendDatagrams(datagrams, to: path)
     }
 
     /// `Dec  2 18:58:12`, local time, as RFC 3164 (and glibc) write it.
