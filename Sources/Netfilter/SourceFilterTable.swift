@@ -1,0 +1,441 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CNftnl
+public import VirtPortCore
+
+/// One forward's source filter (`source=` on `<portForward>`), as the kernel holds it: the
+/// forward's host side (protocol, host address or every local one, interface or any, host ports)
+/// and the prefixes allowed to use it. Every other client is dropped and counted.
+public struct SourceFilterElement: Hashable, Sendable {
+    public var proto: IPProto
+    /// nil: every local address (then both families are filtered).
+    public var hostAddress: IPAddress?
+    public var dev: String?
+    public var ports: PortRange
+    /// The allowed prefixes, as written (duplicates and covered prefixes are left out in the kernel).
+    public var prefixes: [IPPrefix]
+
+    public init(proto: IPProto, hostAddress: IPAddress?, dev: String?, ports: PortRange, prefixes: [IPPrefix]) {
+        self.proto = proto
+        self.hostAddress = hostAddress
+        self.dev = dev
+        self.ports = ports
+        self.prefixes = prefixes
+    }
+
+    /// The forward it filters, without the list: two elements with the same identity are one
+    /// forward whose list changed.
+    public var identity: String { "\(proto)|\(hostAddress.map { "\($0)" } ?? "")|\(dev ?? "")|\(ports)" }
+
+    /// The families the filter applies to: the host address's, or both.
+    public var families: [Family] { hostAddress.map { [$0.family] } ?? [.ipv4, .ipv6] }
+
+    /// The name of the drop counter of this forward for `family`: `tcp4_8080`, `udp6_5900_5999`,
+    /// `tcp4_8080_eth0`, `tcp4_8080_cb007105` (host address in hex). Letters, digits, `_`, `.`
+    /// and `-` only, so `nft list ruleset` output loads back.
+    public func counterName(_ family: Family) -> String {
+        var s = "\(proto.rawValue)\(family == .ipv4 ? "4" : "6")_\(ports.start)"
+        if ports.end != ports.start { s += "_\(ports.end)" }
+        if let dev { s += "_\(dev)" }
+        if let hostAddress {
+            s += "_" + hostAddress.bytes.map { b in
+                let h = "0123456789abcdef"
+                return String(h[h.index(h.startIndex, offsetBy: Int(b >> 4))]) + String(h[h.index(h.startIndex, offsetBy: Int(b & 15))])
+            }.joined()
+        }
+        return s
+    }
+
+    /// The prefixes of `family` the kernel holds: sorted, without duplicates and without a prefix
+    /// another one of the list covers (pipapo refuses overlapping intervals).
+    public func kernelPrefixes(_ family: Family) -> [IPPrefix] {
+        let mine = prefixes.filter { $0.family == family }.sorted { $0.prefix < $1.prefix }
+        var out: [IPPrefix] = []
+        for p in mine where !out.contains(where: { $0.contains(p.network) }) { out.append(p) }
+        return out.sorted { IPAddressOrder.less($0.network, $1.network) }
+    }
+}
+
+/// Byte-wise address order (for stable element order).
+enum IPAddressOrder {
+    static func less(_ a: IPAddress, _ b: IPAddress) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+}
+
+/// One forward's drop counter, read back.
+public struct SourceFilterCounter: Sendable, Hashable {
+    public var name: String
+    public var packets: UInt64
+    public var bytes: UInt64
+}
+
+/// `table inet <table>_src`: virtport's per-forward source filters (README "Restricting a forward
+/// to some sources"). A table of its own, beside `table inet <table>`, so an existing forwards
+/// table needs no change and the filter's rules are created with the table, once.
+///
+///     table inet virtport_src {
+///         map drop4      { type ipv4_addr . inet_proto . inet_service : counter; flags interval }
+///         set allow4     { type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval }
+///         map drop4_dev  { type ifname . ipv4_addr . inet_proto . inet_service : counter; flags interval }
+///         set allow4_dev { type ifname . ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval }
+///         … drop6, allow6, drop6_dev, allow6_dev with ipv6_addr
+///         counter tcp4_8080 { }                      one per filtered forward and family
+///         chain prerouting { type filter hook prerouting priority dstnat - 10
+///             ct direction original ip daddr . meta l4proto . th dport @drop4
+///                 ip daddr . meta l4proto . th dport . ip saddr != @allow4
+///                 fib daddr type local
+///                 counter name ip daddr . meta l4proto . th dport map @drop4 drop
+///             … the same with iifname first (forwards with dev=), and for ip6 } }
+///
+/// A forward's key is its host side: host address (0.0.0.0/0 or ::/0 for every local address),
+/// protocol and host port range, as intervals (pipapo: concatenated ranges), so the per-packet
+/// cost is four set lookups at most whatever the number of forwards and prefixes. Forwards never
+/// overlap on that key (the planner and the journal refuse it), so a packet has one judge.
+public enum SourceFilterTable {
+    /// The table's name for virtport's inet table `table`.
+    public static func name(_ table: String) -> String { table + "_src" }
+
+    /// Before DNAT (nat prerouting, -100), after conntrack (-200).
+    static let priority: Int32 = -110
+    /// Most prefixes one forward may list (README "Limits").
+    public static let maxPrefixes = 4096
+
+    struct Variant: Hashable {
+        var family: Family
+        var hasDev: Bool
+        var suffix: String { (family == .ipv4 ? "4" : "6") + (hasDev ? "_dev" : "") }
+        var dropMap: String { "drop" + suffix }
+        var allowSet: String { "allow" + suffix }
+        var forwardFields: [KeyField] { (hasDev ? [.ifname] : []) + [.address(family), .proto, .port] }
+        var allowFields: [KeyField] { forwardFields + [.address(family)] }
+        static let all = [Family.ipv4, .ipv6].flatMap { f in [false, true].map { Variant(family: f, hasDev: $0) } }
+    }
+
+    static func length(_ fields: [KeyField]) -> Int { fields.reduce(0) { $0 + $1.paddedLength } }
+
+    /// The filter's elements: one drop-map entry per family, and one allow interval per prefix.
+    struct Elements {
+        var drops: [(variant: Variant, start: [UInt8], end: [UInt8], counter: String)] = []
+        var allows: [(variant: Variant, start: [UInt8], end: [UInt8])] = []
+    }
+
+    static func pad(_ bytes: [UInt8], _ field: KeyField) -> [UInt8] {
+        bytes + [UInt8](repeating: 0, count: field.paddedLength - bytes.count)
+    }
+
+    /// Start and end key of the forward part (iifname, daddr, l4proto, dport).
+    static func forwardKey(_ f: SourceFilterElement, _ v: Variant) -> (start: [UInt8], end: [UInt8]) {
+        var start: [UInt8] = [], end: [UInt8] = []
+        if v.hasDev, let dev = f.dev {
+            start += pad(Array(dev.utf8), .ifname)
+            end += pad(Array(dev.utf8), .ifname)
+        }
+        let n = v.family == .ipv4 ? 4 : 16
+        if let a = f.hostAddress {
+            start += pad(a.bytes, .address(v.family))
+            end += pad(a.bytes, .address(v.family))
+        } else {
+            start += pad([UInt8](repeating: 0, count: n), .address(v.family))
+            end += pad([UInt8](repeating: 0xff, count: n), .address(v.family))
+        }
+        start += pad([f.proto.number], .proto)
+        end += pad([f.proto.number], .proto)
+        start += pad([UInt8(f.ports.start >> 8), UInt8(f.ports.start & 0xff)], .port)
+        end += pad([UInt8(f.ports.end >> 8), UInt8(f.ports.end & 0xff)], .port)
+        return (start, end)
+    }
+
+    /// First and last address of `p`.
+    static func bounds(_ p: IPPrefix) -> (first: [UInt8], last: [UInt8]) {
+        let first = p.network.bytes
+        var last = first
+        for i in last.indices {
+            let keep = min(max(p.prefix - i * 8, 0), 8)
+            last[i] |= keep == 8 ? 0 : UInt8(0xff >> keep)
+        }
+        return (first, last)
+    }
+
+    static func elements(_ f: SourceFilterElement) -> Elements {
+        var out = Elements()
+        for family in f.families {
+            let v = Variant(family: family, hasDev: f.dev != nil)
+            let key = forwardKey(f, v)
+            out.drops.append((v, key.start, key.end, f.counterName(family)))
+            for p in f.kernelPrefixes(family) {
+                let b = bounds(p)
+                out.allows.append((v, key.start + b.first, key.end + b.last))
+            }
+        }
+        return out
+    }
+
+    /// Checks what the kernel would refuse, with one line naming the forward.
+    static func validate(_ f: SourceFilterElement) throws(NetfilterError) {
+        if let dev = f.dev, dev.isEmpty || dev.utf8.count > maxInterfaceNameLength || dev.utf8.contains(0) {
+            throw NetfilterError(errno: EINVAL, operation: "source filter of \(f.proto) \(f.ports)",
+                                 detail: "interface name \"\(dev)\" is not 1-\(maxInterfaceNameLength) bytes")
+        }
+        if f.prefixes.count > maxPrefixes {
+            throw NetfilterError(errno: EINVAL, operation: "source filter of \(f.proto) \(f.ports)",
+                                 detail: "\(f.prefixes.count) prefixes, more than \(maxPrefixes)")
+        }
+    }
+
+    // MARK: - Rules
+
+    /// The prerouting rule of one variant.
+    static func rule(_ v: Variant) -> [RuleExpression] {
+        var rule = RuleExpression.nfproto(v.family)
+        let r0 = register(word: 0)
+        rule.append(.ct(NFT_CT_DIRECTION, dreg: r0))
+        rule.append(.cmp(sreg: r0, op: NFT_CMP_EQ, data: [0]))  // IP_CT_DIR_ORIGINAL
+        var word = 0
+        for field in v.forwardFields {
+            let dreg = register(word: word)
+            switch field {
+            case .ifname: rule.append(.meta(NFT_META_IIFNAME, dreg: dreg))
+            case .address(let family):  // ip daddr / ip6 daddr
+                rule.append(.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: family == .ipv4 ? 16 : 24,
+                                     length: UInt32(field.length), dreg: dreg))
+            case .proto: rule.append(.meta(NFT_META_L4PROTO, dreg: dreg))
+            case .port: rule.append(.payload(base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2, dreg: dreg))
+            }
+            word += field.paddedLength / 4
+        }
+        // The forward is filtered at all: its key is in the drop map.
+        rule.append(.lookup(set: v.dropMap, sreg: r0, dreg: nil))
+        // ip saddr / ip6 saddr after the forward's key.
+        rule.append(.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: v.family == .ipv4 ? 12 : 8,
+                             length: UInt32(KeyField.address(v.family).length), dreg: register(word: word)))
+        word += KeyField.address(v.family).paddedLength / 4
+        rule.append(.lookupNot(set: v.allowSet, sreg: r0))
+        // Only traffic to a host address (a forwarded connection passing through keeps its way).
+        let spare = register(word: word)
+        rule.append(.fibDaddrType(dreg: spare))
+        rule.append(.cmp(sreg: spare, op: NFT_CMP_EQ, data: RuleExpression.hostOrder(2 /* RTN_LOCAL */)))
+        rule.append(.objrefMap(map: v.dropMap, sreg: r0))
+        rule.append(.drop)
+        return rule
+    }
+
+    static var chain: TableSkeleton.Chain {
+        TableSkeleton.Chain(name: "prerouting", hook: NF_INET_PRE_ROUTING, priority: priority,
+                            rules: Variant.all.map(rule), type: "filter")
+    }
+
+    // MARK: - Batch parts
+
+    /// NEWTABLE with NLM_F_EXCL (EEXIST when someone created it first), the sets, the chain.
+    static func appendSkeleton(to batch: inout Batch, table: String, exclusive: Bool = true) {
+        TableSkeleton.appendTable(to: &batch, table: table, flags: Netlink.create | (exclusive ? Netlink.excl : 0),
+                                  operation: exclusive ? .createTable(table) : .object("add table inet \(table)"))
+        var id: UInt32 = 1
+        for v in Variant.all {
+            appendSet(to: &batch, table: table, name: v.dropMap, id: id, fields: v.forwardFields, object: true)
+            appendSet(to: &batch, table: table, name: v.allowSet, id: id + 1, fields: v.allowFields, object: false)
+            id += 2
+        }
+        let c = chain
+        TableSkeleton.appendChain(to: &batch, table: table, chain: c)
+        for r in c.rules { TableSkeleton.appendRule(to: &batch, table: table, chain: c.name, r) }
+    }
+
+    static func appendSet(to batch: inout Batch, table: String, name: String, id: UInt32, fields: [KeyField], object: Bool) {
+        let s = nftnl_set_alloc()!
+        defer { nftnl_set_free(s) }
+        nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
+        nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), name)
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_FAMILY.rawValue), TableFamily.inet.nfproto)
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_KEY_TYPE.rawValue), concatType(fields))
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_KEY_LEN.rawValue), UInt32(length(fields)))
+        var flags = UInt32(NFT_SET_INTERVAL.rawValue | NFT_SET_CONCAT.rawValue)
+        if object {
+            flags |= UInt32(NFT_SET_OBJECT.rawValue)
+            nftnl_set_set_u32(s, UInt16(NFTNL_SET_OBJ_TYPE.rawValue), GuardTable.objectCounter)
+        }
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_FLAGS.rawValue), flags)
+        let lengths = fields.map { UInt8($0.length) }
+        lengths.withUnsafeBytes {
+            _ = nftnl_set_set_data(s, UInt16(NFTNL_SET_DESC_CONCAT.rawValue), $0.baseAddress, UInt32($0.count))
+        }
+        nftnl_set_set_u32(s, UInt16(NFTNL_SET_ID.rawValue), id)
+        batch.append(NFT_MSG_NEWSET, flags: Netlink.create, family: UInt16(TableFamily.inet.nfproto),
+                     operation: .object("add \(object ? "map" : "set") \(name) to table inet \(table)")) {
+            nftnl_set_nlmsg_build_payload($0, s)
+        }
+    }
+
+    static func appendCounter(to batch: inout Batch, table: String, _ name: String, adding: Bool) {
+        let o = nftnl_obj_alloc()!
+        defer { nftnl_obj_free(o) }
+        nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_TABLE), table)
+        nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_NAME), name)
+        nftnl_obj_set_u32(o, UInt16(NFTNL_OBJ_FAMILY), TableFamily.inet.nfproto)
+        nftnl_obj_set_u32(o, UInt16(NFTNL_OBJ_TYPE), GuardTable.objectCounter)
+        batch.append(adding ? NFT_MSG_NEWOBJ : NFT_MSG_DELOBJ, flags: adding ? Netlink.create : 0,
+                     family: UInt16(TableFamily.inet.nfproto),
+                     operation: .object("\(adding ? "add" : "delete") counter \(name) of table inet \(table)")) {
+            nftnl_obj_nlmsg_build_payload($0, o)
+        }
+    }
+
+    /// Interval elements (KEY and KEY_END) of one set, split under `Batch.messageBudget`.
+    static func appendIntervals(to batch: inout Batch, table: String, set: String, adding: Bool,
+                                _ elements: [(start: [UInt8], end: [UInt8], objref: String?)], operation: String) {
+        guard !elements.isEmpty else { return }
+        let perMessage = max(1, Batch.messageBudget / (40 + 2 * (elements[0].start.count) + 32))
+        var first = 0
+        while first < elements.count {
+            let chunk = elements[first..<min(first + perMessage, elements.count)]
+            let s = nftnl_set_alloc()!
+            nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
+            nftnl_set_set_str(s, UInt16(NFTNL_SET_NAME.rawValue), set)
+            for element in chunk {
+                let e = nftnl_set_elem_alloc()!
+                element.start.withUnsafeBytes {
+                    _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
+                }
+                element.end.withUnsafeBytes {
+                    _ = nftnl_set_elem_set(e, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
+                }
+                if adding, let objref = element.objref { nftnl_set_elem_set_str(e, UInt16(NFTNL_SET_ELEM_OBJREF), objref) }
+                nftnl_set_elem_add(s, e)
+            }
+            batch.append(adding ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM, flags: adding ? Netlink.create : 0,
+                         family: UInt16(TableFamily.inet.nfproto), operation: .object(operation)) {
+                nftnl_set_elems_nlmsg_build_payload($0, s)
+            }
+            nftnl_set_free(s)
+            first += perMessage
+        }
+    }
+
+    /// Adds or deletes whole filters: counters first (adding) or last (deleting), then the
+    /// drop-map entries and the allow intervals, grouped by set.
+    static func appendFilters(to batch: inout Batch, table: String, adding: Bool, _ filters: [SourceFilterElement]) {
+        guard !filters.isEmpty else { return }
+        var all = Elements()
+        for f in filters {
+            let e = elements(f)
+            all.drops += e.drops
+            all.allows += e.allows
+        }
+        if adding { for d in all.drops { appendCounter(to: &batch, table: table, d.counter, adding: true) } }
+        appendElements(to: &batch, table: table, adding: adding, all)
+        if !adding { for d in all.drops { appendCounter(to: &batch, table: table, d.counter, adding: false) } }
+    }
+
+    static func appendElements(to batch: inout Batch, table: String, adding: Bool, _ all: Elements) {
+        let verb = adding ? "add" : "delete"
+        for v in Variant.all {
+            // Adding: the allow intervals before the forward is filtered at all; deleting: after.
+            let drops = all.drops.filter { $0.variant == v }.map { (start: $0.start, end: $0.end, objref: Optional($0.counter)) }
+            let allows = all.allows.filter { $0.variant == v }.map { (start: $0.start, end: $0.end, objref: String?.none) }
+            if adding {
+                appendIntervals(to: &batch, table: table, set: v.allowSet, adding: true, allows,
+                                operation: "add elements to set \(v.allowSet) of table inet \(table)")
+            }
+            appendIntervals(to: &batch, table: table, set: v.dropMap, adding: adding, drops,
+                            operation: "\(verb) elements in map \(v.dropMap) of table inet \(table)")
+            if !adding {
+                appendIntervals(to: &batch, table: table, set: v.allowSet, adding: false, allows,
+                                operation: "delete elements in set \(v.allowSet) of table inet \(table)")
+            }
+        }
+    }
+
+    /// What changes `old` into `new`, filter by filter: a forward whose list changed keeps its
+    /// drop-map entry and counter and only gains or loses allow intervals.
+    static func appendChange(to batch: inout Batch, table: String, from old: [SourceFilterElement],
+                             to new: [SourceFilterElement]) {
+        let before = Dictionary(old.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
+        let after = Dictionary(new.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
+        let gone = old.filter { after[$0.identity] == nil }
+        let added = new.filter { before[$0.identity] == nil }
+        var lose = Elements(), gain = Elements()
+        for f in new {
+            guard let was = before[f.identity], was != f else { continue }
+            let a = elements(was), b = elements(f)
+            let bKeys = Set(b.allows.map { $0.start + $0.end }), aKeys = Set(a.allows.map { $0.start + $0.end })
+            lose.allows += a.allows.filter { !bKeys.contains($0.start + $0.end) }
+            gain.allows += b.allows.filter { !aKeys.contains($0.start + $0.end) }
+        }
+        appendFilters(to: &batch, table: table, adding: false, gone)
+        appendElements(to: &batch, table: table, adding: false, lose)
+        appendElements(to: &batch, table: table, adding: true, gain)
+        appendFilters(to: &batch, table: table, adding: true, added)
+    }
+}
+
+/// `table inet <table>_src` over virtport's session.
+extension NetfilterSession {
+    /// The source-filter table's name.
+    public var sourceFilterTable: String { SourceFilterTable.name(table) }
+
+    /// Changes the filters from `old` (what the kernel holds, from the journal) to `new`, in one
+    /// batch. When the table is missing, it is created with `new` (then `old` is moot). Any other
+    /// refusal (an element missing, someone's edit): the table is rebuilt with `all` (every
+    /// filter the journal holds after the change) in one batch.
+    public func changeSourceFilters(from old: [SourceFilterElement], to new: [SourceFilterElement],
+                                    all: @autoclosure () -> [SourceFilterElement]) throws(NetfilterError) {
+        for f in old + new { try SourceFilterTable.validate(f) }
+        let t = sourceFilterTable
+        let failures = try execute { SourceFilterTable.appendChange(to: &$0, table: t, from: old, to: new) }
+        if failures.isEmpty { return }
+        guard failures.allSatisfy({ $0.error.isMissingObject || $0.error.isExists }) else { throw BatchExchange.combine(failures) }
+        try replaceSourceFilters(all())
+    }
+
+    /// Rebuilds `table inet <table>_src` with `filters` in one batch (counters start from zero).
+    /// No filters: the table is deleted (absent and empty filter the same: nothing).
+    public func replaceSourceFilters(_ filters: [SourceFilterElement]) throws(NetfilterError) {
+        for f in filters { try SourceFilterTable.validate(f) }
+        let t = sourceFilterTable
+        let failures = try execute { batch in
+            TableSkeleton.appendDeleteTable(to: &batch, table: t)
+            if !filters.isEmpty {
+                SourceFilterTable.appendSkeleton(to: &batch, table: t)
+                SourceFilterTable.appendFilters(to: &batch, table: t, adding: true, filters)
+            }
+        }
+        if !failures.isEmpty { throw BatchExchange.combine(failures) }
+    }
+
+    /// Deletes the table; no error when it is absent.
+    public func deleteSourceFilterTable() throws(NetfilterError) {
+        let t = sourceFilterTable
+        let failures = try execute { TableSkeleton.appendDeleteTable(to: &$0, table: t) }
+        if !failures.isEmpty { throw BatchExchange.combine(failures) }
+    }
+
+    /// Every drop counter of the table (NFT_MSG_GETOBJ dump); empty when the table is absent.
+    public func sourceFilterCounters() throws(NetfilterError) -> [SourceFilterCounter] {
+        let t = sourceFilterTable
+        let sequence = takeSequence()
+        let o = nftnl_obj_alloc()!
+        defer { nftnl_obj_free(o) }
+        nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_TABLE), t)
+        nftnl_obj_set_u32(o, UInt16(NFTNL_OBJ_TYPE), GuardTable.objectCounter)
+        let request = build(NFT_MSG_GETOBJ, flags: Netlink.dump, sequence: sequence, family: .inet) {
+            nftnl_obj_nlmsg_build_payload($0, o)
+        }
+        try transport.send(request)
+        var out: [SourceFilterCounter] = []
+        let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWOBJ, operation: "list counters of table inet \(t)") {
+            (reply, message) throws(NetfilterError) in
+            let o = nftnl_obj_alloc()!
+            defer { nftnl_obj_free(o) }
+            let parsed = reply.withUnsafeBytes { raw in
+                nftnl_obj_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress! + message.offset)
+                    .assumingMemoryBound(to: nlmsghdr.self), o)
+            }
+            guard parsed >= 0, let tn = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_TABLE)), String(cString: tn) == t,
+                  let n = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_NAME)) else { return }
+            out.append(SourceFilterCounter(name: String(cString: n), packets: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_PKTS)),
+                                           bytes: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_BYTES))))
+        }
+        guard case .complete = end else { return [] }
+        return out.sorted { $0.name < $1.name }
+    }
+}
