@@ -18,7 +18,7 @@ struct BatchExchange {
     static let replyTimeout: Int32 = 5000
 
     /// Returns the failures; empty when the kernel committed the batch.
-    static func run(_ batch: inout Batch, on transport: any NetlinkTransport) throws(NetfilterError) -> [BatchFailure] {
+    static func run(_ batch: inout NetlinkBatch, on transport: any NetlinkTransport) throws(NetfilterError) -> [BatchFailure] {
         let datagram = batch.finish()
         try transport.reserve(sendBytes: datagram.count, replies: batch.messages.count)
         try transport.send(datagram)

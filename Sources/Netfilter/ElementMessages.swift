@@ -2,17 +2,17 @@ import CNftnl
 import VirtPortCore
 
 /// NEWSETELEM / DELSETELEM messages for the `fwd*` maps and the hairpin sets. Elements of one
-/// map share a message, split so each message stays under `Batch.messageBudget`.
+/// map share a message, split so each message stays under `NetlinkBatch.messageBudget`.
 enum ElementMessages {
     /// Appends adds (`adding`, no NLM_F_EXCL: an identical element is accepted again; the same key
     /// with other data fails with EEXIST) or deletes of `elements`, grouped by map in table order.
-    static func appendForward(to batch: inout Batch, table: String, adding: Bool, _ elements: [ForwardElement]) {
+    static func appendForward(to batch: inout NetlinkBatch, table: String, adding: Bool, _ elements: [ForwardElement]) {
         var byMap: [ForwardMap: [ForwardElement]] = [:]
         for element in elements { byMap[ForwardMap(element), default: []].append(element) }
         for map in ForwardMap.all {
             guard let mine = byMap[map] else { continue }
             // List element + key nest + value + data nest + value + flags: 28 bytes of headers.
-            let perMessage = max(1, Batch.messageBudget / (28 + map.keyLength + map.dataLength))
+            let perMessage = max(1, NetlinkBatch.messageBudget / (28 + map.keyLength + map.dataLength))
             var start = 0
             while start < mine.count {
                 let chunk = Array(mine[start..<min(start + perMessage, mine.count)])
@@ -25,11 +25,11 @@ enum ElementMessages {
     }
 
     /// Appends adds or deletes of `subnets` in the hairpin sets (two kernel elements per prefix).
-    static func appendHairpin(to batch: inout Batch, table: String, adding: Bool, _ subnets: [Subnet]) {
+    static func appendHairpin(to batch: inout NetlinkBatch, table: String, adding: Bool, _ subnets: [Subnet]) {
         for set in HairpinSet.all {
             let mine = subnets.filter { $0.family == set.family }
             guard !mine.isEmpty else { continue }
-            let perMessage = max(1, Batch.messageBudget / (2 * (28 + set.keyLength)))
+            let perMessage = max(1, NetlinkBatch.messageBudget / (2 * (28 + set.keyLength)))
             var start = 0
             while start < mine.count {
                 let chunk = Array(mine[start..<min(start + perMessage, mine.count)])
@@ -50,7 +50,7 @@ enum ElementMessages {
 
     /// One NEWSETELEM/DELSETELEM message built by libnftnl.
     /// - Parameter objrefs: for an object map, the object each element points to (adds only).
-    static func append(to batch: inout Batch, table: String, family: TableFamily = .inet, set name: String,
+    static func append(to batch: inout NetlinkBatch, table: String, family: TableFamily = .inet, set name: String,
                        adding: Bool, _ elements: [(key: [UInt8], data: [UInt8]?, flags: UInt32)],
                        objrefs: [String]? = nil, operation: BatchOperation) {
         let s = nftnl_set_alloc()!

@@ -19,7 +19,7 @@ public struct ForeignRule: Sendable {
 
 extension NetfilterSession {
     /// Appends one NFT_MSG_DELRULE by handle (family `nfproto`) to `batch`.
-    static func appendDeleteRule(_ batch: inout Batch, nfproto: UInt16, table: String, chain: String, handle: UInt64) {
+    static func appendDeleteRule(_ batch: inout NetlinkBatch, nfproto: UInt16, table: String, chain: String, handle: UInt64) {
         let r = nftnl_rule_alloc()!
         defer { nftnl_rule_free(r) }
         nftnl_rule_set_str(r, UInt16(NFTNL_RULE_TABLE.rawValue), table)

@@ -25,7 +25,7 @@ struct Change {
     var isEmpty: Bool { adding.isEmpty && removing.isEmpty && hairpinAdding.isEmpty && hairpinRemoving.isEmpty }
 
     /// Deletes first, then adds: a host port can move to another guest within one batch.
-    func append(to batch: inout Batch, table: String) {
+    func append(to batch: inout NetlinkBatch, table: String) {
         ElementMessages.appendForward(to: &batch, table: table, adding: false, removing)
         ElementMessages.appendHairpin(to: &batch, table: table, adding: false, hairpinRemoving)
         ElementMessages.appendForward(to: &batch, table: table, adding: true, adding)

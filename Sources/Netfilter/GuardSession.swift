@@ -12,6 +12,26 @@ public struct GuardCounter: Sendable, Hashable {
     public var bytes: UInt64
 }
 
+/// `changeGuards`' messages: ports that go, stale elements of ports that stay, ports that come.
+struct GuardBatchPart: BatchPart {
+    let adding: [GuardPort]
+    let removing: [GuardPort]
+    let stale: [(set: String, key: [UInt8])]
+
+    func append(to batch: inout NetlinkBatch, session: NetfilterSession) {
+        let table = session.table
+        GuardTable.appendPorts(to: &batch, table: table, adding: false, removing, counters: true)
+        for set in Set(stale.map(\.set)).sorted() {
+            GuardTable.appendKeys(to: &batch, table: table, set: set, adding: false,
+                                  stale.filter { $0.set == set }.map(\.key), objrefs: nil,
+                                  operation: "delete stale elements in set \(set) of table bridge \(table)")
+        }
+        GuardTable.appendPorts(to: &batch, table: table, adding: true, adding, counters: true)
+    }
+
+    var summary: String { "bridge: +\(adding.count) -\(removing.count) ports, \(stale.count) stale elements" }
+}
+
 /// `table bridge <table>`: the port guards, over the same socket as the inet table.
 extension NetfilterSession {
     /// Changes guarded ports in one batch: `removing` loses every element and its counters;
@@ -21,6 +41,12 @@ extension NetfilterSession {
     /// - Throws: ENOENT (`isMissingObject`) when the table, a set or an element to delete is
     ///   missing: the caller rebuilds the table from its journal (`replaceGuards`).
     public func changeGuards(adding: [GuardPort], previous: [GuardPort], removing: [GuardPort]) throws(NetfilterError) {
+        try send([try guardPart(adding: adding, previous: previous, removing: removing)])
+    }
+
+    /// `changeGuards`' batch as a part of a shared one (`BatchPart`): the reads it needs (learned
+    /// elements to purge) are done now.
+    public func guardPart(adding: [GuardPort], previous: [GuardPort], removing: [GuardPort]) throws(NetfilterError) -> any BatchPart {
         for port in adding + previous + removing { try GuardTable.validate(port) }
         let old = Dictionary(previous.map { ($0.tap, $0) }, uniquingKeysWith: { a, _ in a })
         var stale: [(set: String, key: [UInt8])] = []
@@ -56,16 +82,7 @@ extension NetfilterSession {
             do { present = Set(try dumpSet("taken6", family: .bridge).map(\.key)) } catch where error.isMissingObject { present = [] }
             stale += taken.filter { present.contains($0.key) }
         }
-        let failures = try execute { batch in
-            GuardTable.appendPorts(to: &batch, table: table, adding: false, removing, counters: true)
-            for set in Set(stale.map(\.set)).sorted() {
-                GuardTable.appendKeys(to: &batch, table: table, set: set, adding: false,
-                                      stale.filter { $0.set == set }.map(\.key), objrefs: nil,
-                                      operation: "delete stale elements in set \(set) of table bridge \(table)")
-            }
-            GuardTable.appendPorts(to: &batch, table: table, adding: true, adding, counters: true)
-        }
-        if !failures.isEmpty { throw BatchExchange.combine(failures) }
+        return GuardBatchPart(adding: adding, removing: removing, stale: stale)
     }
 
     /// Rebuilds `table bridge <table>` in one batch: deleted if present, the skeleton, `ports`.

@@ -384,7 +384,7 @@ enum GuardTable {
 
     /// The table, its sets and maps, chains and rules (NEWTABLE without NLM_F_EXCL: the caller
     /// deletes the table first when it rebuilds).
-    static func append(to batch: inout Batch, table: String) {
+    static func append(to batch: inout NetlinkBatch, table: String) {
         TableSkeleton.appendTable(to: &batch, table: table, family: family, flags: Netlink.create,
                                   operation: .object("add table bridge \(table)"))
         var id: UInt32 = 1
@@ -478,7 +478,7 @@ enum GuardTable {
     /// Adds (`adding`) or deletes the elements of `ports`, grouped by set; with `counters`, the
     /// port's counter objects and their map entries too (created before, deleted after, the
     /// entries that point at them).
-    static func appendPorts(to batch: inout Batch, table: String, adding: Bool, _ ports: [GuardPort], counters: Bool) {
+    static func appendPorts(to batch: inout NetlinkBatch, table: String, adding: Bool, _ ports: [GuardPort], counters: Bool) {
         guard !ports.isEmpty else { return }
         let verb = adding ? "add" : "delete"
         let what = ports.count == 1 ? "port \(ports[0].tap)" : "\(ports.count) ports"
@@ -504,10 +504,10 @@ enum GuardTable {
         }
     }
 
-    /// Keys of one set, split to stay under `Batch.messageBudget`.
-    static func appendKeys(to batch: inout Batch, table: String, set: String, adding: Bool, _ keys: [[UInt8]],
+    /// Keys of one set, split to stay under `NetlinkBatch.messageBudget`.
+    static func appendKeys(to batch: inout NetlinkBatch, table: String, set: String, adding: Bool, _ keys: [[UInt8]],
                            objrefs: [String]?, operation: String) {
-        let perMessage = max(1, Batch.messageBudget / 96)
+        let perMessage = max(1, NetlinkBatch.messageBudget / 96)
         var start = 0
         while start < keys.count {
             let end = min(start + perMessage, keys.count)
@@ -518,7 +518,7 @@ enum GuardTable {
         }
     }
 
-    static func appendCounter(to batch: inout Batch, table: String, _ tap: String, _ reason: GuardDropReason,
+    static func appendCounter(to batch: inout NetlinkBatch, table: String, _ tap: String, _ reason: GuardDropReason,
                               adding: Bool) {
         let o = nftnl_obj_alloc()!
         defer { nftnl_obj_free(o) }

@@ -133,8 +133,9 @@ public final class NetfilterSession {
 
     /// Rebuilds the table from scratch in one batch: delete it if present, create the skeleton,
     /// add `elements` and `hairpin`. For repair and reconcile: whatever someone flushed or deleted,
-    /// the result is exactly this state, and packets never see a half-built table.
-    public func replaceAll(elements: [ForwardElement], hairpin: [Subnet]) throws(NetfilterError) {
+    /// the result is exactly this state, and packets never see a half-built table. `others`: what
+    /// other rule kinds keep in the same table (their full state), in the same batch.
+    public func replaceAll(elements: [ForwardElement], hairpin: [Subnet], others: [any BatchPart] = []) throws(NetfilterError) {
         let change = try Change(adding: elements, removing: [], hairpinAdding: hairpin, hairpinRemoving: [])
         // The kernel's record of translated connections survives the rebuild (README "Connection
         // tracking"): without it a later stop could not find them by tuple. Best effort.
@@ -148,8 +149,9 @@ public final class NetfilterSession {
             TableSkeleton.appendDeleteTable(to: &batch, table: table)
             TableSkeleton.append(to: &batch, table: table)
             change.append(to: &batch, table: table)
+            for part in others { part.append(to: &batch, session: self) }
             for (set, keys) in flows {
-                let perMessage = max(1, Batch.messageBudget / (28 + set.keyLength))
+                let perMessage = max(1, NetlinkBatch.messageBudget / (28 + set.keyLength))
                 var start = 0
                 while start < keys.count {
                     let chunk = keys[start..<min(start + perMessage, keys.count)]
@@ -164,8 +166,8 @@ public final class NetfilterSession {
     }
 
     /// Builds one batch with `build`, sends it, and returns its failures (empty: committed).
-    func execute(_ build: (inout Batch) -> Void) throws(NetfilterError) -> [BatchFailure] {
-        var batch = Batch(firstSequence: sequence, scratch: scratch)
+    func execute(_ build: (inout NetlinkBatch) -> Void) throws(NetfilterError) -> [BatchFailure] {
+        var batch = NetlinkBatch(firstSequence: sequence, scratch: scratch)
         build(&batch)
         defer { sequence = batch.nextSequence }
         return try BatchExchange.run(&batch, on: transport)

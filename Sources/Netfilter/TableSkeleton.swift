@@ -110,7 +110,7 @@ enum TableSkeleton {
 
     /// Appends the whole skeleton: NEWTABLE with NLM_F_EXCL (fails with EEXIST when the table is
     /// already there, so two concurrent first callers never both add rules), sets, chains, rules.
-    static func append(to batch: inout Batch, table: String) {
+    static func append(to batch: inout NetlinkBatch, table: String) {
         appendTable(to: &batch, table: table, flags: Netlink.create | Netlink.excl, operation: .createTable(table))
         var setID: UInt32 = 1
         for map in ForwardMap.all {
@@ -136,7 +136,7 @@ enum TableSkeleton {
         }
     }
 
-    static func appendTable(to batch: inout Batch, table: String, family: TableFamily = .inet, flags: UInt16,
+    static func appendTable(to batch: inout NetlinkBatch, table: String, family: TableFamily = .inet, flags: UInt16,
                             operation: BatchOperation) {
         let t = nftnl_table_alloc()!
         defer { nftnl_table_free(t) }
@@ -149,7 +149,7 @@ enum TableSkeleton {
 
     /// NEWTABLE (no NLM_F_EXCL) then DELTABLE: deletes the table whether or not it exists, in
     /// any kernel (NFT_MSG_DESTROYTABLE needs 6.3).
-    static func appendDeleteTable(to batch: inout Batch, table: String, family: TableFamily = .inet) {
+    static func appendDeleteTable(to batch: inout NetlinkBatch, table: String, family: TableFamily = .inet) {
         appendTable(to: &batch, table: table, family: family, flags: Netlink.create,
                     operation: .object("add table \(family) \(table)"))
         let t = nftnl_table_alloc()!
@@ -163,7 +163,7 @@ enum TableSkeleton {
     }
 
     /// - Parameter objectType: for an object map (NFT_SET_OBJECT in `flags`), NFT_OBJECT_*.
-    static func appendSet(to batch: inout Batch, table: String, family: TableFamily = .inet, name: String, id: UInt32,
+    static func appendSet(to batch: inout NetlinkBatch, table: String, family: TableFamily = .inet, name: String, id: UInt32,
                           keyType: UInt32, keyLength: Int, data: (type: UInt32, length: Int)?, flags: UInt32,
                           objectType: UInt32? = nil, hostOrderKey: Bool = false, timeoutMs: UInt64? = nil,
                           size: UInt32? = nil) {
@@ -197,7 +197,7 @@ enum TableSkeleton {
         }
     }
 
-    static func appendChain(to batch: inout Batch, table: String, family: TableFamily = .inet, chain: Chain) {
+    static func appendChain(to batch: inout NetlinkBatch, table: String, family: TableFamily = .inet, chain: Chain) {
         let c = nftnl_chain_alloc()!
         defer { nftnl_chain_free(c) }
         nftnl_chain_set_str(c, UInt16(NFTNL_CHAIN_TABLE.rawValue), table)
@@ -214,7 +214,7 @@ enum TableSkeleton {
         }
     }
 
-    static func appendRule(to batch: inout Batch, table: String, family: TableFamily = .inet, chain: String,
+    static func appendRule(to batch: inout NetlinkBatch, table: String, family: TableFamily = .inet, chain: String,
                            _ expressions: [RuleExpression]) {
         let r = nftnl_rule_alloc()!
         defer { nftnl_rule_free(r) }

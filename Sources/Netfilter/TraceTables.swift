@@ -276,7 +276,7 @@ extension NetfilterSession {
          .plain(.cmp(sreg: register(word: 0), op: NFT_CMP_EQ, data: family == .ipv4 ? [0x08, 0x00] : [0x86, 0xdd]))]
     }
 
-    static func appendTraceRule(to batch: inout Batch, table: String, family: TableFamily, chain: String, _ expressions: [TraceExpr]) {
+    static func appendTraceRule(to batch: inout NetlinkBatch, table: String, family: TableFamily, chain: String, _ expressions: [TraceExpr]) {
         // A bridge table has no `meta nfproto`: its rule starts with the ethertype instead, so the
         // nfproto match (a meta and the cmp after it) is left out there.
         var list: [TraceExpr] = []

@@ -189,7 +189,7 @@ struct MessageBytesTests {
         #expect(fake.sent.count == 1)
         let messages = NetlinkMessage.split(fake.sent[0])
         #expect(messages.count > 3)
-        #expect(messages.allSatisfy { $0.length <= Batch.messageBudget })
+        #expect(messages.allSatisfy { $0.length <= NetlinkBatch.messageBudget })
         #expect(fake.reservations.first?.0 == fake.sent[0].count)
     }
 }

@@ -48,7 +48,7 @@ enum BatchOperation {
 ///
 /// Messages are built by libnftnl into a scratch buffer and copied out; `messages` remembers
 /// each one's sequence number, bytes and meaning so that every NLMSG_ERROR maps back to it.
-struct Batch {
+public struct NetlinkBatch {
     struct Message {
         var sequence: UInt32
         var range: Range<Int>

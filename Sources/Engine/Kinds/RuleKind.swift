@@ -1,0 +1,106 @@
+public import Journal
+public import Netfilter
+public import VirtPortCore
+
+/// One kind of rule virtport keeps for domains (forwards, port guards, …): everything the
+/// lifecycle (`DomainLifecycle`) needs to bring it from a domain's plan to the journal and the
+/// kernel, read it back, heal it, reconcile it and take it all down. The lifecycle iterates over
+/// `RuleKinds.all` and never names a kind; a new kind is its own files plus one registry line
+/// (README "Development: adding a rule kind").
+///
+/// A domain's change is one protocol for every kind together:
+/// 1. `needsChange` (no lock, no journal write): the kind's fast path — false skips it;
+/// 2. change lock shared, ONE journal transaction: each kind's `stage` writes its intent rows and
+///    returns a `StagedChange` (or nil: nothing for it);
+/// 3. ONE netlink batch: every staged change's `batchPart` (a batch may span families);
+/// 4. each `afterBatch(sent:)`: its recovery when the shared batch was refused (its own batch with
+///    its retries, a rebuild from the journal under the lock made exclusive), its side effects
+///    (bridge port flags, libvirt's accept rule, connection tracking);
+/// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups).
+public protocol RuleKind: Sendable {
+    /// Short plural name: `forwards`, `guards` (logs, `Teardown`'s counts, `KINDS-PROTOCOL`).
+    var name: String { get }
+
+    /// The nf_tables tables the kind keeps, `"<family> <name>"` (`inet virtport`): the agent's
+    /// self-heal watches deletions there. Kinds may share a table (then see `fullState`).
+    func tables(_ config: Config) -> [String]
+
+    /// Before any lock: whether the domain's change (`plan`; nil: the domain stopped) can concern
+    /// this kind. False must be certain (the guards' "nothing guarded, nothing journaled": one
+    /// read, no lock, no journal created). `db` is the journal if one exists (read-only for a start).
+    func needsChange(_ plan: Plan?, uuid: String, db: JournalDB?, context: KindContext) throws(VirtPortError) -> Bool
+
+    /// Inside the lifecycle's journal transaction, change lock held shared: writes this kind's
+    /// intent rows for the domain (`plan` nil: remove all it has) and returns what is left to do,
+    /// or nil when nothing is.
+    func stage(_ plan: Plan?, domain: DomainRef, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any StagedChange)?
+
+    /// Network `started` (exclusive lock held): put back what libvirt's rebuild may have flushed.
+    func reapply(network: NetworkDefinition, db: JournalDB, reason: String, context: KindContext) throws(VirtPortError)
+
+    /// Self-heal (exclusive lock held): the journal is the truth; returns one line per repair.
+    func heal(db: JournalDB, context: KindContext) throws(VirtPortError) -> [String]
+
+    /// Reconcile's reading: the journal's rows, the running domains and the kernel read back
+    /// (all of this kind's I/O) turned into a plan by a pure function. `db` nil: no journal yet.
+    func reconcile(running: [String: RunningDomain], db: JournalDB?, reason: String,
+                   context: KindContext) throws(VirtPortError) -> any KindReconcile
+
+    /// `virtport uninstall` (exclusive lock held when `db` is not nil): the kind's tables and
+    /// every side effect it set go, rows closed with history. Returns how many things went.
+    func removeEverything(db: JournalDB?, reason: String, context: KindContext) throws(VirtPortError) -> Int
+
+    /// When another kind rebuilds a table this kind shares (`tables`), the full state this kind
+    /// keeps there, from the journal, to go in the same rebuild batch (nil: nothing there).
+    func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)?
+}
+
+extension RuleKind {
+    public func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)? { nil }
+}
+
+/// One kind's share of a domain's change, after its intent rows are written.
+public protocol StagedChange: AnyObject {
+    /// What goes into the lifecycle's one netlink batch; nil: nothing for the shared batch (the
+    /// kind does its own kernel work, if any, in `afterBatch`).
+    var batchPart: (any BatchPart)? { get }
+    /// Whether the domain's change went to the kernel at all (the `after-kernel` crash point).
+    var touchesKernel: Bool { get }
+    /// After the shared batch. `sent`: the batch with `batchPart` committed. Not sent (no part, or
+    /// the kernel refused the shared batch: nothing of it applied): the kind sends its own batch
+    /// with its recovery (missing table or element → rebuild from the journal with `lock` made
+    /// exclusive; EEXIST races). Then its after-kernel side effects.
+    func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError)
+    /// Inside the lifecycle's commit transaction: the intent rows become applied.
+    func commit(db: JournalDB) throws(VirtPortError)
+    /// After the commit: decision logs, late best-effort cleanups.
+    func finish(db: JournalDB, context: KindContext)
+}
+
+/// Reconcile's plan for one kind: decided with no I/O (`fixes` is all `--dry-run` prints), then
+/// applied under the exclusive change lock.
+public protocol KindReconcile {
+    var fixes: [Fix] { get }
+    /// Applies the plan; returns the fixes as done (a refused intent becomes a `skip`).
+    func apply(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) -> [Fix]
+}
+
+/// What every lifecycle step hands a kind.
+public struct KindContext {
+    public let resources: Resources
+    /// Warnings (to the caller and the system log) and, through `log`, decisions.
+    public let warnings: Warnings
+    /// libvirt's files as this operation sees them (each network's XML parsed once).
+    public let files: LibvirtFiles
+    public var config: Config { resources.config }
+    public var log: EventLog { warnings.log }
+
+    public init(resources: Resources, diagnostics: any Diagnostics, files: LibvirtFiles? = nil) {
+        self.resources = resources
+        warnings = Warnings(diagnostics: diagnostics, log: EventLog(config: resources.config))
+        self.files = files ?? LibvirtFiles(config: resources.config, overrides: [])
+    }
+
+    /// The firewall (`Resources.kernel`).
+    public func driver() throws(VirtPortError) -> any FirewallDriver { try resources.kernel() }
+}

@@ -1,0 +1,6 @@
+/// Every rule kind, in the order the lifecycle runs them (a start stages forwards then guards;
+/// their messages go in one batch in this order). Adding a kind: one line here.
+public enum RuleKinds {
+    public static let all: [any RuleKind] = [
+    ]
+}
