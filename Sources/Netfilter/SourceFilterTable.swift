@@ -4,63 +4,8 @@ import Glibc
 import CNftnl
 public import VirtPortCore
 
-/// One forward's source filter (`source=` on `<portForward>`), as the kernel holds it: the
-/// forward's host side (protocol, host address or every local one, interface or any, host ports)
-/// and the prefixes allowed to use it. Every other client is dropped and counted.
-public struct SourceFilterElement: Hashable, Sendable {
-    public var proto: IPProto
-    /// nil: every local address (then both families are filtered).
-    public var hostAddress: IPAddress?
-    public var dev: String?
-    public var ports: PortRange
-    /// The allowed prefixes, as written (duplicates and covered prefixes are left out in the kernel).
-    public var prefixes: [IPPrefix]
-
-    public init(proto: IPProto, hostAddress: IPAddress?, dev: String?, ports: PortRange, prefixes: [IPPrefix]) {
-        self.proto = proto
-        self.hostAddress = hostAddress
-        self.dev = dev
-        self.ports = ports
-        self.prefixes = prefixes
-    }
-
-    /// The forward it filters, without the list: two elements with the same identity are one
-    /// forward whose list changed.
-    public var identity: String { "\(proto)|\(hostAddress.map { "\($0)" } ?? "")|\(dev ?? "")|\(ports)" }
-
-    /// The families the filter applies to: the host address's, or both.
-    public var families: [Family] { hostAddress.map { [$0.family] } ?? [.ipv4, .ipv6] }
-
-    /// The name of the drop counter of this forward for `family`: `tcp4_8080`, `udp6_5900_5999`,
-    /// `tcp4_8080_eth0`, `tcp4_8080_cb007105` (host address in hex). Letters, digits, `_`, `.`
-    /// and `-` only, so `nft list ruleset` output loads back.
-    public func counterName(_ family: Family) -> String {
-        var s = "\(proto.rawValue)\(family == .ipv4 ? "4" : "6")_\(ports.start)"
-        if ports.end != ports.start { s += "_\(ports.end)" }
-        if let dev { s += "_\(dev)" }
-        if let hostAddress {
-            s += "_" + hostAddress.bytes.map { b in
-                let h = "0123456789abcdef"
-                return String(h[h.index(h.startIndex, offsetBy: Int(b >> 4))]) + String(h[h.index(h.startIndex, offsetBy: Int(b & 15))])
-            }.joined()
-        }
-        return s
-    }
-
-    /// The prefixes of `family` the kernel holds: sorted, without duplicates and without a prefix
-    /// another one of the list covers (pipapo refuses overlapping intervals).
-    public func kernelPrefixes(_ family: Family) -> [IPPrefix] {
-        let mine = prefixes.filter { $0.family == family }.sorted { $0.prefix < $1.prefix }
-        var out: [IPPrefix] = []
-        for p in mine where !out.contains(where: { $0.contains(p.network) }) { out.append(p) }
-        return out.sorted { IPAddressOrder.less($0.network, $1.network) }
-    }
-}
-
-/// Byte-wise address order (for stable element order).
-enum IPAddressOrder {
-    static func less(_ a: IPAddress, _ b: IPAddress) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
-}
+/// The kernel's name for a forward's filter.
+public typealias SourceFilterElement = SourceFilter
 
 /// One forward's drop counter, read back.
 public struct SourceFilterCounter: Sendable, Hashable {
@@ -227,7 +172,7 @@ public enum SourceFilterTable {
     // MARK: - Batch parts
 
     /// NEWTABLE with NLM_F_EXCL (EEXIST when someone created it first), the sets, the chain.
-    static func appendSkeleton(to batch: inout Batch, table: String, exclusive: Bool = true) {
+    static func appendSkeleton(to batch: inout NetlinkBatch, table: String, exclusive: Bool = true) {
         TableSkeleton.appendTable(to: &batch, table: table, flags: Netlink.create | (exclusive ? Netlink.excl : 0),
                                   operation: exclusive ? .createTable(table) : .object("add table inet \(table)"))
         var id: UInt32 = 1
@@ -241,7 +186,7 @@ public enum SourceFilterTable {
         for r in c.rules { TableSkeleton.appendRule(to: &batch, table: table, chain: c.name, r) }
     }
 
-    static func appendSet(to batch: inout Batch, table: String, name: String, id: UInt32, fields: [KeyField], object: Bool) {
+    static func appendSet(to batch: inout NetlinkBatch, table: String, name: String, id: UInt32, fields: [KeyField], object: Bool) {
         let s = nftnl_set_alloc()!
         defer { nftnl_set_free(s) }
         nftnl_set_set_str(s, UInt16(NFTNL_SET_TABLE.rawValue), table)
@@ -266,7 +211,7 @@ public enum SourceFilterTable {
         }
     }
 
-    static func appendCounter(to batch: inout Batch, table: String, _ name: String, adding: Bool) {
+    static func appendCounter(to batch: inout NetlinkBatch, table: String, _ name: String, adding: Bool) {
         let o = nftnl_obj_alloc()!
         defer { nftnl_obj_free(o) }
         nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_TABLE), table)
@@ -280,11 +225,11 @@ public enum SourceFilterTable {
         }
     }
 
-    /// Interval elements (KEY and KEY_END) of one set, split under `Batch.messageBudget`.
-    static func appendIntervals(to batch: inout Batch, table: String, set: String, adding: Bool,
+    /// Interval elements (KEY and KEY_END) of one set, split under `NetlinkBatch.messageBudget`.
+    static func appendIntervals(to batch: inout NetlinkBatch, table: String, set: String, adding: Bool,
                                 _ elements: [(start: [UInt8], end: [UInt8], objref: String?)], operation: String) {
         guard !elements.isEmpty else { return }
-        let perMessage = max(1, Batch.messageBudget / (40 + 2 * (elements[0].start.count) + 32))
+        let perMessage = max(1, NetlinkBatch.messageBudget / (40 + 2 * (elements[0].start.count) + 32))
         var first = 0
         while first < elements.count {
             let chunk = elements[first..<min(first + perMessage, elements.count)]
@@ -313,7 +258,7 @@ public enum SourceFilterTable {
 
     /// Adds or deletes whole filters: counters first (adding) or last (deleting), then the
     /// drop-map entries and the allow intervals, grouped by set.
-    static func appendFilters(to batch: inout Batch, table: String, adding: Bool, _ filters: [SourceFilterElement]) {
+    static func appendFilters(to batch: inout NetlinkBatch, table: String, adding: Bool, _ filters: [SourceFilterElement]) {
         guard !filters.isEmpty else { return }
         var all = Elements()
         for f in filters {
@@ -326,7 +271,7 @@ public enum SourceFilterTable {
         if !adding { for d in all.drops { appendCounter(to: &batch, table: table, d.counter, adding: false) } }
     }
 
-    static func appendElements(to batch: inout Batch, table: String, adding: Bool, _ all: Elements) {
+    static func appendElements(to batch: inout NetlinkBatch, table: String, adding: Bool, _ all: Elements) {
         let verb = adding ? "add" : "delete"
         for v in Variant.all {
             // Adding: the allow intervals before the forward is filtered at all; deleting: after.
@@ -347,7 +292,7 @@ public enum SourceFilterTable {
 
     /// What changes `old` into `new`, filter by filter: a forward whose list changed keeps its
     /// drop-map entry and counter and only gains or loses allow intervals.
-    static func appendChange(to batch: inout Batch, table: String, from old: [SourceFilterElement],
+    static func appendChange(to batch: inout NetlinkBatch, table: String, from old: [SourceFilterElement],
                              to new: [SourceFilterElement]) {
         let before = Dictionary(old.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
         let after = Dictionary(new.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
@@ -391,15 +336,7 @@ extension NetfilterSession {
     /// No filters: the table is deleted (absent and empty filter the same: nothing).
     public func replaceSourceFilters(_ filters: [SourceFilterElement]) throws(NetfilterError) {
         for f in filters { try SourceFilterTable.validate(f) }
-        let t = sourceFilterTable
-        let failures = try execute { batch in
-            TableSkeleton.appendDeleteTable(to: &batch, table: t)
-            if !filters.isEmpty {
-                SourceFilterTable.appendSkeleton(to: &batch, table: t)
-                SourceFilterTable.appendFilters(to: &batch, table: t, adding: true, filters)
-            }
-        }
-        if !failures.isEmpty { throw BatchExchange.combine(failures) }
+        try send([SourceFilterBatchPart.rebuild(filters)])
     }
 
     /// Deletes the table; no error when it is absent.
@@ -437,5 +374,48 @@ extension NetfilterSession {
         }
         guard case .complete = end else { return [] }
         return out.sorted { $0.name < $1.name }
+    }
+}
+
+/// The source filters' share of a domain's one netlink batch (`BatchPart`): the change of one
+/// domain's filters, or the whole table rebuilt (the first filter, a recovery) or deleted (the
+/// last filter gone).
+public struct SourceFilterBatchPart: BatchPart {
+    enum Operation {
+        case change(old: [SourceFilter], new: [SourceFilter])
+        /// Delete the table if present, then (when not empty) the skeleton and every filter.
+        case rebuild([SourceFilter])
+    }
+    let operation: Operation
+
+    /// The change from `old` to `new`; nil when they are the same.
+    public static func change(from old: [SourceFilter], to new: [SourceFilter]) -> SourceFilterBatchPart? {
+        Set(old) == Set(new) ? nil : SourceFilterBatchPart(operation: .change(old: old, new: new))
+    }
+
+    /// The table rebuilt with exactly `all` (deleted when `all` is empty).
+    public static func rebuild(_ all: [SourceFilter]) -> SourceFilterBatchPart {
+        SourceFilterBatchPart(operation: .rebuild(all))
+    }
+
+    public func append(to batch: inout NetlinkBatch, session: NetfilterSession) {
+        let t = session.sourceFilterTable
+        switch operation {
+        case .change(let old, let new):
+            SourceFilterTable.appendChange(to: &batch, table: t, from: old, to: new)
+        case .rebuild(let all):
+            TableSkeleton.appendDeleteTable(to: &batch, table: t)
+            if !all.isEmpty {
+                SourceFilterTable.appendSkeleton(to: &batch, table: t)
+                SourceFilterTable.appendFilters(to: &batch, table: t, adding: true, all)
+            }
+        }
+    }
+
+    public var summary: String {
+        switch operation {
+        case .change(let old, let new): "inet src: \(old.count) -> \(new.count) filters"
+        case .rebuild(let all): all.isEmpty ? "inet src: delete table" : "inet src: rebuild with \(all.count) filters"
+        }
     }
 }

@@ -55,7 +55,7 @@ struct SourceFilterEncodingTests {
         let old = filter(.tcp, host: "192.0.2.1", PortRange(80, 80), ["10.0.0.0/8", "172.16.0.0/12"])
         var new = old
         new.prefixes = [prefix("10.0.0.0/8"), prefix("192.168.0.0/16")]
-        var batch = Batch(firstSequence: 1, scratch: ScratchBuffer())
+        var batch = NetlinkBatch(firstSequence: 1, scratch: ScratchBuffer())
         SourceFilterTable.appendChange(to: &batch, table: "virtport_src", from: [old], to: [new])
         let operations = batch.messages.map { $0.operation.describe(element: nil) }
         #expect(operations == ["delete elements in set allow4 of table inet virtport_src",
