@@ -70,9 +70,10 @@ final class HealWatcher: Watcher, @unchecked Sendable {
     /// where that rule lives (which may now come first).
     /// - Returns: who did what, for the log, and whether it deleted (then everything is checked;
     ///   an insertion can only have displaced libvirt's accept rule, so only that is).
-    static func relevant(_ b: NftablesMonitor.Batch, table: String) -> (who: String, deleted: Bool)? {
+    /// `tables`: every rule kind's (`DomainLifecycle.tables`).
+    static func relevant(_ b: NftablesMonitor.Batch, tables: Set<String>) -> (who: String, deleted: Bool)? {
         let deleted = b.deletedFrom.contains { t in
-            t == "inet \(table)" || t == "bridge \(table)" || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
+            tables.contains(t) || t.hasPrefix("ip ") || t.hasPrefix("ip6 ")
                 || t.hasPrefix("inet libvirt")
         }
         if deleted { return ("deleted by \(b.committer)", true) }
@@ -84,11 +85,11 @@ final class HealWatcher: Watcher, @unchecked Sendable {
     private func readable(_ agent: AgentContext) {
         guard let monitor else { return }
         let (batches, overrun) = monitor.read()
-        let table = agent.config.table
+        let tables = DomainLifecycle.tables(agent.config)
         var relevant = overrun
         if overrun { deletions = true }
         for b in batches where !OwnCommits.committed(b) {
-            guard let (who, deleted) = Self.relevant(b, table: table) else { continue }
+            guard let (who, deleted) = Self.relevant(b, tables: tables) else { continue }
             relevant = true
             if deleted { deletions = true }
             if !culprits.contains(who) { culprits.append(who) }

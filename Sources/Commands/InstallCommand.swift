@@ -87,9 +87,7 @@ enum InstallCommand {
         if keepForwards {
             Output.out("kept: active forwards (--keep-forwards); nothing removes them once the hooks are gone")
         } else {
-            let done = try Teardown.everything(config: config, reason: "uninstall")
-            Output.out("removed: \(done.forwards) active forward(s), table inet \(config.table) and libvirt accept rules")
-            Output.out("removed: \(done.guards) guarded port(s), table bridge \(config.table) and the isolated flags virtport set")
+            for line in try Teardown.everything(config: config, reason: "uninstall") { Output.out(line) }
         }
         Output.out("kept: \(config.databasePath) (audit history) and \(Config.defaultPath)")
         return 0

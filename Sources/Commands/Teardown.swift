@@ -6,25 +6,11 @@ import VirtPortCore
 /// (table bridge, the isolated flags virtport set, guard rows closed with `off`). One function
 /// for every caller, so a new kind of rule is added here once.
 enum Teardown {
-    struct Result {
-        var forwards: Int
-        var guards: Int
-    }
-
-    /// Forwards first, then guards; each part under the change lock. A failure of one part does
-    /// not keep the other from running: both are tried, then the first failure is thrown.
-    static func everything(config: Config, reason: String) throws(VirtPortError) -> Result {
-        let resources = Resources.perProcess(config)
-        let diagnostics = StandardErrorDiagnostics()
-        var result = Result(forwards: 0, guards: 0)
-        var failure: VirtPortError?
-        do { result.forwards = try Forwarder(resources: resources, diagnostics: diagnostics).removeEverything(reason: reason) } catch {
-            failure = error
-        }
-        do { result.guards = try GuardSync.removeEverything(reason: reason, resources: resources, diagnostics: diagnostics) } catch {
-            failure = failure ?? error
-        }
-        if let failure { throw failure }
-        return result
+    /// Every rule kind in turn (`RuleKinds.all`: forwards first, then guards), under the change
+    /// lock. A failure of one kind does not keep the others from running: all are tried, then the
+    /// first failure is thrown.
+    /// - Returns: per kind, the line saying what went.
+    static func everything(config: Config, reason: String) throws(VirtPortError) -> [String] {
+        try DomainLifecycle.removeEverything(reason: reason, resources: .perProcess(config), diagnostics: StandardErrorDiagnostics())
     }
 }

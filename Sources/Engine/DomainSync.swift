@@ -14,10 +14,10 @@ public enum DomainSync {
     @discardableResult
     public static func apply(_ domain: Domain, reason: String, resources: Resources,
                              diagnostics: any Diagnostics) throws(VirtPortError) -> Plan {
-        let forwarder = Forwarder(resources: resources, diagnostics: diagnostics)
-        let plan = try Planner.plan(domain: domain, resolver: forwarder.resolver(), policy: resources.config.policy)
-        try forwarder.apply(plan, reason: reason)
-        try GuardSync.apply(plan, reason: reason, resources: resources, diagnostics: diagnostics)
+        let files = LibvirtFiles(config: resources.config, overrides: [])
+        let plan = try Planner.plan(domain: domain, resolver: files, policy: resources.config.policy)
+        try DomainLifecycle.change(plan, uuid: plan.domainUUID, name: plan.domainName, reason: reason, resources: resources,
+                                   diagnostics: diagnostics, files: files)
         return plan
     }
 
@@ -34,7 +34,6 @@ public enum DomainSync {
     /// Takes down everything the journal holds for the domain (it stopped). A no-op when it has nothing.
     public static func remove(uuid: String, reason: String, resources: Resources,
                               diagnostics: any Diagnostics) throws(VirtPortError) {
-        try Forwarder(resources: resources, diagnostics: diagnostics).remove(domainUUID: uuid, reason: reason)
-        try GuardSync.remove(uuid: uuid, reason: reason, resources: resources, diagnostics: diagnostics)
+        try DomainLifecycle.change(nil, uuid: uuid, name: "", reason: reason, resources: resources, diagnostics: diagnostics)
     }
 }

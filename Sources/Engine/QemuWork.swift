@@ -96,8 +96,7 @@ public enum NetworkWork {
     public static func started(name: String, input: [UInt8], resources: Resources, diagnostics: any Diagnostics) -> Int32 {
         do throws(VirtPortError) {
             let net = try NetworkXML.parse(input)
-            try Forwarder(resources: resources, diagnostics: diagnostics).reapply(network: net, reason: "hook network started")
-            try GuardSync.reapply(network: net.name, reason: "hook network started", resources: resources, diagnostics: diagnostics)
+            try DomainLifecycle.networkStarted(net, reason: "hook network started", resources: resources, diagnostics: diagnostics)
         } catch {
             let line = "network \(name) started: \(error) (run 'virtport reconcile')"
             diagnostics.emit(line)

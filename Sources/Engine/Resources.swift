@@ -1,5 +1,5 @@
 public import Journal
-public import Netfilter
+import Netfilter
 public import POSIX
 public import VirtPortCore
 
@@ -16,7 +16,7 @@ public final class Resources {
     public let journalIdentity: FileIdentity?
     private var db: JournalDB?
     private var lock: ChangeLock?
-    private var session: NetfilterSession?
+    private var session: (any FirewallDriver)?
 
     private init(config: Config, warm: Bool, db: JournalDB?, lock: ChangeLock?) {
         self.config = config
@@ -27,8 +27,8 @@ public final class Resources {
     }
 
     /// A hook's or command's: everything opened lazily, on first use. `kernel`: a session to use
-    /// instead of opening one (unit tests hand in one over a `RecordingTransport`).
-    public static func perProcess(_ config: Config, kernel: NetfilterSession? = nil) -> Resources {
+    /// instead of opening one (unit tests hand in a recording fake, or a session over a `RecordingTransport`).
+    public static func perProcess(_ config: Config, kernel: (any FirewallDriver)? = nil) -> Resources {
         let r = Resources(config: config, warm: false, db: nil, lock: nil)
         r.session = kernel
         return r
@@ -66,9 +66,9 @@ public final class Resources {
         return opened
     }
 
-    /// The netlink session to `table inet <config.table>`, opened on first use. A warm session
+    /// The firewall driver: a netlink session to virtport's tables, opened on first use. A warm session
     /// never hands its socket to a child (`closeInBackground` is for processes about to exit).
-    public func kernel() throws(VirtPortError) -> NetfilterSession {
+    public func kernel() throws(VirtPortError) -> any FirewallDriver {
         if let session { return session }
         let opened: NetfilterSession
         do { opened = try NetfilterSession(table: config.table) } catch {

@@ -52,7 +52,12 @@ public final class ChangeLock {
     /// converting processes cannot deadlock.
     public func convertToExclusive() throws(VirtPortError) { try take(.exclusive) }
 
+    /// How many times the lock was taken (shared, exclusive or converted): unit tests check that a
+    /// domain's change takes it once.
+    public private(set) var acquisitions = 0
+
     private func take(_ mode: FileDescriptor.LockMode) throws(VirtPortError) {
+        acquisitions += 1
         do { try fd.lock(mode) } catch {
             throw .operational("cannot take the \(mode == .shared ? "shared" : "exclusive") lock \(path)", cause: error)
         }

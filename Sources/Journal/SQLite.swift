@@ -161,8 +161,16 @@ final class SQLiteConnection {
 
     /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT` (the write lock is taken up front, waiting up to
     /// the busy timeout, so the transaction never fails half-way with SQLITE_BUSY); rolls back on error.
+    ///
+    /// Nestable: inside another `immediate` (a lifecycle's one transaction around every rule
+    /// kind's intents), `body` runs in a savepoint of the outer transaction, rolled back alone on
+    /// error; the outer COMMIT makes it all durable at once.
     func immediate<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
+        if depth > 0 { return try savepoint(body) }
         try exec("BEGIN IMMEDIATE")
+        transactionsBegun += 1
+        depth += 1
+        defer { depth -= 1 }
         let result: T
         do {
             result = try body()
@@ -176,6 +184,26 @@ final class SQLiteConnection {
             _ = sqlite3_exec(db, "ROLLBACK", nil, nil, nil)
             throw error
         }
+        return result
+    }
+
+    /// How many `immediate` calls are running (0: no transaction of ours is open).
+    private var depth = 0
+    /// Outermost transactions begun on this connection (unit tests count a change's transactions).
+    private(set) var transactionsBegun = 0
+
+    private func savepoint<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
+        try exec("SAVEPOINT nested")
+        depth += 1
+        defer { depth -= 1 }
+        let result: T
+        do {
+            result = try body()
+        } catch {
+            _ = sqlite3_exec(db, "ROLLBACK TO nested; RELEASE nested", nil, nil, nil)
+            throw error
+        }
+        try exec("RELEASE nested")
         return result
     }
 

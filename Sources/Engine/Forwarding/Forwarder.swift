@@ -13,9 +13,6 @@ public import VirtPortCore
 public struct Forwarder {
     public let resources: Resources
     var config: Config { resources.config }
-    /// Test-only fault injection (README "Crash tests"): `VIRTPORT_FAULT=after-intent|after-kernel`
-    /// makes the process die right there, as a crash would.
-    let fault = Environment.get("VIRTPORT_FAULT")
     /// libvirt's files as this change sees them: one resolver for the plan and the change, so each
     /// network's XML is read and parsed once per operation.
     let files: LibvirtFiles
@@ -31,6 +28,12 @@ public struct Forwarder {
         warnings = Warnings(diagnostics: diagnostics, log: EventLog(config: resources.config))
     }
 
+    init(context: KindContext) {
+        resources = context.resources
+        files = context.files
+        warnings = context.warnings
+    }
+
     /// Read-only conflict check (qemu `prepare`): a host socket or another running domain already
     /// holds a port.
     public func checkConflicts(_ plan: Plan) throws(VirtPortError) {
@@ -39,61 +42,48 @@ public struct Forwarder {
         try db.checkConflicts(domain: DomainRef(name: plan.domainName, uuid: plan.domainUUID), desired: plan.mappings)
     }
 
-    /// Installs `plan` (qemu `start`/`reconnect`): idempotent, so re-running it repairs flushed elements.
-    public func apply(_ plan: Plan, reason: String) throws(VirtPortError) {
+    /// Writes the journal intents of `plan` (qemu `start`/`reconnect`; the caller holds the
+    /// change lock shared and has a transaction open) and says what the kernel needs. Unchanged
+    /// rows are re-added too: cheap (no NLM_F_EXCL) and it heals a flushed table.
+    func stageApply(_ plan: Plan, reason: String, db: JournalDB) throws(VirtPortError) -> ForwardChange {
         let domain = DomainRef(name: plan.domainName, uuid: plan.domainUUID)
-        let db = try resources.journal()
-        let lock = try resources.changeLock()
-        try lock.withShared { () throws(VirtPortError) in
-            let delta = try db.beginApply(domain: domain, desired: plan.mappings, reason: reason, now: nowMicros())
-            crashPoint("after-intent")
-            // Unchanged rows are re-added too: cheap (no NLM_F_EXCL) and it heals a flushed table.
-            let keep = (delta.adding + delta.unchanged).map(\.mapping)
-            let gone = delta.removing.map(\.mapping)
-            // Nothing for the kernel (no forwards, or only pending ones): no table is created.
-            if !(keep.allSatisfy(\.isPending) && gone.allSatisfy(\.isPending)) {
-                let needs = try NetworkNeeds.forChange(keeping: keep, removing: delta.removing, db: db, resolver: resolver())
-                try program(db: db, lock: lock, adding: keep.flatMap(\.elements), removing: gone.flatMap(\.elements),
-                            networks: needs)
-                crashPoint("after-kernel")
-            }
-            try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
-            log.change(domain: domain, adding: delta.adding, removing: delta.removing, reason: reason)
-            forgetUnforwardedFlows(db: db, adding: delta.adding.map(\.mapping))
+        let delta = try db.beginApply(domain: domain, desired: plan.mappings, reason: reason, now: nowMicros())
+        let keep = (delta.adding + delta.unchanged).map(\.mapping)
+        let gone = delta.removing.map(\.mapping)
+        let change = ForwardChange(forwarder: self, domain: domain, reason: reason, delta: delta, removed: nil)
+        // Nothing for the kernel (no forwards, or only pending ones): no table is created.
+        if !(keep.allSatisfy(\.isPending) && gone.allSatisfy(\.isPending)) {
+            let needs = try NetworkNeeds.forChange(keeping: keep, removing: delta.removing, db: db, resolver: resolver())
+            change.kernel = (keep.flatMap(\.elements), gone.flatMap(\.elements), needs)
         }
+        return change
     }
 
-    /// Removes every mapping of a domain (qemu `stopped`/`release`); a no-op when there is none.
-    public func remove(domainUUID: String, reason: String) throws(VirtPortError) {
-        guard let db = try resources.existingJournal(readOnly: false) else { return }
-        let lock = try resources.changeLock()
-        try lock.withShared { () throws(VirtPortError) in
-            let rows = try db.beginRemoveAll(domainUUID: domainUUID, reason: reason, now: nowMicros())
-            if rows.isEmpty { return }
-            crashPoint("after-intent")
-            let needs = try NetworkNeeds.forChange(keeping: [], removing: rows, db: db, resolver: resolver())
-            try program(db: db, lock: lock, adding: [], removing: rows.flatMap(\.mapping.elements), networks: needs)
-            crashPoint("after-kernel")
-            try db.commitRemove(rows, reason: reason, now: nowMicros())
-            if let first = rows.first {
-                log.change(domain: first.domain, adding: [], removing: rows, reason: reason)
-            }
-        }
+    /// Writes the removal intents of every mapping of a domain (qemu `stopped`/`release`); nil
+    /// when it has none.
+    func stageRemove(domainUUID: String, reason: String, db: JournalDB) throws(VirtPortError) -> ForwardChange? {
+        let rows = try db.beginRemoveAll(domainUUID: domainUUID, reason: reason, now: nowMicros())
+        guard let first = rows.first else { return nil }
+        let change = ForwardChange(forwarder: self, domain: first.domain, reason: reason, delta: nil, removed: rows)
+        let needs = try NetworkNeeds.forChange(keeping: [], removing: rows, db: db, resolver: resolver())
+        change.kernel = ([], rows.flatMap(\.mapping.elements), needs)
+        return change
     }
 
     /// Network `started`: libvirt has just rebuilt its own rules, often because the firewall was
     /// reloaded (which may have flushed ours too). Rebuilds virtport's table from the journal in one
     /// batch and puts libvirt's accept rule for this network back in front of libvirt's reject.
     /// Rare, so thoroughness beats the cost of a table replace here.
-    public func reapply(network: NetworkDefinition, reason: String) throws(VirtPortError) {
-        guard let db = try resources.existingJournal(readOnly: false) else { return }
-        try resources.changeLock().withExclusive { () throws(VirtPortError) in
+    /// The caller holds the change lock exclusively.
+    func reapply(network: NetworkDefinition, reason: String, db: JournalDB) throws(VirtPortError) {
+        do {
             let rows = try db.activeMappings().filter(\.isInKernel)
             if rows.isEmpty { return }
             let needs = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver(overrides: [network]))
             let nf = try resources.kernel()
             do {
-                try nf.replaceAll(elements: rows.flatMap(\.mapping.elements), hairpin: needs.hairpin(needs.families.keys))
+                try nf.replaceAll(elements: rows.flatMap(\.mapping.elements), hairpin: needs.hairpin(needs.families.keys),
+                                  others: try othersInTable(db: db))
             } catch {
                 throw .operational("cannot rebuild table inet \(config.table)", cause: error)
             }
@@ -107,15 +97,16 @@ public struct Forwarder {
 
     /// Removes every forward virtport holds (`virtport uninstall`): the journal's mappings are
     /// closed with history, the table is deleted and libvirt's accept rules go with them.
-    public func removeEverything(reason: String) throws(VirtPortError) -> Int {
-        guard let db = try resources.existingJournal(readOnly: false) else {
+    /// The caller holds the change lock exclusively when `db` is not nil.
+    func removeEverything(reason: String, db: JournalDB?) throws(VirtPortError) -> Int {
+        guard let db else {
             // No journal, but a table may still be there (a journal moved aside, a crash).
             do { try resources.kernel().deleteTable() } catch {
                 throw .operational("cannot delete table inet \(config.table)", cause: error)
             }
             return 0
         }
-        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> Int in
+        do {
             let rows = try db.activeMappings()
             var intents: [[ActiveMapping]] = []
             for uuid in Set(rows.map(\.domain.uuid)).sorted() {
@@ -148,16 +139,20 @@ public struct Forwarder {
     /// virtport's table is missing (someone deleted a map or chain), the table is rebuilt in one
     /// batch from the journal plus this change, with `lock` converted to exclusive (the caller
     /// holds it shared).
+    /// `sent`: the change already went in with a shared batch (`ForwardChange.batchPart`): only
+    /// the checks and the side effects are left.
     func program(db: JournalDB, lock: ChangeLock, adding: [ForwardElement], removing: [ForwardElement],
-                 networks: NetworkNeeds) throws(VirtPortError) {
+                 networks: NetworkNeeds, sent: Bool = false) throws(VirtPortError) {
         let nf = try resources.kernel()
         let hairpinAdd = networks.hairpin(networks.families.keys)
         let hairpinDel = networks.hairpin(networks.unneeded)
         var rebuild = false
         var created = false
         do throws(NetfilterError) {
-            created = try nf.apply(adding: adding, removing: removing, hairpinAdding: hairpinAdd,
-                                   hairpinRemoving: hairpinDel)
+            if !sent {
+                created = try nf.apply(adding: adding, removing: removing, hairpinAdding: hairpinAdd,
+                                       hairpinRemoving: hairpinDel)
+            }
             // One whose chains were flushed or deleted behind our back accepts elements but
             // forwards nothing: rebuild it.
             if !created && !adding.isEmpty { rebuild = try !nf.skeletonIsIntact() }
@@ -177,7 +172,7 @@ public struct Forwarder {
             all.formUnion(adding)
             var hairpin = Set(hairpinAdd).union(others.hairpin(others.families.keys))
             hairpin.subtract(hairpinDel)
-            do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin)) } catch {
+            do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin), others: try othersInTable(db: db)) } catch {
                 throw .operational("cannot rebuild table inet \(config.table)", cause: error)
             }
             log.notice("healed: table inet \(config.table) " + (created ? "was missing" : "had chains, maps or rules missing")
@@ -194,7 +189,7 @@ public struct Forwarder {
 
     /// Deletes the conntrack entries `removing` created; a failure is a warning, never the
     /// change's failure (the forwards are already right; only old flows linger).
-    func forgetFlows(_ nf: NetfilterSession, _ removing: [ForwardElement], walk: Bool) {
+    func forgetFlows(_ nf: any FirewallDriver, _ removing: [ForwardElement], walk: Bool) {
         if removing.isEmpty { return }
         let started = MonotonicClock.micros()
         do {
@@ -243,11 +238,18 @@ public struct Forwarder {
         }
     }
 
-    func resolver(overrides: [NetworkDefinition] = []) -> LibvirtFiles {
-        overrides.isEmpty ? files : LibvirtFiles(config: config, overrides: overrides)
+    /// What other rule kinds keep in `table inet <table>`: a rebuild of the table must put it back
+    /// in the same batch (`RuleKind.fullState`).
+    func othersInTable(db: JournalDB) throws(VirtPortError) -> [any BatchPart] {
+        let context = KindContext(resources: resources, warnings: warnings, files: files)
+        var parts: [any BatchPart] = []
+        for kind in RuleKinds.all where kind.name != ForwardKind.name {
+            if let part = try kind.fullState(in: "inet \(config.table)", db: db, context: context) { parts.append(part) }
+        }
+        return parts
     }
 
-    func crashPoint(_ name: String) {
-        if fault == name { _exit(86) }
+    func resolver(overrides: [NetworkDefinition] = []) -> LibvirtFiles {
+        overrides.isEmpty ? files : LibvirtFiles(config: config, overrides: overrides)
     }
 }

@@ -1,4 +1,4 @@
-public import Netfilter
+import Netfilter
 import VirtPortCore
 
 /// libvirt rejects new inbound connections to its NAT networks. This keeps one small, tagged rule
@@ -34,7 +34,7 @@ struct LibvirtFirewall {
         var blockerText: String { backend == .nftables ? "libvirt's reject" : "the jump to \(mustPrecede)" }
     }
 
-    let nf: NetfilterSession
+    let nf: any FirewallDriver
     /// Where a warning goes (the operation's diagnostics and the system log: `Warnings`).
     var warn: (String) -> Void = { _ in }
 
@@ -222,7 +222,7 @@ public enum LibvirtChains {
 
     /// Whether libvirt's firewall for a NAT network is present for either family (its
     /// `guest_input` chain or iptables' `LIBVIRT_FWI`): a rebuild of it is coming after a SIGHUP.
-    public static func present(_ nf: NetfilterSession) -> Bool {
+    public static func present(_ nf: any FirewallDriver) -> Bool {
         for family in [Family.ipv4, .ipv6] {
             if (try? nf.chainExists(family: family, table: "libvirt_network", chain: "guest_input")) == true
                 || (try? nf.chainExists(family: family, table: "filter", chain: "LIBVIRT_FWI")) == true {

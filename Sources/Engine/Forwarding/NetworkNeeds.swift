@@ -50,7 +50,7 @@ struct NetworkNeeds {
 
 /// Keeps the hairpin sets and libvirt's accept rules in step with the forwards.
 struct NetworkSync {
-    let nf: NetfilterSession
+    let nf: any FirewallDriver
     let resolver: LibvirtFiles
     /// Where a warning about libvirt's firewall goes (`Warnings`).
     var warn: (String) -> Void = { _ in }
@@ -103,7 +103,7 @@ struct NetworkSync {
 extension NetworkSync {
     /// What is wrong with libvirt's accept rule for each network `mappings` forward into: read-only
     /// (reconcile's plan, doctor).
-    static func acceptRuleFindings(_ mappings: [Mapping], nf: NetfilterSession,
+    static func acceptRuleFindings(_ mappings: [Mapping], nf: any FirewallDriver,
                                    resolver: LibvirtFiles) throws(VirtPortError) -> [(network: String, LibvirtFirewall.Finding)] {
         let needs = NetworkNeeds.of(mappings, resolver: resolver)
         let firewall = LibvirtFirewall(nf: nf)

@@ -27,13 +27,16 @@ public protocol RuleKind: Sendable {
 
     /// Before any lock: whether the domain's change (`plan`; nil: the domain stopped) can concern
     /// this kind. False must be certain (the guards' "nothing guarded, nothing journaled": one
-    /// read, no lock, no journal created). `db` is the journal if one exists (read-only for a start).
-    func needsChange(_ plan: Plan?, uuid: String, db: JournalDB?, context: KindContext) throws(VirtPortError) -> Bool
+    /// read, no lock, no journal created).
+    /// The journal, when the kind reads it here, comes from `context.resources` (the lifecycle has
+    /// opened it read-write once an earlier kind needed a change: one connection for all).
+    func needsChange(_ plan: Plan?, uuid: String, context: KindContext) throws(VirtPortError) -> Bool
 
     /// Inside the lifecycle's journal transaction, change lock held shared: writes this kind's
     /// intent rows for the domain (`plan` nil: remove all it has) and returns what is left to do,
     /// or nil when nothing is.
-    func stage(_ plan: Plan?, domain: DomainRef, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any StagedChange)?
+    func stage(_ plan: Plan?, domain: DomainRef, reason: String, db: JournalDB,
+               context: KindContext) throws(VirtPortError) -> (any StagedChange)?
 
     /// Network `started` (exclusive lock held): put back what libvirt's rebuild may have flushed.
     func reapply(network: NetworkDefinition, db: JournalDB, reason: String, context: KindContext) throws(VirtPortError)
@@ -49,6 +52,8 @@ public protocol RuleKind: Sendable {
     /// `virtport uninstall` (exclusive lock held when `db` is not nil): the kind's tables and
     /// every side effect it set go, rows closed with history. Returns how many things went.
     func removeEverything(db: JournalDB?, reason: String, context: KindContext) throws(VirtPortError) -> Int
+    /// `virtport uninstall`'s line about what `removeEverything` took down (`count` things).
+    func removedLine(count: Int, config: Config) -> String
 
     /// When another kind rebuilds a table this kind shares (`tables`), the full state this kind
     /// keeps there, from the journal, to go in the same rebuild batch (nil: nothing there).
@@ -96,9 +101,14 @@ public struct KindContext {
     public var log: EventLog { warnings.log }
 
     public init(resources: Resources, diagnostics: any Diagnostics, files: LibvirtFiles? = nil) {
+        self.init(resources: resources, warnings: Warnings(diagnostics: diagnostics, log: EventLog(config: resources.config)),
+                  files: files ?? LibvirtFiles(config: resources.config, overrides: []))
+    }
+
+    init(resources: Resources, warnings: Warnings, files: LibvirtFiles) {
         self.resources = resources
-        warnings = Warnings(diagnostics: diagnostics, log: EventLog(config: resources.config))
-        self.files = files ?? LibvirtFiles(config: resources.config, overrides: [])
+        self.warnings = warnings
+        self.files = files
     }
 
     /// The firewall (`Resources.kernel`).

@@ -2,5 +2,7 @@
 /// their messages go in one batch in this order). Adding a kind: one line here.
 public enum RuleKinds {
     public static let all: [any RuleKind] = [
+        ForwardKind(),
+        GuardKind(),
     ]
 }

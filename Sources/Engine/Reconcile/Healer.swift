@@ -32,31 +32,6 @@ public enum Healer {
 
     /// - Returns: one line per thing put back (empty: all was in place).
     public static func heal(resources: Resources, diagnostics: any Diagnostics) throws(VirtPortError) -> [String] {
-        guard let db = try resources.existingJournal(readOnly: false) else { return [] }
-        let config = resources.config
-        return try resources.changeLock().withExclusive { () throws(VirtPortError) -> [String] in
-            let rows = try db.activeMappings()
-            var plan = ReconcilePlan()
-            plan.target = Set(rows.filter(\.isInKernel).flatMap(\.mapping.elements))
-            let reconciler = Reconciler(resources: resources, running: [:], diagnostics: diagnostics)
-            plan.planKernel(try reconciler.readKernel(), table: config.table, rows: rows, reason: "heal")
-            var healed: [String] = []
-            let nf = try resources.kernel()
-            do {
-                if plan.rebuildTable {
-                    try nf.replaceAll(elements: Array(plan.target), hairpin: [])
-                    healed.append("table inet \(config.table) rebuilt from the journal (\(plan.target.count) elements)")
-                } else if !plan.kernelAdd.isEmpty {
-                    try nf.apply(adding: Array(plan.kernelAdd), removing: [])
-                    healed.append("\(plan.kernelAdd.count) map elements of table inet \(config.table) re-added")
-                }
-            } catch {
-                throw .operational("heal: nftables batch failed", cause: error)
-            }
-            let warn = Warnings(diagnostics: diagnostics, log: EventLog(config: config)).emit
-            healed += try NetworkSync(nf: nf, resolver: reconciler.files, warn: warn).sync(db: db, others: [])
-            if let guards = try GuardSync.healLocked(db: db, resources: resources) { healed.append(guards) }
-            return healed
-        }
+        try DomainLifecycle.heal(resources: resources, diagnostics: diagnostics)
     }
 }

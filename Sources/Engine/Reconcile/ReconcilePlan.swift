@@ -30,8 +30,12 @@ public struct Fix: Sendable, Equatable {
     public var reason: String
     /// About a bridge port guard (`GuardSync.reconcile`), not a forward.
     public var guards: Bool
+    /// The error behind a `skip` (a refused intent), as typed: `reason` is its text for people.
+    public var error: VirtPortError?
 
-    public init(_ action: Action, domain: String?, what: String, reason: String, guards: Bool = false) {
+    public init(_ action: Action, domain: String?, what: String, reason: String, guards: Bool = false,
+                error: VirtPortError? = nil) {
+        self.error = error
         self.action = action
         self.domain = domain
         self.what = what

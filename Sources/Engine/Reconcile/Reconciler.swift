@@ -29,22 +29,24 @@ public struct Reconciler {
 
     /// Plans, and applies unless `dryRun`; returns what it did (would do).
     public func run(dryRun: Bool, reason: String) throws(VirtPortError) -> [Fix] {
+        let context = KindContext(resources: resources, diagnostics: diagnostics, files: files)
         if dryRun {
-            var journalFixes: [Fix] = []
-            let db = try openJournal(dryRun: true, fixes: &journalFixes)
-            return try journalFixes + plan(db: db, reason: reason).fixes
-                + GuardSync.reconcile(running: running, resources: resources, lock: nil, reason: reason, dryRun: true,
-                                      diagnostics: diagnostics)
+            var fixes: [Fix] = []
+            let db = try openJournal(dryRun: true, fixes: &fixes)
+            for kind in RuleKinds.all { fixes += try kind.reconcile(running: running, db: db, reason: reason, context: context).fixes }
+            return fixes
         }
         // Alone against hooks mid-change from reading the journal to the last kernel batch.
         return try resources.changeLock().withExclusive { () throws(VirtPortError) -> [Fix] in
-            var journalFixes: [Fix] = []
-            let db = try openJournal(dryRun: false, fixes: &journalFixes)
-            let plan = try plan(db: db, reason: reason)
-            guard let db else { return journalFixes + plan.fixes }
-            let fixes = try journalFixes + apply(plan, db: db, reason: reason)
-                + GuardSync.reconcile(running: running, resources: resources, lock: resources.changeLock(), reason: reason,
-                                      diagnostics: diagnostics)
+            var fixes: [Fix] = []
+            let db = try openJournal(dryRun: false, fixes: &fixes)
+            let lock = try resources.changeLock()
+            for kind in RuleKinds.all {
+                // Each kind plans (reads, then decides with no I/O) after the previous one applied.
+                let plan = try kind.reconcile(running: running, db: db, reason: reason, context: context)
+                guard let db else { fixes += plan.fixes; continue }
+                fixes += try plan.apply(db: db, lock: lock, context: context)
+            }
             for f in fixes { Self.log(f, to: EventLog(config: config)) }
             return fixes
         }
@@ -99,7 +101,7 @@ public struct Reconciler {
                 }
             } catch {
                 refused = true
-                plan.fixes.append(Fix(.skip, domain: want.domain.name, what: "journal refused the mappings", reason: error.message))
+                plan.fixes.append(Fix(.skip, domain: want.domain.name, what: "journal refused the mappings", reason: error.message, error: error))
             }
         }
         let rows = try db.activeMappings()
