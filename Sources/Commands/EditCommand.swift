@@ -19,9 +19,9 @@ enum EditCommand {
     static func add(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
         let address = try args.option("--address"), dev = try args.option("--dev")
         let guest = try args.option("--guest"), mac = try args.option("--mac")
-        let waitText = try args.option("--wait")
+        let waitText = try args.option("--wait"), source = try args.option("--source")
         guard let name = args.next(), let proto = args.next(), let ports = args.next() else {
-            throw .invalid("usage: virtport add DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS]")
+            throw .invalid("usage: virtport add DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--source \"PREFIX…\"] [--wait SECONDS]")
         }
         try args.finish("add")
         var wait: Int?
@@ -31,7 +31,8 @@ enum EditCommand {
             }
             wait = w
         }
-        let forward = try MetadataEdit.forward(proto: proto, ports: ports, address: address, dev: dev, guest: guest, mac: mac)
+        var forward = try MetadataEdit.forward(proto: proto, ports: ports, address: address, dev: dev, guest: guest, mac: mac)
+        if let source { forward.sources = try SourceList.parse(source, path: "add", attribute: "--source") }
         return try edit(name, command: "add", wait: wait) { (e, interfaces) throws(VirtPortError) -> String in
             var f = forward
             // A NIC whose address the metadata already states: the new forward uses it.

@@ -1,4 +1,4 @@
-import Journal
+public import Journal
 import Netfilter
 public import VirtPortCore
 
