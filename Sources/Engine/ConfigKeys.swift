@@ -46,7 +46,7 @@ public enum ConfigKeys {
         Key(section: "policy", name: "guest_networks", defaultValue: "[]",
             meaning: "prefixes guest= may point into for a NIC that is not on a libvirt network with addresses (a plain bridge, macvtap); empty: refused"),
         Key(section: "policy", name: "require_source_ports", defaultValue: "[]",
-            meaning: "host ports a forward may use only with a source= list (no /0 in it), e.g. [3389, \"5900-5999\"]"),
+            meaning: "host ports a forward may use only with a source= list (no /0 in it): [3389, \"5900-5999\"]"),
         Key(section: "policy", name: "max_forwards_per_domain", defaultValue: "64",
             meaning: "mappings (merged port ranges) one domain may have"),
         Key(section: "policy", name: "max_ports_per_domain", defaultValue: "4096",
