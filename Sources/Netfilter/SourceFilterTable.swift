@@ -19,23 +19,25 @@ public struct SourceFilterCounter: Sendable, Hashable {
 /// table needs no change and the filter's rules are created with the table, once.
 ///
 ///     table inet virtport_src {
-///         map drop4      { type ipv4_addr . inet_proto . inet_service : counter; flags interval }
-///         set allow4     { type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval }
-///         map drop4_dev  { type ifname . ipv4_addr . inet_proto . inet_service : counter; flags interval }
-///         set allow4_dev { type ifname . ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval }
+///         map drop4      { type inet_service . inet_proto . ipv4_addr : counter; flags interval }
+///         set allow4     { type ipv4_addr . inet_service . inet_proto . ipv4_addr; flags interval }
+///         map drop4_dev  { type inet_service . inet_proto . ifname . ipv4_addr : counter; flags interval }
+///         set allow4_dev { type ipv4_addr . inet_service . inet_proto . ifname . ipv4_addr; flags interval }
 ///         … drop6, allow6, drop6_dev, allow6_dev with ipv6_addr
 ///         counter tcp4_8080 { }                      one per filtered forward and family
 ///         chain prerouting { type filter hook prerouting priority dstnat - 10
-///             ct direction original ip daddr . meta l4proto . th dport @drop4
-///                 ip daddr . meta l4proto . th dport . ip saddr != @allow4
+///             ct direction original th dport . meta l4proto . ip daddr @drop4
+///                 ip saddr . th dport . meta l4proto . ip daddr != @allow4
 ///                 fib daddr type local
-///                 counter name ip daddr . meta l4proto . th dport map @drop4 drop
-///             … the same with iifname first (forwards with dev=), and for ip6 } }
+///                 counter name th dport . meta l4proto . ip daddr map @drop4 drop
+///             … the same with iifname (forwards with dev=), and for ip6 } }
 ///
-/// A forward's key is its host side: host address (0.0.0.0/0 or ::/0 for every local address),
-/// protocol and host port range, as intervals (pipapo: concatenated ranges), so the per-packet
-/// cost is four set lookups at most whatever the number of forwards and prefixes. Forwards never
-/// overlap on that key (the planner and the journal refuse it), so a packet has one judge.
+/// A forward's key is its host side: host port range, protocol, [interface,] host address
+/// (0.0.0.0/0 or ::/0 for every local address), as intervals (pipapo: concatenated ranges), so
+/// the per-packet cost is a few set lookups whatever the number of forwards and prefixes. The
+/// most selective field leads each key (pipapo walks the elements every earlier field matched):
+/// the source in the allow sets, the port in the drop maps. Forwards never overlap on that key
+/// (the planner and the journal refuse it), so a packet has one judge.
 public enum SourceFilterTable {
     /// The table's name for virtport's inet table `table`.
     public static func name(_ table: String) -> String { table + "_src" }
@@ -51,8 +53,14 @@ public enum SourceFilterTable {
         var suffix: String { (family == .ipv4 ? "4" : "6") + (hasDev ? "_dev" : "") }
         var dropMap: String { "drop" + suffix }
         var allowSet: String { "allow" + suffix }
-        var forwardFields: [KeyField] { (hasDev ? [.ifname] : []) + [.address(family), .proto, .port] }
-        var allowFields: [KeyField] { forwardFields + [.address(family)] }
+        /// The forward's key, most selective field first: pipapo's cost grows with the elements
+        /// every field before the deciding one matches (its refill walks them), so the port leads
+        /// and the address that is 0.0.0.0/0 for most forwards comes last.
+        var forwardFields: [KeyField] { [.port, .proto] + (hasDev ? [.ifname] : []) + [.address(family)] }
+        /// The source first: of 1,000 prefixes, one or two match it.
+        var allowFields: [KeyField] { [.address(family)] + forwardFields }
+        /// Words the source address takes before the forward's key in the registers.
+        var sourceWords: Int { KeyField.address(family).paddedLength / 4 }
         static let all = [Family.ipv4, .ipv6].flatMap { f in [false, true].map { Variant(family: f, hasDev: $0) } }
     }
 
@@ -71,6 +79,10 @@ public enum SourceFilterTable {
     /// Start and end key of the forward part (iifname, daddr, l4proto, dport).
     static func forwardKey(_ f: SourceFilterElement, _ v: Variant) -> (start: [UInt8], end: [UInt8]) {
         var start: [UInt8] = [], end: [UInt8] = []
+        start += pad([UInt8(f.ports.start >> 8), UInt8(f.ports.start & 0xff)], .port)
+        end += pad([UInt8(f.ports.end >> 8), UInt8(f.ports.end & 0xff)], .port)
+        start += pad([f.proto.number], .proto)
+        end += pad([f.proto.number], .proto)
         if v.hasDev, let dev = f.dev {
             start += pad(Array(dev.utf8), .ifname)
             end += pad(Array(dev.utf8), .ifname)
@@ -83,10 +95,6 @@ public enum SourceFilterTable {
             start += pad([UInt8](repeating: 0, count: n), .address(v.family))
             end += pad([UInt8](repeating: 0xff, count: n), .address(v.family))
         }
-        start += pad([f.proto.number], .proto)
-        end += pad([f.proto.number], .proto)
-        start += pad([UInt8(f.ports.start >> 8), UInt8(f.ports.start & 0xff)], .port)
-        end += pad([UInt8(f.ports.end >> 8), UInt8(f.ports.end & 0xff)], .port)
         return (start, end)
     }
 
@@ -109,7 +117,7 @@ public enum SourceFilterTable {
             out.drops.append((v, key.start, key.end, f.counterName(family)))
             for p in f.kernelPrefixes(family) {
                 let b = bounds(p)
-                out.allows.append((v, key.start + b.first, key.end + b.last))
+                out.allows.append((v, pad(b.first, .address(family)) + key.start, pad(b.last, .address(family)) + key.end))
             }
         }
         return out
@@ -135,7 +143,10 @@ public enum SourceFilterTable {
         let r0 = register(word: 0)
         rule.append(.ct(NFT_CT_DIRECTION, dreg: r0))
         rule.append(.cmp(sreg: r0, op: NFT_CMP_EQ, data: [0]))  // IP_CT_DIR_ORIGINAL
-        var word = 0
+        // ip saddr / ip6 saddr, then the forward's key right after it.
+        rule.append(.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: v.family == .ipv4 ? 12 : 8,
+                             length: UInt32(KeyField.address(v.family).length), dreg: r0))
+        var word = v.sourceWords
         for field in v.forwardFields {
             let dreg = register(word: word)
             switch field {
@@ -149,17 +160,14 @@ public enum SourceFilterTable {
             word += field.paddedLength / 4
         }
         // The forward is filtered at all: its key is in the drop map.
-        rule.append(.lookup(set: v.dropMap, sreg: r0, dreg: nil))
-        // ip saddr / ip6 saddr after the forward's key.
-        rule.append(.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: v.family == .ipv4 ? 12 : 8,
-                             length: UInt32(KeyField.address(v.family).length), dreg: register(word: word)))
-        word += KeyField.address(v.family).paddedLength / 4
+        let forwardReg = register(word: v.sourceWords)
+        rule.append(.lookup(set: v.dropMap, sreg: forwardReg, dreg: nil))
         rule.append(.lookupNot(set: v.allowSet, sreg: r0))
         // Only traffic to a host address (a forwarded connection passing through keeps its way).
         let spare = register(word: word)
         rule.append(.fibDaddrType(dreg: spare))
         rule.append(.cmp(sreg: spare, op: NFT_CMP_EQ, data: RuleExpression.hostOrder(2 /* RTN_LOCAL */)))
-        rule.append(.objrefMap(map: v.dropMap, sreg: r0))
+        rule.append(.objrefMap(map: v.dropMap, sreg: forwardReg))
         rule.append(.drop)
         return rule
     }
