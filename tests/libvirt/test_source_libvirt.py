@@ -36,7 +36,7 @@ def test_vm_start_applies_source_filters_and_destroy_removes_them(lab, installed
     assert listing[2222]["source"] == [CLIENT, "2001:db8::/32"] and listing[2223]["source_dropped"] >= 1, listing
 
     # A live edit: add --source on the running VM applies at once, the list is in both definitions.
-    r = vp.run("add", VM, "tcp", "2224:22", "--guest", G1, "--source", f"{CLIENT}/32 192.0.2.0/24")
+    r = vp.run("add", VM, "tcp", "2224:22", "--guest", G1, "--source", f"{CLIENT}/32", "--source", "192.0.2.0/24")
     assert r.stdout.decode().startswith(f"applied: tcp *:2224 -> {G1}:22"), r.stdout
     assert client.connect("tcp", HOST, 2224) == answer("G1", 22, CLIENT)
     assert f"source=\"{CLIENT} 192.0.2.0/24\"" in lab.dumpxml(VM) or f"source='{CLIENT} 192.0.2.0/24'" in lab.dumpxml(VM)
