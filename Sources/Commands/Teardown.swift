@@ -3,8 +3,8 @@ import VirtPortCore
 
 /// Everything virtport put in the kernel, taken down with history (`virtport uninstall`, package
 /// removal): forwards (table inet, libvirt accept rules, their conntrack entries), port guards
-/// (table bridge, the isolated flags virtport set, guard rows closed with `off`). One function
-/// for every caller, so a new kind of rule is added here once.
+/// (table bridge, the isolated flags virtport set, guard rows closed with `off`): every rule kind
+/// of `RuleKinds.all` (a new kind comes with its own `removeEverything`, nothing to add here).
 enum Teardown {
     /// Every rule kind in turn (`RuleKinds.all`: forwards first, then guards), under the change
     /// lock. A failure of one kind does not keep the others from running: all are tried, then the

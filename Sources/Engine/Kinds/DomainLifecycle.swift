@@ -52,9 +52,17 @@ public enum DomainLifecycle {
             let parts = staged.compactMap(\.batchPart)
             var sent = false
             if !parts.isEmpty {
-                // Refused (a table missing, a race): nothing of it applied; each kind then sends
-                // its own batch with its own recovery.
-                do { try context.driver().send(parts); sent = true } catch {}
+                let nf = try context.driver()
+                // Refused for something a kind recovers from (a table or element missing, EEXIST
+                // races): nothing of it applied; each kind then sends its own batch with its own
+                // recovery. Anything else (EPERM…) is the change's failure, intents left for reconcile.
+                do throws(NetfilterError) {
+                    try nf.send(parts)
+                    sent = true
+                } catch where error.all.allSatisfy({ $0.isMissingObject || $0.isExists }) {
+                } catch {
+                    throw .operational("nftables batch failed", cause: error)
+                }
             }
             // Each kind's failure is its own: the others still finish and commit.
             var failure: VirtPortError?

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Hook cost of two binaries, side by side (issue 23 "What must not change"; BENCHMARKS.md
+"Rule kinds: one lifecycle").
+
+  instructions  callgrind's exact count of one hook process (hook alone, no agent; not the child a hook
+                forks to close its netlink socket in the background; the journal's WAL checkpointed
+                before each, so the count does not depend on when the last auto-checkpoint happened): `prepare`,
+                `start` (table exists), `stopped` and a domain without metadata, for a VM of 10
+                forwards; then `start` and `stopped` of the same VM with a port guard (both tables
+                exist): what a guarded start costs in one process
+  time          a guarded VM's hook `start` and `stopped`, N pairs, the binaries alternating pair by
+                pair in ABBA order (a shared machine drifts; alternation cancels most of it): wall clock and CPU
+                time (user + system, the kernel's work on the batches included), median and p90 ms
+
+One network namespace per run (removed at the end, even on failure): br0 192.168.122.1/24 with vnet0
+enslaved (a veth whose peer stays in the namespace): the guard's tap. Each binary gets its own
+config and journal in a temporary directory.
+
+  sudo python3 bench/hook_instructions.py --bin A=/path/to/virtport --bin B=.build/release/virtport [--pairs 40]
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+
+NS = f"vphi-{os.getpid()}"
+UUID = "3f0c8c1e-5c1a-4b7e-9f57-1d2b3c4d5e6f"
+BARE = "9a0c8c1e-5c1a-4b7e-9f57-1d2b3c4d5e6f"
+
+
+def sh(*args, ns=None, **kw):
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    return subprocess.run(cmd, check=True, capture_output=True, **kw)
+
+
+def topology():
+    sh("ip", "netns", "add", NS)
+    sh("ip", "link", "set", "lo", "up", ns=NS)
+    sh("ip", "link", "add", "br0", "type", "bridge", ns=NS)
+    sh("ip", "addr", "add", "192.168.122.1/24", "dev", "br0", ns=NS)
+    sh("ip", "link", "set", "br0", "up", ns=NS)
+    sh("ip", "link", "add", "vnet0", "type", "veth", "peer", "name", "vpeer0", ns=NS)
+    sh("ip", "link", "set", "vnet0", "master", "br0", ns=NS)
+    for d in ("vnet0", "vpeer0"):
+        sh("ip", "link", "set", d, "up", ns=NS)
+
+
+def domain(name, uuid, guard, forwards=10):
+    meta = ""
+    if forwards:
+        body = "".join(f"<vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='{41000 + i}' to='{22 + i}'/>"
+                       "</vp:portForward>" for i in range(forwards))
+        if guard:
+            body += "<vp:guard ip='192.168.122.10' isolated='yes'/>"
+        meta = f"<metadata><vp:virtport xmlns:vp='urn:virtport:domain:1'>{body}</vp:virtport></metadata>"
+    return (f"<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid>{meta}<devices>"
+            "<interface type='network'><mac address='52:54:00:aa:bb:01'/><source network='default' bridge='br0'/>"
+            "<target dev='vnet0'/><model type='virtio'/></interface></devices></domain>").encode()
+
+
+class Binary:
+    def __init__(self, label, path):
+        self.label, self.path = label, os.path.abspath(path)
+        self.dir = tempfile.mkdtemp(prefix="vphi-")  # the same path length for every binary
+        run = os.path.join(self.dir, "run")
+        os.makedirs(os.path.join(run, "network"))
+        with open(os.path.join(run, "network", "default.xml"), "w") as f:
+            f.write("<networkstatus><network><name>default</name><forward mode='nat'/><bridge name='br0'/>"
+                    "<ip address='192.168.122.1' netmask='255.255.255.0'/></network></networkstatus>")
+        self.config = os.path.join(self.dir, "virtport.conf")
+        with open(self.config, "w") as f:
+            f.write(f'database = "{self.dir}/virtport.db"\nlibvirt_uri = ""\n[paths]\nlibvirt_run_dir = "{run}"\n'
+                    f'libvirt_config_dir = "{self.dir}/etc"\nlibvirt_state_dir = "{self.dir}/state"\n'
+                    f'hooks_dir = "{self.dir}/hooks"\nagent_socket = "{self.dir}/agent.sock"\n'
+                    f'[log]\nsyslog_socket = ""\n')
+
+    def env(self):
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": self.config, "LANG": "C.UTF-8"}
+
+    def hook(self, op, xml, name="web", prefix=()):
+        r = subprocess.run(["ip", "netns", "exec", NS, *prefix, self.path, "hook", "qemu", name, op, "begin", "-"],
+                           input=xml, capture_output=True, env=self.env())
+        if r.returncode != 0 or (not prefix and r.stderr):
+            raise SystemExit(f"{self.label} {op}: rc={r.returncode} {r.stderr.decode()[-400:]}")
+        return r
+
+    def checkpoint(self):
+        """Empties the journal's WAL: a hook that opens the journal reads (and checksums) every frame in
+        it, so without this the count depends on when the last auto-checkpoint happened, not on the op."""
+        db = os.path.join(self.dir, "virtport.db")
+        if os.path.exists(db):
+            subprocess.run(["sqlite3", db, "PRAGMA wal_checkpoint(TRUNCATE);"], check=True, capture_output=True)
+
+    def timed(self, op, xml, name="web"):
+        """Wall clock and CPU time (user + system, from the process's rusage: the kernel's work on its
+        netlink batches included) of one hook process, in ms."""
+        t = time.perf_counter()
+        p = subprocess.Popen(["ip", "netns", "exec", NS, self.path, "hook", "qemu", name, op, "begin", "-"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env())
+        p.stdin.write(xml)
+        p.stdin.close()
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = (time.perf_counter() - t) * 1000
+        err = p.stderr.read()
+        p.stderr.close()
+        if status != 0 or err:
+            raise SystemExit(f"{self.label} {op}: status {status} {err.decode()[-400:]}")
+        return wall, (usage.ru_utime + usage.ru_stime) * 1000
+
+    def instructions(self, op, xml, name="web"):
+        self.checkpoint()
+        r = self.hook(op, xml, name, prefix=("valgrind", "--tool=callgrind", "--child-silent-after-fork=yes",
+                                                      "--callgrind-out-file=/dev/null"))
+        m = re.search(rb"Collected : (\d+)", r.stderr)
+        if not m:
+            raise SystemExit(f"{self.label} {op}: no callgrind count: {r.stderr.decode()[-400:]}")
+        return int(m.group(1))
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", action="append", required=True, help="LABEL=PATH, twice or more")
+    ap.add_argument("--pairs", type=int, default=40)
+    args = ap.parse_args()
+    bins = [Binary(*b.split("=", 1)) for b in args.bin]
+    plain, guarded, bare = domain("web", UUID, False), domain("web", UUID, True), domain("bare", BARE, False, forwards=0)
+    topology()
+    try:
+        rows = {}
+        for b in bins:
+            # Tables exist: one start and stop of each shape first (nft tables stay, empty).
+            for xml in (plain, guarded):
+                b.hook("start", xml)
+                b.hook("stopped", xml)
+            counts = {"prepare": b.instructions("prepare", plain)}
+            counts["start"] = b.instructions("start", plain)
+            counts["stopped"] = b.instructions("stopped", plain)
+            counts["no metadata"] = b.instructions("start", bare, name="bare")
+            counts["guarded start"] = b.instructions("start", guarded)
+            counts["guarded stopped"] = b.instructions("stopped", guarded)
+            rows[b.label] = counts
+            # The next binary starts from tables of its own making.
+            sh("nft", "delete", "table", "inet", "virtport", ns=NS)
+            sh("nft", "delete", "table", "bridge", "virtport", ns=NS)
+        print("Instructions (callgrind, one hook process, 10 forwards, hook alone):\n")
+        print("| op | " + " | ".join(b.label for b in bins) + " | change |")
+        print("|---|" + "---|" * len(bins) + "---|")
+        for op in rows[bins[0].label]:
+            vals = [rows[b.label][op] for b in bins]
+            change = f"{(vals[-1] / vals[0] - 1) * 100:+.2f}%"
+            print(f"| {op} | " + " | ".join(f"{v / 1e6:.3f} M" for v in vals) + f" | {change} |")
+        # Wall clock: each binary's own journal, tables shared in turn (a stop leaves them empty).
+        times = {b.label: {"start": [], "stopped": []} for b in bins}
+        cpu = {b.label: {"start": [], "stopped": []} for b in bins}
+        for b in bins:
+            b.hook("start", guarded)
+            b.hook("stopped", guarded)
+        for i in range(args.pairs):
+            # ABBA: each binary's start follows the other's stop as often as its own (a stop leaves a
+            # child closing its netlink socket, which the next start competes with).
+            for b in (bins if i % 2 == 0 else bins[::-1]):
+                for op in ("start", "stopped"):
+                    wall, used = b.timed(op, guarded)
+                    times[b.label][op].append(wall)
+                    cpu[b.label][op].append(used)
+        print(f"\nGuarded VM (10 forwards + 1 port guard), {args.pairs} start/stopped pairs alternating binaries: "
+              "wall clock and CPU (user + system) of the hook process, ms, median / p90:\n")
+        print("| op | " + " | ".join(f"{b.label} wall | {b.label} CPU" for b in bins) + " |")
+        print("|---|" + "---|---|" * len(bins))
+        for op in ("start", "stopped"):
+            cells = []
+            for b in bins:
+                for series in (times, cpu):
+                    v = sorted(series[b.label][op])
+                    cells.append(f"{statistics.median(v):.2f} / {v[int(len(v) * 0.9) - 1]:.2f}")
+            print(f"| hook `{op}` | " + " | ".join(cells) + " |")
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+        for b in bins:
+            b.cleanup()
+
+
+if __name__ == "__main__":
+    main()
