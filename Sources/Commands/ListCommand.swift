@@ -35,11 +35,14 @@ enum ListCommand {
                                      + SourceListing.csvFields(sources.filter(uuid: r.domain.uuid, r.mapping), dropped: sources.dropped(uuid: r.domain.uuid, r.mapping))
                              })
         case .table:
-            Listing.printTable(header: ["DOMAIN", "PROTO", "HOST", "GUEST", "STATE", "SINCE", "SOURCE"],
+            // SOURCE only when a listed forward has source= (the table stays as it was without).
+            let filtered = rows.contains { sources.filter(uuid: $0.domain.uuid, $0.mapping) != nil }
+            Listing.printTable(header: ["DOMAIN", "PROTO", "HOST", "GUEST", "STATE", "SINCE"] + (filtered ? ["SOURCE"] : []),
                                rows: rows.map { r in
                                    [r.domain.name, r.mapping.proto.rawValue, Listing.hostText(r.mapping),
-                                    Listing.guestText(r.mapping), r.state.rawValue, formatLocal(r.since),
-                                    SourceListing.cell(sources.filter(uuid: r.domain.uuid, r.mapping), dropped: sources.dropped(uuid: r.domain.uuid, r.mapping))]
+                                    Listing.guestText(r.mapping), r.state.rawValue, formatLocal(r.since)]
+                                       + (filtered ? [SourceListing.cell(sources.filter(uuid: r.domain.uuid, r.mapping),
+                                                                         dropped: sources.dropped(uuid: r.domain.uuid, r.mapping))] : [])
                                })
             GuardList.summary(config: config, domain: domainFilter)
         }

@@ -19,7 +19,11 @@ public struct SourceFilterKind: RuleKind {
 
     public func needsChange(_ plan: Plan?, uuid: String, context: KindContext) throws(VirtPortError) -> Bool {
         if let plan, !plan.sourceFilters.isEmpty { return true }
-        guard let db = try context.resources.existingJournal(readOnly: plan != nil) else { return false }
+        // A start opens the journal read-write anyway (the forwards' kind, next, always takes
+        // part): open it so now, so a first start racing others never reads a journal that one
+        // of them is still creating.
+        if plan != nil { return try !context.resources.journal().sourceFilters(domainUUID: uuid).isEmpty }
+        guard let db = try context.resources.existingJournal(readOnly: false) else { return false }
         return try !db.sourceFilters(domainUUID: uuid).isEmpty
     }
 
