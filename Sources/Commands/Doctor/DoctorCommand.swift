@@ -291,7 +291,7 @@ struct Doctor {
             return
         }
         for f in real {
-            let check = f.guards ? "guards" : f.action == .acceptRule ? "libvirt firewall" : "forwards"
+            let check = f.kind != ForwardKind.name ? f.kind : f.action == .acceptRule ? "libvirt firewall" : "forwards"
             let fix = f.action == .acceptRule
                 ? "virtport reconcile   (a running agent does this by itself within a second of libvirt's rebuild: systemctl enable --now virtport-agent)"
                 : "virtport reconcile"
@@ -301,11 +301,8 @@ struct Doctor {
     }
 
     func describe(_ f: Fix) -> String {
-        if f.guards {
-            return f.action == .removeMapping
-                ? "a VM that is not running still has its bridge port guard in the journal (\(f.reason))"
-                : "a bridge port guard is not in place as declared (\(f.reason)): frames from that VM's port are not checked"
-        }
+        // A kind other than forwards says what its findings mean itself.
+        if let explanation = f.explanation { return explanation }
         return switch f.action {
         case .kernelAdd, .rebuildTable:
             "the journal holds this forward but the kernel does not (\(f.reason)): connections to it are not forwarded"

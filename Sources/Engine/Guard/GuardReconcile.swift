@@ -40,14 +40,16 @@ public struct GuardReconcilePlan: KindReconcile {
         for uuid in Set(rows.map(\.domain.uuid)).sorted() where !running.contains(uuid) {
             p.removals.append(uuid)
             p.fixes.append(Fix(.removeMapping, domain: rows.first { $0.domain.uuid == uuid }?.domain.name, what: "port guards",
-                               reason: "domain is not running", guards: true))
+                               reason: "domain is not running", guards: true,
+                               explanation: "a VM that is not running still has its bridge port guard in the journal (domain is not running)"))
         }
         // The table first, from the journal: what a flush took is reported as such, not hidden in
         // the per-domain pass below (whose batches would rebuild it silently).
         if let damage {
             p.rebuild = true
-            p.fixes.append(Fix(.rebuildTable, domain: nil, what: "table bridge \(table)",
-                               reason: GuardKind.healedLine(damage, count: keptCount), guards: true))
+            let reason = GuardKind.healedLine(damage, count: keptCount)
+            p.fixes.append(Fix(.rebuildTable, domain: nil, what: "table bridge \(table)", reason: reason, guards: true,
+                               explanation: notInPlace(reason)))
         }
         for (uuid, (ref, want)) in planned.sorted(by: { $0.key < $1.key }) {
             let before = rows.filter { $0.domain.uuid == uuid }.sorted { $0.tap < $1.tap }
@@ -64,9 +66,15 @@ public struct GuardReconcilePlan: KindReconcile {
             if agrees { continue }
             p.applies.append((ref, want))
             p.fixes.append(Fix(.addMapping, domain: ref.name, what: "port guards (\(want.compactMap(\.tap).joined(separator: ", ")))",
-                               reason: "journal did not match the running domain", guards: true))
+                               reason: "journal did not match the running domain", guards: true,
+                               explanation: notInPlace("journal did not match the running domain")))
         }
         return p
+    }
+
+    /// doctor's sentence for a guard that is not as declared.
+    static func notInPlace(_ reason: String) -> String {
+        "a bridge port guard is not in place as declared (\(reason)): frames from that VM's port are not checked"
     }
 
     public func apply(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) -> [Fix] {

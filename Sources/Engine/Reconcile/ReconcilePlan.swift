@@ -28,19 +28,24 @@ public struct Fix: Sendable, Equatable {
     public var domain: String?
     public var what: String
     public var reason: String
-    /// About a bridge port guard (`GuardSync.reconcile`), not a forward.
-    public var guards: Bool
+    /// The rule kind it is about (`RuleKind.name`: `forwards`, `guards`, …): doctor's check name.
+    public var kind: String
+    /// About a bridge port guard (`GuardKind`), not a forward.
+    public var guards: Bool { kind == GuardKind.name }
+    /// What it means, for `virtport doctor` (nil: doctor's own wording for forwards).
+    public var explanation: String?
     /// The error behind a `skip` (a refused intent), as typed: `reason` is its text for people.
     public var error: VirtPortError?
 
     public init(_ action: Action, domain: String?, what: String, reason: String, guards: Bool = false,
-                error: VirtPortError? = nil) {
+                kind: String? = nil, explanation: String? = nil, error: VirtPortError? = nil) {
+        self.kind = kind ?? (guards ? GuardKind.name : ForwardKind.name)
+        self.explanation = explanation
         self.error = error
         self.action = action
         self.domain = domain
         self.what = what
         self.reason = reason
-        self.guards = guards
     }
 }
 
