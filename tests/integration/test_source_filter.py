@@ -141,10 +141,14 @@ def test_table_deleted_by_someone_is_healed_by_reconcile(lab):
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
     sh("nft", "delete", "table", "inet", TABLE, ns=lab.host)
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("G1")  # the attack, once the filter is gone
+    found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "source filters"]
+    assert len(found) == 1 and found[0]["status"] == "fail", found
+    assert "open to every client" in found[0]["problem"] + found[0].get("why", "") + json.dumps(found[0]), found
     r = lab.virtport("reconcile")
     assert r.returncode == 0, r.stderr.decode()
     assert "table inet virtport_src" in r.stdout.decode() + r.stderr.decode()
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    assert [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "source filters"] == []
 
 
 def test_policy_requires_a_list_on_some_ports(lab):

@@ -13,7 +13,8 @@ public import VirtPortCore
 public struct SourceFilterKind: RuleKind {
     public init() {}
 
-    public var name: String { "source filters" }
+    public static let name = "source filters"
+    public var name: String { Self.name }
 
     public func tables(_ config: Config) -> [String] { ["inet " + SourceFilterTable.name(config.table)] }
 
@@ -198,11 +199,17 @@ public struct SourceFilterReconcile: KindReconcile {
                 p.rows.append((domain, want))
                 let what = want.isEmpty ? "source filters" : "source filters: " + want.map { "\($0.proto) \($0.ports) source=\"\($0.text)\"" }.joined(separator: ", ")
                 p.fixes.append(Fix(want.isEmpty ? .removeMapping : .addMapping, domain: domain.name, what: what,
-                                   reason: want.isEmpty ? "no running domain declares them" : "the journal differs from the domain's source= lists"))
+                                   reason: want.isEmpty ? "no running domain declares them" : "the journal differs from the domain's source= lists",
+                                   kind: SourceFilterKind.name,
+                                   explanation: want.isEmpty
+                                       ? "source filters of a VM that is not running are still in place"
+                                       : "a running VM's source= lists are not the ones in place: clients it allows may be dropped, or ones it does not allowed"))
             }
         }
         if let damage {
-            p.fixes.append(Fix(.rebuildTable, domain: nil, what: "table inet \(table)", reason: damage))
+            p.fixes.append(Fix(.rebuildTable, domain: nil, what: "table inet \(table)", reason: damage, kind: SourceFilterKind.name,
+                               explanation: "the source filters the journal holds are not all in the kernel (\(damage)): "
+                                   + "their forwards may be open to every client"))
         }
         p.rebuild = damage != nil || !p.rows.isEmpty
         return p
