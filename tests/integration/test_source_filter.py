@@ -206,3 +206,51 @@ def test_a_thousand_prefixes_and_two_domains(lab):
     assert table_exists(lab)
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("G1")
     assert set(counters(lab)) == {"tcp4_2222", "tcp6_2222"}
+
+
+ECHO = textwrap.dedent("""
+    import socket, threading
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 7)); s.listen(8); print("ready", flush=True)
+    def serve(c):
+        while True:
+            d = c.recv(100)
+            if not d: return
+            c.sendall(d)
+    while True:
+        c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+# One connection kept open: "ok" after each echoed line read from stdin, "dropped" when the echo
+# does not come back within a second.
+HOLDER = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2, source_address=(sys.argv[3], 0))
+    s.settimeout(1)
+    for line in sys.stdin:
+        s.sendall(line.encode())
+        try:
+            print("ok" if s.recv(100) else "closed", flush=True)
+        except socket.timeout:
+            print("dropped", flush=True)
+""")
+
+
+def test_removing_a_prefix_cuts_its_established_connection(lab):
+    """README: every original-direction packet is judged, so a list change takes effect on open
+    connections too (baseline: the same connection works before the change)."""
+    import subprocess
+    second_addresses(lab)
+    p = subprocess.Popen(["ip", "netns", "exec", lab.guest, sys.executable, "-c", ECHO], stdout=subprocess.PIPE)
+    lab.procs.append(p)
+    assert p.stdout.readline().decode().strip() == "ready"
+    lab.start(web(source="203.0.113.2 203.0.113.3", to=7))
+    h = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-c", HOLDER, "203.0.113.1", "2222", "203.0.113.3"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lab.procs.append(h)
+    h.stdin.write("a\n"); h.stdin.flush()
+    assert h.stdout.readline().strip() == "ok"
+    lab.start(web(source="203.0.113.2", to=7))      # .3 leaves the list
+    h.stdin.write("b\n"); h.stdin.flush()
+    assert h.stdout.readline().strip() == "dropped"
+    assert counters(lab)["tcp4_2222"] >= 1
