@@ -254,3 +254,46 @@ def test_removing_a_prefix_cuts_its_established_connection(lab):
     h.stdin.write("b\n"); h.stdin.flush()
     assert h.stdout.readline().strip() == "dropped"
     assert counters(lab)["tcp4_2222"] >= 1
+
+
+def test_the_agent_heals_a_deleted_source_filter_table(lab):
+    """The agent watches the kinds' tables: `nft delete table inet virtport_src` (or a flush) and the
+    filter is back from the journal within moments; the attack works in between."""
+    import time
+    from test_agent_watch import start_agent
+    log = lab.syslog()
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G1")
+    lab.start(web(source="198.51.100.0/24"))
+    start_agent(lab)
+    for cmd in (("delete", "table", "inet", TABLE), ("flush", "ruleset")):
+        sh("nft", *cmd, ns=lab.host)
+        deadline = time.monotonic() + 5
+        while not (table_exists(lab) and counters(lab) == {"tcp4_2222": counters(lab).get("tcp4_2222", 0), "tcp6_2222": 0}):
+            assert time.monotonic() < deadline, f"not healed after nft {' '.join(cmd)}"
+            time.sleep(0.05)
+        assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    assert log.wait_for("source filters: table inet virtport_src is missing")
+
+
+def test_dev_and_pending_forwards_are_filtered(lab):
+    """dev= (the interface in the key) and a pending forward (no guest address yet: the filter is
+    in before its DNAT ever is)."""
+    second_addresses(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G1")
+    xml = domain_xml("web1", U1, "<vp:portForward proto='tcp' dev='h0' guest='192.168.122.10' source='203.0.113.3'>"
+                                 "<vp:range start='2222' to='22'/></vp:portForward>"
+                                 "<vp:portForward proto='tcp' dev='br0' guest='192.168.122.10'>"
+                                 "<vp:range start='2222' to='22'/></vp:portForward>"
+                                 "<vp:portForward proto='tcp' source='203.0.113.0/24'>"
+                                 "<vp:range start='2230' to='22'/></vp:portForward>")
+    lab.start(xml)
+    assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", 2222) == "G1 22 from 203.0.113.3"
+    assert connect_from(lab, "203.0.113.2", "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    # The same port on br0 has no list: guest2 reaches it.
+    assert lab.connect(lab.guest2, "tcp", "192.168.122.1", 2222).startswith("G1 22")
+    c = counters(lab)
+    assert c["tcp4_2222_h0"] >= 1 and "tcp4_2222_br0" not in c, c
+    # The pending forward (no address for the NIC): filtered already, both families.
+    assert {"tcp4_2230", "tcp6_2230"} <= set(c), c
+    pending = [m for m in json.loads(lab.virtport("list", "--json", check=True).stdout) if m["host_port_start"] == 2230]
+    assert pending[0]["state"] == "pending" and pending[0]["source"] == ["203.0.113.0/24"], pending
