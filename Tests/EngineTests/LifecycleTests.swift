@@ -254,6 +254,38 @@ import VirtPortCore
         #expect(try db.activeGuards().isEmpty)
     }
 
+    /// A kind that keeps something in `table inet virtport` beside the forwards.
+    struct SharingKind: RuleKind {
+        var name: String { "sharing" }
+        func tables(_ config: Config) -> [String] { ["inet \(config.table)"] }
+        func needsChange(_ plan: Plan?, uuid: String, context: KindContext) throws(VirtPortError) -> Bool { false }
+        func stage(_ plan: Plan?, domain: DomainRef, reason: String, db: JournalDB,
+                   context: KindContext) throws(VirtPortError) -> (any StagedChange)? { nil }
+        func reapply(network: NetworkDefinition, db: JournalDB, reason: String, context: KindContext) throws(VirtPortError) {}
+        func heal(db: JournalDB, context: KindContext) throws(VirtPortError) -> [String] { [] }
+        func reconcile(running: [String: RunningDomain], db: JournalDB?, reason: String,
+                       context: KindContext) throws(VirtPortError) -> any KindReconcile { GuardReconcilePlan() }
+        func removeEverything(db: JournalDB?, reason: String, context: KindContext) throws(VirtPortError) -> Int { 0 }
+        func removedLine(count: Int, config: Config) -> String { "" }
+        func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)? {
+            RecordingFirewall.Part(summary: "sharing full state in \(table)", inet: true) { _ in }
+        }
+    }
+
+    @Test func aRebuildOfTheInetTableKeepsTheOtherKindsState() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let fw = firewall()
+        fw.inetSkeletonIntact = false  // someone flushed our chains: the forwards rebuild the table
+        let resources = Resources.perProcess(box.config, kernel: fw)
+        let plan = try Planner.plan(domain: try DomainXML.parse(domain("web", uuidA, tcp(47222, to: 22))), resolver: box.resolver,
+                                    policy: box.config.policy)
+        try DomainLifecycle.change(plan, uuid: uuidA, name: "web", reason: "test", resources: resources,
+                                   diagnostics: CollectedDiagnostics(), kinds: [ForwardKind(), SharingKind()])
+        #expect(fw.batches.last == ["inet rebuilt 1", "sharing full state in inet virtport"])
+        #expect(DomainLifecycle.tables(box.config, kinds: [ForwardKind(), SharingKind()]) == ["inet virtport"])
+    }
+
     @Test func theWatchedTablesComeFromTheKinds() {
         #expect(DomainLifecycle.tables(Sandbox().config) == ["inet virtport_src", "inet virtport", "bridge virtport"])
     }

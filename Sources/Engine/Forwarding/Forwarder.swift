@@ -19,6 +19,8 @@ public struct Forwarder {
     /// Warnings (to the caller and the system log) and decisions (to the system log).
     let warnings: Warnings
     var log: EventLog { warnings.log }
+    /// The rule kinds whose full state a rebuild of the table must keep (`othersInTable`).
+    var kinds: [any RuleKind] = RuleKinds.all
 
     /// - Parameter diagnostics: where warnings go besides the system log (a hook's stderr, the
     ///   agent's reply to a hook, a command's stderr).
@@ -32,6 +34,7 @@ public struct Forwarder {
         resources = context.resources
         files = context.files
         warnings = context.warnings
+        kinds = context.kinds
     }
 
     /// Read-only conflict check (qemu `prepare`): a host socket or another running domain already
@@ -241,9 +244,9 @@ public struct Forwarder {
     /// What other rule kinds keep in `table inet <table>`: a rebuild of the table must put it back
     /// in the same batch (`RuleKind.fullState`).
     func othersInTable(db: JournalDB) throws(VirtPortError) -> [any BatchPart] {
-        let context = KindContext(resources: resources, warnings: warnings, files: files)
+        let context = KindContext(resources: resources, warnings: warnings, files: files, kinds: kinds)
         var parts: [any BatchPart] = []
-        for kind in RuleKinds.all where kind.name != ForwardKind.name {
+        for kind in kinds where kind.name != ForwardKind.name {
             if let part = try kind.fullState(in: "inet \(config.table)", db: db, context: context) { parts.append(part) }
         }
         return parts

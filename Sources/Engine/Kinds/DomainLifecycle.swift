@@ -29,7 +29,7 @@ public enum DomainLifecycle {
                               kinds: [any RuleKind] = RuleKinds.all) throws(VirtPortError) {
         // A stop without a journal has nothing to take down.
         if plan == nil, try resources.existingJournal(readOnly: false) == nil { return }
-        let context = KindContext(resources: resources, diagnostics: diagnostics, files: files)
+        let context = KindContext(resources: resources, diagnostics: diagnostics, files: files, kinds: kinds)
         var involved: [any RuleKind] = []
         for kind in kinds where try kind.needsChange(plan, uuid: uuid, context: context) {
             involved.append(kind)
@@ -90,7 +90,7 @@ public enum DomainLifecycle {
     public static func networkStarted(_ network: NetworkDefinition, reason: String, resources: Resources,
                                       diagnostics: any Diagnostics, kinds: [any RuleKind] = RuleKinds.all) throws(VirtPortError) {
         guard let db = try resources.existingJournal(readOnly: false) else { return }
-        let context = KindContext(resources: resources, diagnostics: diagnostics)
+        let context = KindContext(resources: resources, diagnostics: diagnostics, kinds: kinds)
         try resources.changeLock().withExclusive { () throws(VirtPortError) in
             try eachKind(kinds) { (kind) throws(VirtPortError) in
                 try kind.reapply(network: network, db: db, reason: reason, context: context)
@@ -103,7 +103,7 @@ public enum DomainLifecycle {
     public static func heal(resources: Resources, diagnostics: any Diagnostics,
                             kinds: [any RuleKind] = RuleKinds.all) throws(VirtPortError) -> [String] {
         guard let db = try resources.existingJournal(readOnly: false) else { return [] }
-        let context = KindContext(resources: resources, diagnostics: diagnostics)
+        let context = KindContext(resources: resources, diagnostics: diagnostics, kinds: kinds)
         return try resources.changeLock().withExclusive { () throws(VirtPortError) -> [String] in
             var healed: [String] = []
             for kind in kinds { healed += try kind.heal(db: db, context: context) }
@@ -116,7 +116,7 @@ public enum DomainLifecycle {
     /// - Returns: per kind, the line saying what went.
     public static func removeEverything(reason: String, resources: Resources, diagnostics: any Diagnostics,
                                         kinds: [any RuleKind] = RuleKinds.all) throws(VirtPortError) -> [String] {
-        let context = KindContext(resources: resources, diagnostics: diagnostics)
+        let context = KindContext(resources: resources, diagnostics: diagnostics, kinds: kinds)
         var lines: [String] = []
         let each = { (db: JournalDB?) throws(VirtPortError) in
             try eachKind(kinds) { (kind) throws(VirtPortError) in

@@ -21,6 +21,8 @@ public protocol FirewallDriver: AnyObject {
     @discardableResult
     func apply(adding: [ForwardElement], removing: [ForwardElement], hairpinAdding: [Subnet],
                hairpinRemoving: [Subnet]) throws(NetfilterError) -> Bool
+    /// Rebuilds `table inet` in one batch; `others`: the full state other kinds keep in it
+    /// (`RuleKind.fullState`, `Forwarder.othersInTable`) — no default, so no rebuild forgets them.
     func replaceAll(elements: [ForwardElement], hairpin: [Subnet], others: [any BatchPart]) throws(NetfilterError)
     func deleteTable() throws(NetfilterError)
     func listElements() throws(NetfilterError) -> [ForwardElement]
@@ -66,9 +68,6 @@ extension FirewallDriver {
     @discardableResult
     public func apply(adding: [ForwardElement], removing: [ForwardElement]) throws(NetfilterError) -> Bool {
         try apply(adding: adding, removing: removing, hairpinAdding: [], hairpinRemoving: [])
-    }
-    public func replaceAll(elements: [ForwardElement], hairpin: [Subnet]) throws(NetfilterError) {
-        try replaceAll(elements: elements, hairpin: hairpin, others: [])
     }
 }
 

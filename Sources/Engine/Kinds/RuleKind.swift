@@ -97,18 +97,22 @@ public struct KindContext {
     public let warnings: Warnings
     /// libvirt's files as this operation sees them (each network's XML parsed once).
     public let files: LibvirtFiles
+    /// The kinds of this operation (`RuleKinds.all`; unit tests hand in others).
+    public let kinds: [any RuleKind]
     public var config: Config { resources.config }
     public var log: EventLog { warnings.log }
 
-    public init(resources: Resources, diagnostics: any Diagnostics, files: LibvirtFiles? = nil) {
+    public init(resources: Resources, diagnostics: any Diagnostics, files: LibvirtFiles? = nil,
+                kinds: [any RuleKind] = RuleKinds.all) {
         self.init(resources: resources, warnings: Warnings(diagnostics: diagnostics, log: EventLog(config: resources.config)),
-                  files: files ?? LibvirtFiles(config: resources.config, overrides: []))
+                  files: files ?? LibvirtFiles(config: resources.config, overrides: []), kinds: kinds)
     }
 
-    init(resources: Resources, warnings: Warnings, files: LibvirtFiles) {
+    init(resources: Resources, warnings: Warnings, files: LibvirtFiles, kinds: [any RuleKind] = RuleKinds.all) {
         self.resources = resources
         self.warnings = warnings
         self.files = files
+        self.kinds = kinds
     }
 
     /// The firewall (`Resources.kernel`).

@@ -111,9 +111,10 @@ public struct Reconciler {
             plan.planKernel(try readKernel(), table: config.table, rows: rows, reason: reason)
         }
         let nf = try resources.kernel()
+        let others = plan.rebuildTable ? try Forwarder(resources: resources, diagnostics: diagnostics).othersInTable(db: db) : []
         do {
             if plan.rebuildTable {
-                try nf.replaceAll(elements: Array(plan.target), hairpin: [])
+                try nf.replaceAll(elements: Array(plan.target), hairpin: [], others: others)
             } else if !plan.kernelAdd.isEmpty || !plan.kernelDelete.isEmpty {
                 try nf.apply(adding: Array(plan.kernelAdd), removing: Array(plan.kernelDelete))
             }
