@@ -44,8 +44,8 @@ public enum SourceFilterTable {
 
     /// Before DNAT (nat prerouting, -100), after conntrack (-200).
     static let priority: Int32 = -110
-    /// Most prefixes one forward may list (README "Limits").
-    public static let maxPrefixes = 4096
+    /// Most prefixes one forward may list (`SourceList.maxPrefixes`).
+    public static let maxPrefixes = SourceList.maxPrefixes
 
     struct Variant: Hashable {
         var family: Family

@@ -104,4 +104,20 @@ struct SourceFilterKernelTests {
             #expect(try ns.exec(["nft", "list", "table", "inet", "virtport_src"]).status != 0)
         }
     }
+
+    @Test func theDocumentedLimitFitsInOneBatch() throws {
+        try withNetNS("srcmax") { ns in
+            let nf = try ns.session()
+            // The most prefixes a list may hold, IPv6 (the longest keys), on a dev forward with both families.
+            let many = (0..<SourceList.maxPrefixes).map { "2001:db8:\(String($0, radix: 16))::/48" }
+            let f = filter(.tcp, dev: "eth0", PortRange(1000, 2000), many)
+            let clock = ContinuousClock()
+            let took = clock.measure { try? nf.changeSourceFilters(from: [], to: [f], all: [f]) }
+            // README "Limits": the kernel's insert cost grows with the square of a set's elements.
+            #expect(took < .seconds(3), "\(took)")
+            let json = try ns.exec(["nft", "-j", "list", "set", "inet", "virtport_src", "allow6_dev"]).stdout
+            #expect(json.components(separatedBy: "\"concat\"").count - 1 == SourceList.maxPrefixes)
+            #expect(try nf.sourceFilterCounters().map(\.name) == ["tcp4_1000_2000_eth0", "tcp6_1000_2000_eth0"])
+        }
+    }
 }

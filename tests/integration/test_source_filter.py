@@ -175,7 +175,7 @@ def test_bad_lists_are_refused_with_one_line_and_nothing_applied(lab):
         ("10.0.0.0/8,192.0.2.1", "is not an IPv4 or IPv6 address or prefix (separate prefixes with spaces)"),
         ("203.0.113.0/33", 'source="203.0.113.0/33" is not an IPv4 or IPv6 address or prefix'),
         ("10.0.0.0/8 10.0.0.0/8", "source= names 10.0.0.0/8 twice"),
-        (" ".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(4097)), "source= names 4097 prefixes, more than 4096"),
+        (" ".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(1025)), "source= names 1025 prefixes, more than 1024"),
     ]
     for source, fragment in cases:
         xml = web(source=source)
