@@ -163,10 +163,12 @@ final class SQLiteConnection {
     /// the busy timeout, so the transaction never fails half-way with SQLITE_BUSY); rolls back on error.
     ///
     /// Nestable: inside another `immediate` (a lifecycle's one transaction around every rule
-    /// kind's intents), `body` runs in a savepoint of the outer transaction, rolled back alone on
-    /// error; the outer COMMIT makes it all durable at once.
+    /// kind's intents), `body` simply runs in the outer transaction, whose COMMIT makes it all
+    /// durable at once. An error inside must leave the outer `immediate` too (which rolls it all
+    /// back): nothing catches a journal error inside a transaction and goes on. (No savepoint:
+    /// each would cost a hook two more statements to parse.)
     func immediate<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
-        if depth > 0 { return try savepoint(body) }
+        if depth > 0 { return try body() }
         try exec("BEGIN IMMEDIATE")
         transactionsBegun += 1
         depth += 1
@@ -191,21 +193,6 @@ final class SQLiteConnection {
     private var depth = 0
     /// Outermost transactions begun on this connection (unit tests count a change's transactions).
     private(set) var transactionsBegun = 0
-
-    private func savepoint<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
-        try exec("SAVEPOINT nested")
-        depth += 1
-        defer { depth -= 1 }
-        let result: T
-        do {
-            result = try body()
-        } catch {
-            _ = sqlite3_exec(db, "ROLLBACK TO nested; RELEASE nested", nil, nil, nil)
-            throw error
-        }
-        try exec("RELEASE nested")
-        return result
-    }
 
     private func prepare(_ sql: String) throws(VirtPortError) -> OpaquePointer {
         if let stmt = cache[sql] { return stmt }
