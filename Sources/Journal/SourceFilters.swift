@@ -96,21 +96,6 @@ extension JournalDB {
         return out
     }
 
-    /// Runs `body` in a savepoint: inside the caller's transaction (the lifecycle's), or as a
-    /// transaction of its own.
-    func sourceFilterSavepoint<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
-        try conn.exec("SAVEPOINT source_filters")
-        do {
-            let result = try body()
-            try conn.exec("RELEASE source_filters")
-            return result
-        } catch {
-            try? conn.exec("ROLLBACK TO source_filters")
-            try? conn.exec("RELEASE source_filters")
-            throw error
-        }
-    }
-
     /// Makes the domain's rows `filters` (state as given) with history: `on` for a new forward
     /// filter, `change` when its list changed, `off` for a row that goes.
     /// - Returns: the domain's rows before.
@@ -118,7 +103,8 @@ extension JournalDB {
     public func putSourceFilters(domain: DomainRef, _ filters: [SourceFilter], state: SourceFilterRow.State,
                                  reason: String, now: Int64) throws(VirtPortError) -> [SourceFilterRow] {
         if filters.isEmpty, try !hasSourceFilterTables() { return [] }
-        return try sourceFilterSavepoint { () throws(VirtPortError) -> [SourceFilterRow] in
+        // Joins the lifecycle's transaction, or is one of its own.
+        return try conn.immediate { () throws(VirtPortError) -> [SourceFilterRow] in
             try conn.exec(Self.sourceFilterTables)
             let before = try sourceFilters(domainUUID: domain.uuid)
             let wanted = Set(filters.map(\.identity))
