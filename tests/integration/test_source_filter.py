@@ -297,3 +297,13 @@ def test_dev_and_pending_forwards_are_filtered(lab):
     assert {"tcp4_2230", "tcp6_2230"} <= set(c), c
     pending = [m for m in json.loads(lab.virtport("list", "--json", check=True).stdout) if m["host_port_start"] == 2230]
     assert pending[0]["state"] == "pending" and pending[0]["source"] == ["203.0.113.0/24"], pending
+
+
+def test_udp_forward_is_filtered_too(lab):
+    second_addresses(lab)
+    lab.listen(lab.guest, "udp", "0.0.0.0", 53, "G1")
+    lab.start(domain_xml("web1", U1, "<vp:portForward proto='udp' guest='192.168.122.10' source='203.0.113.3'>"
+                                     "<vp:range start='5353' to='53'/></vp:portForward>"))
+    assert connect_from(lab, "203.0.113.3", "udp", "203.0.113.1", 5353) == "G1 53 from 203.0.113.3"
+    assert connect_from(lab, "203.0.113.2", "udp", "203.0.113.1", 5353).startswith("ERROR")
+    assert counters(lab)["udp4_5353"] >= 1
