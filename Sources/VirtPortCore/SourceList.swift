@@ -128,6 +128,8 @@ public enum SourceFilterPlanner {
     public static func plan(_ metadata: VirtPortMetadata?, mappings: [Mapping], policy: Policy) throws(VirtPortError) -> [SourceFilter] {
         let forwards = metadata?.forwards ?? []
         var out: [SourceFilter] = []
+        // The common case: no list anywhere and no policy on it.
+        if policy.requireSourcePorts.isEmpty && !forwards.contains(where: { $0.sources != nil }) { return out }
         for m in mappings {
             let index = forwards.firstIndex { f in
                 f.proto == m.proto && f.address == m.hostAddress && f.dev == m.dev
@@ -135,7 +137,11 @@ public enum SourceFilterPlanner {
             }
             let sources = index.flatMap { forwards[$0].sources }
             let path = index.map { "portForward[\($0 + 1)]" } ?? "portForward"
-            if let port = policy.requireSourcePorts.lazy.compactMap({ r in m.hostPorts.overlaps(r) ? max(r.start, m.hostPorts.start) : nil }).first {
+            var required: UInt16?
+            for r in policy.requireSourcePorts where required == nil && m.hostPorts.overlaps(r) {
+                required = max(r.start, m.hostPorts.start)
+            }
+            if let port = required {
                 let setting = policy.setting(.requireSourcePorts)
                 guard let sources else {
                     throw .invalid("\(path): host port \(m.proto) \(port) needs source= (\(setting))")
