@@ -68,7 +68,7 @@ extension JournalDB {
 
     /// Whether a source filter was ever written (the tables exist).
     public func hasSourceFilterTables() throws(VirtPortError) -> Bool {
-        try conn.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'source_filters'") == 1
+        conn.hasTable("source_filters")
     }
 
     /// Every filter row, or one domain's.
