@@ -8,7 +8,8 @@
                 `start` (table exists), `stopped` and a domain without metadata, for a VM of 10
                 forwards; then `start` and `stopped` of the same VM with a port guard (both tables
                 exist): what a guarded start costs in one process
-  time          a guarded VM's hook `start` and `stopped`, N pairs, the binaries alternating pair by
+  time          a guarded VM's hook `start` and `stopped` (each pair on host ports no earlier pair
+                released: see `fresh`), N pairs, the binaries alternating pair by
                 pair in ABBA order (a shared machine drifts; alternation cancels most of it): wall clock and CPU
                 time (user + system, the kernel's work on the batches included; tick-sampled, so its mean), ms
 
@@ -16,7 +17,10 @@ One network namespace per run (removed at the end, even on failure): br0 192.168
 enslaved (a veth whose peer stays in the namespace): the guard's tap. Each binary gets its own
 config and journal in a temporary directory.
 
-  sudo python3 bench/hook_instructions.py --bin A=/path/to/virtport --bin B=.build/release/virtport [--pairs 40]
+  sudo python3 bench/hook_instructions.py --bin A=/path/to/virtport --bin B=.build/release/virtport [--pairs 40] [--agent]
+
+  --agent       also the same pairs with each binary's `virtport agent` doing the work (each in a
+                namespace of its own): the hook's wall clock and the agent's CPU per operation
 """
 import argparse
 import os
@@ -39,22 +43,22 @@ def sh(*args, ns=None, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, **kw)
 
 
-def topology():
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "set", "lo", "up", ns=NS)
-    sh("ip", "link", "add", "br0", "type", "bridge", ns=NS)
-    sh("ip", "addr", "add", "192.168.122.1/24", "dev", "br0", ns=NS)
-    sh("ip", "link", "set", "br0", "up", ns=NS)
-    sh("ip", "link", "add", "vnet0", "type", "veth", "peer", "name", "vpeer0", ns=NS)
-    sh("ip", "link", "set", "vnet0", "master", "br0", ns=NS)
+def topology(ns=NS):
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "set", "lo", "up", ns=ns)
+    sh("ip", "link", "add", "br0", "type", "bridge", ns=ns)
+    sh("ip", "addr", "add", "192.168.122.1/24", "dev", "br0", ns=ns)
+    sh("ip", "link", "set", "br0", "up", ns=ns)
+    sh("ip", "link", "add", "vnet0", "type", "veth", "peer", "name", "vpeer0", ns=ns)
+    sh("ip", "link", "set", "vnet0", "master", "br0", ns=ns)
     for d in ("vnet0", "vpeer0"):
-        sh("ip", "link", "set", d, "up", ns=NS)
+        sh("ip", "link", "set", d, "up", ns=ns)
 
 
-def domain(name, uuid, guard, forwards=10):
+def domain(name, uuid, guard, forwards=10, base=41000):
     meta = ""
     if forwards:
-        body = "".join(f"<vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='{41000 + i}' to='{22 + i}'/>"
+        body = "".join(f"<vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='{base + i}' to='{22 + i}'/>"
                        "</vp:portForward>" for i in range(forwards))
         if guard:
             body += "<vp:guard ip='192.168.122.10' isolated='yes'/>"
@@ -80,11 +84,47 @@ class Binary:
                     f'hooks_dir = "{self.dir}/hooks"\nagent_socket = "{self.dir}/agent.sock"\n'
                     f'[log]\nsyslog_socket = ""\n')
 
+    def start_agent(self, ns):
+        """`virtport agent` in its own namespace `ns` (two agents in one would heal each other's
+        deletions); the hooks then hand it their work. Returns once it listens."""
+        self.ns = ns
+        self.agent_log = os.path.join(self.dir, "agent.log")
+        self.agent = subprocess.Popen(["ip", "netns", "exec", ns, self.path, "agent"], env=self.env(),
+                                      stdout=subprocess.DEVNULL, stderr=open(self.agent_log, "w"))
+        deadline = time.time() + 10
+        while not os.path.exists(os.path.join(self.dir, "agent.sock")):
+            if self.agent.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"{self.label}: agent did not come up: {open(self.agent_log).read()[-400:]}")
+            time.sleep(0.02)
+        time.sleep(0.3)
+
+    def agent_cpu_ms(self):
+        """The agent's CPU so far, every thread, from the scheduler's own account (schedstat, ns:
+        not tick-sampled like rusage), ms. Threads that exited already are not counted: the agent's
+        workers and its loop live as long as it does."""
+        pid = self.agent_pid()
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                total += int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total / 1e6
+
+    def agent_pid(self):
+        """The agent's own pid (`ip netns exec` execs it, so the Popen pid is the agent's)."""
+        return self.agent.pid
+
+    def stop_agent(self):
+        self.agent.terminate()
+        self.agent.wait(timeout=10)
+
     def env(self):
         return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": self.config, "LANG": "C.UTF-8"}
 
     def hook(self, op, xml, name="web", prefix=()):
-        r = subprocess.run(["ip", "netns", "exec", NS, *prefix, self.path, "hook", "qemu", name, op, "begin", "-"],
+        r = subprocess.run(["ip", "netns", "exec", getattr(self, "ns", NS), *prefix, self.path, "hook", "qemu", name, op,
+                            "begin", "-"],
                            input=xml, capture_output=True, env=self.env())
         if r.returncode != 0 or (not prefix and r.stderr):
             raise SystemExit(f"{self.label} {op}: rc={r.returncode} {r.stderr.decode()[-400:]}")
@@ -101,7 +141,7 @@ class Binary:
         """Wall clock and CPU time (user + system, from the process's rusage: the kernel's work on its
         netlink batches included) of one hook process, in ms."""
         t = time.perf_counter()
-        p = subprocess.Popen(["ip", "netns", "exec", NS, self.path, "hook", "qemu", name, op, "begin", "-"],
+        p = subprocess.Popen(["ip", "netns", "exec", getattr(self, "ns", NS), self.path, "hook", "qemu", name, op, "begin", "-"],
                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env())
         p.stdin.write(xml)
         p.stdin.close()
@@ -126,10 +166,54 @@ class Binary:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def fresh(i):
+    """The guarded VM of timing pair `i`: host ports no earlier pair released. A start on ports
+    released in the last 3 minutes deletes their untranslated conntrack entries, one filtered walk
+    of the whole conntrack table per port — on a shared machine 3–40 ms each, depending on every
+    namespace's entries — which would swamp what is measured here."""
+    return domain("web", UUID, True, base=20000 + 10 * i)
+
+
+def agent_phase(bins, guarded, pairs):
+    """The same guarded start/stopped pairs, each binary's agent doing the work in a namespace of
+    its own: the hook's wall clock (median / p90) and the agent's CPU per operation (its total over
+    the run from /proc, divided: precise where one process's rusage is not)."""
+    for i, b in enumerate(bins):
+        ns = f"{NS}-a{i}"
+        topology(ns)
+        b.start_agent(ns)
+        b.hook("start", guarded)
+        b.hook("stopped", guarded)
+    wall = {b.label: {"start": [], "stopped": []} for b in bins}
+    cpu = {b.label: {"start": 0.0, "stopped": 0.0} for b in bins}
+    for i in range(pairs):
+        for b in (bins if i % 2 == 0 else bins[::-1]):
+            for op in ("start", "stopped"):
+                before = b.agent_cpu_ms()
+                w, _ = b.timed(op, fresh(i))
+                cpu[b.label][op] += b.agent_cpu_ms() - before
+                wall[b.label][op].append(w)
+    for b in bins:
+        b.stop_agent()
+    print(f"\nWith the agent: guarded VM, {pairs} start/stopped pairs in ABBA order: the hook's wall clock "
+          "(median / p90) and the agent's CPU per operation (mean, from schedstat), ms:\n")
+    print("| op | " + " | ".join(f"{b.label} wall | {b.label} agent CPU" for b in bins) + " |")
+    print("|---|" + "---|---|" * len(bins))
+    for op in ("start", "stopped"):
+        cells = []
+        for b in bins:
+            v = sorted(wall[b.label][op])
+            cells.append(f"{statistics.median(v):.2f} / {v[int(len(v) * 0.9) - 1]:.2f}")
+            cells.append(f"{cpu[b.label][op] / pairs:.2f}")
+        print(f"| hook `{op}` | " + " | ".join(cells) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", action="append", required=True, help="LABEL=PATH, twice or more")
     ap.add_argument("--pairs", type=int, default=40)
+    ap.add_argument("--agent", action="store_true",
+                    help="also time the hooks with each binary's agent doing the work (its own namespace)")
     args = ap.parse_args()
     bins = [Binary(*b.split("=", 1)) for b in args.bin]
     plain, guarded, bare = domain("web", UUID, False), domain("web", UUID, True), domain("bare", BARE, False, forwards=0)
@@ -169,7 +253,7 @@ def main():
             # child closing its netlink socket, which the next start competes with).
             for b in (bins if i % 2 == 0 else bins[::-1]):
                 for op in ("start", "stopped"):
-                    wall, used = b.timed(op, guarded)
+                    wall, used = b.timed(op, fresh(i))
                     times[b.label][op].append(wall)
                     cpu[b.label][op].append(used)
         print(f"\nGuarded VM (10 forwards + 1 port guard), {args.pairs} start/stopped pairs alternating binaries: "
@@ -184,7 +268,14 @@ def main():
                 # rusage of a process this short is sampled at the scheduler tick: only the mean means something.
                 cells.append(f"{statistics.mean(cpu[b.label][op]):.2f}")
             print(f"| hook `{op}` | " + " | ".join(cells) + " |")
+        if args.agent:
+            agent_phase(bins, guarded, args.pairs)
     finally:
+        for b in bins:
+            if getattr(b, "agent", None) is not None:
+                b.agent.kill()
+            if getattr(b, "ns", None):
+                subprocess.run(["ip", "netns", "del", b.ns], capture_output=True)
         subprocess.run(["ip", "netns", "del", NS], capture_output=True)
         for b in bins:
             b.cleanup()
