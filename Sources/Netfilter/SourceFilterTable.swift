@@ -25,12 +25,17 @@ public struct SourceFilterCounter: Sendable, Hashable {
 ///         set allow4_dev { type ipv4_addr . inet_service . inet_proto . ifname . ipv4_addr; flags interval }
 ///         … drop6, allow6, drop6_dev, allow6_dev with ipv6_addr
 ///         counter tcp4_8080 { }                      one per filtered forward and family
+///         set ports4 { type inet_service; flags interval }   every filtered forward's host ports
 ///         chain prerouting { type filter hook prerouting priority dstnat - 10
-///             ct direction original th dport . meta l4proto . ip daddr @drop4
-///                 ip saddr . th dport . meta l4proto . ip daddr != @allow4
-///                 fib daddr type local
+///             meta nfproto ipv4 ct direction original th dport @ports4 jump filter4
+///             meta nfproto ipv6 ct direction original th dport @ports6 jump filter6 }
+///         chain filter4 {
+///             ip saddr . th dport . meta l4proto . ip daddr @allow4 accept
+///             ip saddr . th dport . meta l4proto . iifname . ip daddr @allow4_dev accept
+///             th dport . meta l4proto . ip daddr @drop4 fib daddr type local
 ///                 counter name th dport . meta l4proto . ip daddr map @drop4 drop
-///             … the same with iifname (forwards with dev=), and for ip6 } }
+///             … the same for drop4_dev }
+///         chain filter6 { … } }
 ///
 /// A forward's key is its host side: host port range, protocol, [interface,] host address
 /// (0.0.0.0/0 or ::/0 for every local address), as intervals (pipapo: concatenated ranges), so
@@ -138,15 +143,9 @@ public enum SourceFilterTable {
     // MARK: - Rules
 
     /// The prerouting rule of one variant.
-    static func rule(_ v: Variant) -> [RuleExpression] {
-        var rule = RuleExpression.nfproto(v.family)
-        let r0 = register(word: 0)
-        rule.append(.ct(NFT_CT_DIRECTION, dreg: r0))
-        rule.append(.cmp(sreg: r0, op: NFT_CMP_EQ, data: [0]))  // IP_CT_DIR_ORIGINAL
-        // ip saddr / ip6 saddr, then the forward's key right after it.
-        rule.append(.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: v.family == .ipv4 ? 12 : 8,
-                             length: UInt32(KeyField.address(v.family).length), dreg: r0))
-        var word = v.sourceWords
+    /// The forward's key fields from register word `first` on; returns the next free word.
+    static func loadForwardKey(_ v: Variant, at first: Int, into rule: inout [RuleExpression]) -> Int {
+        var word = first
         for field in v.forwardFields {
             let dreg = register(word: word)
             switch field {
@@ -159,22 +158,112 @@ public enum SourceFilterTable {
             }
             word += field.paddedLength / 4
         }
-        // The forward is filtered at all: its key is in the drop map.
-        let forwardReg = register(word: v.sourceWords)
-        rule.append(.lookup(set: v.dropMap, sreg: forwardReg, dreg: nil))
-        rule.append(.lookupNot(set: v.allowSet, sreg: r0))
+        return word
+    }
+
+    /// The port set of `family`: every filtered forward's host ports (merged intervals).
+    static func portSet(_ family: Family) -> String { family == .ipv4 ? "ports4" : "ports6" }
+    /// The regular chain `family`'s packets to a filtered port jump to.
+    static func filterChain(_ family: Family) -> String { family == .ipv4 ? "filter4" : "filter6" }
+
+    /// `meta nfproto F ct direction original th dport @portsF jump filterF`: the base chain's only
+    /// work for a packet to no filtered port is this one small interval look-up.
+    static func prefilter(_ family: Family) -> [RuleExpression] {
+        let r0 = register(word: 0)
+        return RuleExpression.nfproto(family) + [
+            .ct(NFT_CT_DIRECTION, dreg: r0),
+            .cmp(sreg: r0, op: NFT_CMP_EQ, data: [0]),  // IP_CT_DIR_ORIGINAL
+            .payload(base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2, dreg: r0),
+            .lookup(set: portSet(family), sreg: r0, dreg: nil),
+            .jump(filterChain(family)),
+        ]
+    }
+
+    /// `ip saddr . th dport . meta l4proto [. iifname] . ip daddr @allow4 accept`: a listed client
+    /// of a filtered forward is done with this table after one look-up (the common packet).
+    static func allowRule(_ v: Variant) -> [RuleExpression] {
+        // `meta nfproto` again: without it nft lists the addresses as raw payload it cannot load back.
+        var rule = RuleExpression.nfproto(v.family)
+        let r0 = register(word: 0)
+        rule.append(.payload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: v.family == .ipv4 ? 12 : 8,
+                             length: UInt32(KeyField.address(v.family).length), dreg: r0))
+        _ = loadForwardKey(v, at: v.sourceWords, into: &rule)
+        rule.append(.lookup(set: v.allowSet, sreg: r0, dreg: nil))
+        rule.append(.accept)
+        return rule
+    }
+
+    /// `th dport . meta l4proto [. iifname] . ip daddr @drop4 fib daddr type local counter name
+    /// th dport . meta l4proto [. iifname] . ip daddr map @drop4 drop`: after the allow rules, a
+    /// filtered forward's packet is not from its list.
+    static func dropRule(_ v: Variant) -> [RuleExpression] {
+        var rule = RuleExpression.nfproto(v.family)
+        let r0 = register(word: 0)
+        let word = loadForwardKey(v, at: 0, into: &rule)
+        rule.append(.lookup(set: v.dropMap, sreg: r0, dreg: nil))
         // Only traffic to a host address (a forwarded connection passing through keeps its way).
         let spare = register(word: word)
         rule.append(.fibDaddrType(dreg: spare))
         rule.append(.cmp(sreg: spare, op: NFT_CMP_EQ, data: RuleExpression.hostOrder(2 /* RTN_LOCAL */)))
-        rule.append(.objrefMap(map: v.dropMap, sreg: forwardReg))
+        rule.append(.objrefMap(map: v.dropMap, sreg: r0))
         rule.append(.drop)
         return rule
     }
 
-    static var chain: TableSkeleton.Chain {
-        TableSkeleton.Chain(name: "prerouting", hook: NF_INET_PRE_ROUTING, priority: priority,
-                            rules: Variant.all.map(rule), type: "filter")
+    /// The base chain, then per family the chain its filtered ports jump to: allow rules, then drop rules.
+    static var chains: [TableSkeleton.Chain] {
+        [TableSkeleton.Chain(name: "prerouting", hook: NF_INET_PRE_ROUTING, priority: priority,
+                             rules: [Family.ipv4, .ipv6].map(prefilter), type: "filter")]
+            + [Family.ipv4, .ipv6].map { family in
+                let mine = Variant.all.filter { $0.family == family }
+                return TableSkeleton.Chain(name: filterChain(family), hook: nil, priority: 0,
+                                           rules: mine.map(allowRule) + mine.map(dropRule), type: "filter")
+            }
+    }
+
+    // MARK: - Port sets
+
+    /// The merged host port ranges of `filters` that apply to `family`.
+    static func ports(_ filters: [SourceFilterElement], _ family: Family) -> [PortRange] {
+        let ranges = filters.filter { $0.families.contains(family) }.map(\.ports).sorted()
+        var out: [PortRange] = []
+        for r in ranges {
+            if let last = out.last, Int(r.start) <= Int(last.end) + 1 {
+                out[out.count - 1] = PortRange(last.start, max(last.end, r.end))
+            } else {
+                out.append(r)
+            }
+        }
+        return out
+    }
+
+    /// Adds or deletes port intervals (start, and end + 1 flagged INTERVAL_END unless it is 65535).
+    static func appendPorts(to batch: inout NetlinkBatch, table: String, family: Family, adding: Bool, _ ranges: [PortRange]) {
+        guard !ranges.isEmpty else { return }
+        var kernel: [(key: [UInt8], data: [UInt8]?, flags: UInt32)] = []
+        for r in ranges {
+            kernel.append(([UInt8(r.start >> 8), UInt8(r.start & 0xff)], nil, 0))
+            if r.end < 65535 {
+                let e = r.end + 1
+                kernel.append(([UInt8(e >> 8), UInt8(e & 0xff)], nil, UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue)))
+            }
+        }
+        ElementMessages.append(to: &batch, table: table, set: portSet(family), adding: adding, kernel,
+                               operation: .object("\(adding ? "add" : "delete") ports in set \(portSet(family)) of table inet \(table)"))
+    }
+
+    /// The port sets' change from every filter before to every filter after: merged intervals
+    /// that went are deleted, new ones added.
+    static func appendPortChange(to batch: inout NetlinkBatch, table: String, before: [SourceFilterElement],
+                                 after: [SourceFilterElement], deleting: Bool) {
+        for family in [Family.ipv4, .ipv6] {
+            let a = Set(ports(before, family)), b = Set(ports(after, family))
+            if deleting {
+                appendPorts(to: &batch, table: table, family: family, adding: false, a.subtracting(b).sorted())
+            } else {
+                appendPorts(to: &batch, table: table, family: family, adding: true, b.subtracting(a).sorted())
+            }
+        }
     }
 
     // MARK: - Batch parts
@@ -189,9 +278,16 @@ public enum SourceFilterTable {
             appendSet(to: &batch, table: table, name: v.allowSet, id: id + 1, fields: v.allowFields, object: false)
             id += 2
         }
-        let c = chain
-        TableSkeleton.appendChain(to: &batch, table: table, chain: c)
-        for r in c.rules { TableSkeleton.appendRule(to: &batch, table: table, chain: c.name, r) }
+        for family in [Family.ipv4, .ipv6] {
+            TableSkeleton.appendSet(to: &batch, table: table, name: portSet(family), id: id, keyType: KeyField.port.typeID,
+                                    keyLength: KeyField.port.length, data: nil, flags: UInt32(NFT_SET_INTERVAL.rawValue))
+            id += 1
+        }
+        // The regular chains first: the base chain's rules jump to them.
+        for c in chains.reversed() { TableSkeleton.appendChain(to: &batch, table: table, chain: c) }
+        for c in chains.reversed() {
+            for r in c.rules { TableSkeleton.appendRule(to: &batch, table: table, chain: c.name, r) }
+        }
     }
 
     static func appendSet(to batch: inout NetlinkBatch, table: String, name: String, id: UInt32, fields: [KeyField], object: Bool) {
@@ -301,7 +397,7 @@ public enum SourceFilterTable {
     /// What changes `old` into `new`, filter by filter: a forward whose list changed keeps its
     /// drop-map entry and counter and only gains or loses allow intervals.
     static func appendChange(to batch: inout NetlinkBatch, table: String, from old: [SourceFilterElement],
-                             to new: [SourceFilterElement]) {
+                             to new: [SourceFilterElement], allBefore: [SourceFilterElement], allAfter: [SourceFilterElement]) {
         let before = Dictionary(old.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
         let after = Dictionary(new.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
         let gone = old.filter { after[$0.identity] == nil }
@@ -316,6 +412,8 @@ public enum SourceFilterTable {
         }
         appendFilters(to: &batch, table: table, adding: false, gone)
         appendElements(to: &batch, table: table, adding: false, lose)
+        appendPortChange(to: &batch, table: table, before: allBefore, after: allAfter, deleting: true)
+        appendPortChange(to: &batch, table: table, before: allBefore, after: allAfter, deleting: false)
         appendElements(to: &batch, table: table, adding: true, gain)
         appendFilters(to: &batch, table: table, adding: true, added)
     }
@@ -334,10 +432,16 @@ extension NetfilterSession {
                                     all: @autoclosure () -> [SourceFilterElement]) throws(NetfilterError) {
         for f in old + new { try SourceFilterTable.validate(f) }
         let t = sourceFilterTable
-        let failures = try execute { SourceFilterTable.appendChange(to: &$0, table: t, from: old, to: new) }
+        // Every filter before: `all` with this change undone.
+        let after = all()
+        let changed = Set((old + new).map(\.identity))
+        let before = after.filter { !changed.contains($0.identity) } + old
+        let failures = try execute {
+            SourceFilterTable.appendChange(to: &$0, table: t, from: old, to: new, allBefore: before, allAfter: after)
+        }
         if failures.isEmpty { return }
         guard failures.allSatisfy({ $0.error.isMissingObject || $0.error.isExists }) else { throw BatchExchange.combine(failures) }
-        try replaceSourceFilters(all())
+        try replaceSourceFilters(after)
     }
 
     /// Rebuilds `table inet <table>_src` with `filters` in one batch (counters start from zero).
@@ -390,15 +494,19 @@ extension NetfilterSession {
 /// last filter gone).
 public struct SourceFilterBatchPart: BatchPart {
     enum Operation {
-        case change(old: [SourceFilter], new: [SourceFilter])
+        /// One domain's filters `old` → `new`; `allBefore`/`allAfter`: every domain's (the port sets).
+        case change(old: [SourceFilter], new: [SourceFilter], allBefore: [SourceFilter], allAfter: [SourceFilter])
         /// Delete the table if present, then (when not empty) the skeleton and every filter.
         case rebuild([SourceFilter])
     }
     let operation: Operation
 
-    /// The change from `old` to `new`; nil when they are the same.
-    public static func change(from old: [SourceFilter], to new: [SourceFilter]) -> SourceFilterBatchPart? {
-        Set(old) == Set(new) ? nil : SourceFilterBatchPart(operation: .change(old: old, new: new))
+    /// The change from `old` to `new` (one domain's), `allBefore` and `allAfter` being every
+    /// domain's filters around it; nil when nothing changes.
+    public static func change(from old: [SourceFilter], to new: [SourceFilter], allBefore: [SourceFilter],
+                              allAfter: [SourceFilter]) -> SourceFilterBatchPart? {
+        Set(old) == Set(new) ? nil
+            : SourceFilterBatchPart(operation: .change(old: old, new: new, allBefore: allBefore, allAfter: allAfter))
     }
 
     /// The table rebuilt with exactly `all` (deleted when `all` is empty).
@@ -409,20 +517,23 @@ public struct SourceFilterBatchPart: BatchPart {
     public func append(to batch: inout NetlinkBatch, session: NetfilterSession) {
         let t = session.sourceFilterTable
         switch operation {
-        case .change(let old, let new):
-            SourceFilterTable.appendChange(to: &batch, table: t, from: old, to: new)
+        case .change(let old, let new, let allBefore, let allAfter):
+            SourceFilterTable.appendChange(to: &batch, table: t, from: old, to: new, allBefore: allBefore, allAfter: allAfter)
         case .rebuild(let all):
             TableSkeleton.appendDeleteTable(to: &batch, table: t)
             if !all.isEmpty {
                 SourceFilterTable.appendSkeleton(to: &batch, table: t)
                 SourceFilterTable.appendFilters(to: &batch, table: t, adding: true, all)
+                for family in [Family.ipv4, .ipv6] {
+                    SourceFilterTable.appendPorts(to: &batch, table: t, family: family, adding: true, SourceFilterTable.ports(all, family))
+                }
             }
         }
     }
 
     public var summary: String {
         switch operation {
-        case .change(let old, let new): "inet src: \(old.count) -> \(new.count) filters"
+        case .change(let old, let new, _, _): "inet src: \(old.count) -> \(new.count) filters"
         case .rebuild(let all): all.isEmpty ? "inet src: delete table" : "inet src: rebuild with \(all.count) filters"
         }
     }

@@ -52,6 +52,25 @@ struct SourceFilterEncodingTests {
         #expect(f.kernelPrefixes(.ipv6).isEmpty)
     }
 
+    @Test func portSetsAreTheMergedUnionOfEveryFilter() {
+        let a = filter(.tcp, host: "192.0.2.1", PortRange(8080, 8080), ["10.0.0.0/8"])
+        let b = filter(.udp, host: "192.0.2.2", PortRange(8080, 8090), ["10.0.0.0/8"])
+        let c = filter(.tcp, PortRange(8091, 8091), ["2001:db8::/32"])
+        #expect(SourceFilterTable.ports([a, b, c], .ipv4) == [PortRange(8080, 8091)])
+        #expect(SourceFilterTable.ports([a, b, c], .ipv6) == [PortRange(8091, 8091)])
+        // a goes: b keeps 8080 in the merged range, so no port interval changes.
+        var batch = NetlinkBatch(firstSequence: 1, scratch: ScratchBuffer())
+        SourceFilterTable.appendPortChange(to: &batch, table: "t", before: [a, b, c], after: [b, c], deleting: true)
+        SourceFilterTable.appendPortChange(to: &batch, table: "t", before: [a, b, c], after: [b, c], deleting: false)
+        #expect(batch.messages.isEmpty)
+        // c goes: 8091 leaves both families' sets, 8080-8090 comes in for v4 in its place.
+        SourceFilterTable.appendPortChange(to: &batch, table: "t", before: [a, b, c], after: [a, b], deleting: true)
+        SourceFilterTable.appendPortChange(to: &batch, table: "t", before: [a, b, c], after: [a, b], deleting: false)
+        #expect(batch.messages.map { $0.operation.describe(element: nil) }
+                == ["delete ports in set ports4 of table inet t", "delete ports in set ports6 of table inet t",
+                    "add ports in set ports4 of table inet t"])
+    }
+
     @Test func aChangedListOnlyMovesAllowIntervals() throws {
         let transport = RecordingTransport()
         let nf = try NetfilterSession(table: "virtport", transport: transport, firstSequence: 1)
@@ -59,7 +78,7 @@ struct SourceFilterEncodingTests {
         var new = old
         new.prefixes = [prefix("10.0.0.0/8"), prefix("192.168.0.0/16")]
         var batch = NetlinkBatch(firstSequence: 1, scratch: ScratchBuffer())
-        SourceFilterTable.appendChange(to: &batch, table: "virtport_src", from: [old], to: [new])
+        SourceFilterTable.appendChange(to: &batch, table: "virtport_src", from: [old], to: [new], allBefore: [old], allAfter: [new])
         let operations = batch.messages.map { $0.operation.describe(element: nil) }
         #expect(operations == ["delete elements in set allow4 of table inet virtport_src",
                                "add elements to set allow4 of table inet virtport_src"])
@@ -82,6 +101,9 @@ struct SourceFilterKernelTests {
             #expect(text.contains("198.51.100.0/24 . 5900-5999 . udp . \"eth0\" . 192.0.2.1"), "\(text)")
             #expect(text.contains("priority dstnat - 10"), "\(text)")
             #expect(text.contains("counter name th dport . meta l4proto . ip daddr map @drop4 drop"), "\(text)")
+            #expect(text.contains("ip saddr . th dport . meta l4proto . ip daddr @allow4 accept"), "\(text)")
+            #expect(text.contains("ct direction original th dport @ports4 jump filter4"), "\(text)")
+            #expect(text.contains("elements = { 5900-5999, 8080 }"), "\(text)")
             // What nft lists loads back.
             try must(["ip", "netns", "exec", ns.name, "nft", "delete", "table", "inet", "virtport_src"])
             try must(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], stdin: text.replacingOccurrences(of: "table inet virtport_src", with: "table inet virtport_src2"))

@@ -202,8 +202,11 @@ def test_a_thousand_prefixes_and_two_domains(lab):
     lab.start(other)
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("G1")
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2224).startswith("ERROR")
+    ports = lambda: sh("nft", "list", "set", "inet", TABLE, "ports4", ns=lab.host).stdout.decode()
+    assert "2222" in ports() and "2224" in ports()
     lab.stop(other)
     assert table_exists(lab)
+    assert "2222" in ports() and "2224" not in ports()
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("G1")
     assert set(counters(lab)) == {"tcp4_2222", "tcp6_2222"}
 

@@ -220,7 +220,7 @@ def test_source_filter_drop_is_named(lab):
     assert rc == 0, (out, err)
     doc = json.loads(out)
     v = doc["verdict"]
-    assert (v["result"], v["family"], v["table"], v["chain"]) == ("dropped", "inet", "virtport_src", "prerouting"), doc
+    assert (v["result"], v["family"], v["table"], v["chain"]) == ("dropped", "inet", "virtport_src", "filter4"), doc
     assert v["owner"] == "virtport's source filter", v
     assert "dropped by virtport's source filter" in doc["text"], doc["text"]
     assert no_trace_tables(lab)

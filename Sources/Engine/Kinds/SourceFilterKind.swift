@@ -45,7 +45,7 @@ public struct SourceFilterKind: RuleKind {
             // a crash left half-done: the table is rebuilt with exactly what the journal holds.
             part = .rebuild(all)
         } else {
-            part = .change(from: mine.map(\.filter), to: new)
+            part = .change(from: mine.map(\.filter), to: new, allBefore: before.map(\.filter), allAfter: all)
         }
         return SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part)
     }
