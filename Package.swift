@@ -12,6 +12,10 @@ let strict: [SwiftSetting] = [
     .unsafeFlags(["-Xcc", "-I/usr/include/libxml2"]),
 ]
 
+/// The front ends also import every module whose members they use (no member reaching a file through
+/// an import made in another file of the module).
+let explicitImports: [SwiftSetting] = strict + [.enableUpcomingFeature("MemberImportVisibility")]
+
 /// The C libraries: shared in debug builds (the tests), static archives in release (the product).
 /// A hook is a new process on every VM start, and each shared library costs symbol lookups and
 /// relocations at exec: linking libxml2 (with ICU, liblzma, zlib), SQLite, libnftnl and libstdc++
@@ -36,12 +40,12 @@ let package = Package(
         .systemLibrary(name: "CLibXML2", providers: [.apt(["libxml2-dev"])]),
         // Headers only: libvirt is dlopen()ed by the agent/CLI so the hook never loads it.
         .systemLibrary(name: "CLibvirt", providers: [.apt(["libvirt-dev"])]),
-        // Linux headers Glibc's module lacks (epoll, eventfd, inotify): headers only.
+        // Linux headers Glibc's module lacks (epoll, eventfd, inotify), for POSIX: headers only.
         .systemLibrary(name: "CLinux"),
 
         // The system-call layer under everything that does I/O: EINTR retries, typed Errno.
-        .target(name: "POSIX", swiftSettings: strict),
-        .target(name: "VirtPortCore", dependencies: ["CLibXML2"], swiftSettings: strict,
+        .target(name: "POSIX", dependencies: ["CLinux"], swiftSettings: strict),
+        .target(name: "VirtPortCore", dependencies: ["POSIX", "CLibXML2"], swiftSettings: strict,
                 linkerSettings: link(["xml2"], staticArchives: ["xml2", "icuuc", "icudata", "lzma", "z"])
                     + [.linkedLibrary("stdc++", .when(configuration: .release))]),
         .target(name: "Netfilter", dependencies: ["POSIX", "VirtPortCore", "CNftnl"], swiftSettings: strict,
@@ -54,9 +58,9 @@ let package = Package(
         .target(name: "Engine", dependencies: ["POSIX", "VirtPortCore", "Netfilter", "Journal"], swiftSettings: strict),
         // Front ends: what libvirt runs (hook), the long-lived agent, the commands people type.
         .target(name: "Hook", dependencies: ["POSIX", "VirtPortCore", "Engine"], swiftSettings: strict),
-        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt", "CLinux"], swiftSettings: strict),
+        .target(name: "Agent", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt"], swiftSettings: explicitImports),
         .target(name: "Commands", dependencies: ["POSIX", "VirtPortCore", "Engine", "Journal", "Netfilter", "Libvirt",
-                                                 "Hook", "Agent"], swiftSettings: strict),
+                                                 "Hook", "Agent"], swiftSettings: explicitImports),
         .executableTarget(
             name: "virtport", dependencies: ["Hook", "Commands"], exclude: ["link"], swiftSettings: strict,
             // `-static-stdlib` names `-lstdc++` itself; Sources/virtport/link/libstdc++.so, first on

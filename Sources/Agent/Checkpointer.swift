@@ -1,41 +1,36 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Engine
 import Journal
 import POSIX
+import Synchronization
 import VirtPortCore
 
 /// Checkpoints the journal's WAL on a thread of its own with its own connection, ~50 ms after the
 /// agent last wrote: the agent's connections never checkpoint (`disableAutoCheckpoint`), so the
 /// fsyncs happen while no hook waits, and the WAL stays small for every other process that opens the
-/// journal. (SQLite connections are not shared between threads: each thread has its own.)
-final class Checkpointer: @unchecked Sendable {
+/// journal. (SQLite connections are not shared between threads: the connection is a local of the
+/// checkpoint thread.)
+final class Checkpointer: Sendable {
     /// Write end of a pipe: one byte per request; the thread debounces a burst into one checkpoint.
     private let wake: FileDescriptor
     private let sleeper: FileDescriptor
-    /// The journal path of the latest request (guarded by `monitor`).
-    private var path = ""
-    private let monitor = Monitor()
+    /// The journal path of the latest request.
+    private let path = Mutex("")
     private let verbose: Bool
 
     init(verbose: Bool) throws(VirtPortError) {
         self.verbose = verbose
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw .operational("cannot create a pipe", cause: Errno.current("pipe")) }
-        sleeper = FileDescriptor(rawValue: fds[0])
-        wake = FileDescriptor(rawValue: fds[1])
-        sleeper.setCloseOnExec()
-        wake.setCloseOnExec()
+        do { (sleeper, wake) = try FileDescriptor.pipe() } catch {
+            throw .operational("cannot create a pipe", cause: error)
+        }
         wake.setNonBlocking(true)  // a full pipe already means "checkpoint soon"
-        guard spawnDetached({ [self] in run() }) else {
-            throw .operational("cannot start the checkpoint thread", cause: Errno.current("pthread_create"))
+        do { try Thread.detach { [self] in run() } } catch {
+            throw .operational("cannot start the checkpoint thread", cause: error)
         }
     }
 
     /// After a request that may have written the journal at `path`.
     func request(path: String) {
-        monitor.locked { self.path = path }
+        self.path.withLock { $0 = path }
         try? wake.writeAll([1])
     }
 
@@ -44,12 +39,12 @@ final class Checkpointer: @unchecked Sendable {
         var identity: FileIdentity?
         while true {
             guard (try? sleeper.read(upTo: 256))?.isEmpty == false else { continue }
-            usleep(50_000)
+            Thread.sleep(millis: 50)
             // Drain what arrived meanwhile: one checkpoint for the whole burst.
             sleeper.setNonBlocking(true)
             while (try? sleeper.read(upTo: 256))?.isEmpty == false {}
             sleeper.setNonBlocking(false)
-            let path = monitor.locked { self.path }
+            let path = self.path.withLock { $0 }
             // Never creates the journal: only a file the agent's connection already opened.
             guard let id = JournalDB.fileIdentity(path: path) else { continue }
             do throws(VirtPortError) {

@@ -1,9 +1,7 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Engine
 import Journal
 import POSIX
+import Synchronization
 import VirtPortCore
 
 /// The agent's Prometheus textfile (`[agent] metrics_file`, node_exporter's textfile collector
@@ -18,7 +16,7 @@ import VirtPortCore
 /// Counters live in memory (they restart at 0 with the agent, as Prometheus counters may); the
 /// file is rewritten at most once a second after a change, from the work queue. Off: nothing is
 /// counted to a file, nothing written.
-final class Metrics: @unchecked Sendable {
+final class Metrics: Sendable {
     static let buckets: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
     struct Histogram {
@@ -32,43 +30,46 @@ final class Metrics: @unchecked Sendable {
         }
     }
 
+    private struct Counts {
+        var hooks: [String: Histogram] = [:]
+        var events: [String: Histogram] = [:]
+        var heals = 0
+        var refusals = 0
+        var writeScheduled = false
+    }
+
     private let loop: EventLoop
-    private let monitor = Monitor()
-    private var hooks: [String: Histogram] = [:]
-    private var events: [String: Histogram] = [:]
-    private var heals = 0
-    private var refusals = 0
-    private var writeScheduled = false
+    private let counts = Mutex(Counts())
 
     init(loop: EventLoop) { self.loop = loop }
 
     /// A hook request the agent served: its operation, exit status and time.
     func hook(operation: String, code: Int32, micros: Int64) {
-        monitor.locked {
-            hooks[operation, default: Histogram()].observe(Double(micros) / 1e6)
-            if code == 2 { refusals += 1 }
+        counts.withLock { c in
+            c.hooks[operation, default: Histogram()].observe(Double(micros) / 1e6)
+            if code == 2 { c.refusals += 1 }
         }
     }
 
     func event(source: String, micros: Int64) {
-        monitor.locked { events[source, default: Histogram()].observe(Double(micros) / 1e6) }
+        counts.withLock { $0.events[source, default: Histogram()].observe(Double(micros) / 1e6) }
     }
 
     /// One heal: a check that had to put something back.
-    func healed() { monitor.locked { heals += 1 } }
-    func refused() { monitor.locked { refusals += 1 } }
+    func healed() { counts.withLock { $0.heals += 1 } }
+    func refused() { counts.withLock { $0.refusals += 1 } }
 
     /// Something changed: the file is rewritten within a second (a burst is one write). From any thread.
     func changed(_ agent: AgentContext) {
         guard !agent.config.metricsFile.isEmpty else { return }
-        let first = monitor.locked { () -> Bool in
-            defer { writeScheduled = true }
-            return !writeScheduled
+        let first = counts.withLock { c -> Bool in
+            defer { c.writeScheduled = true }
+            return !c.writeScheduled
         }
         guard first else { return }
         loop.schedule(afterMillis: 1000) { [self] in
             agent.work.async { [self] in
-                monitor.locked { writeScheduled = false }
+                counts.withLock { $0.writeScheduled = false }
                 write(agent)
             }
         }
@@ -91,21 +92,20 @@ final class Metrics: @unchecked Sendable {
     }
 
     func render(states: [String: Int]) -> String {
-        monitor.locked { () -> String in
-            var out = ""
-            out += "# HELP virtport_forwards Journal mappings by state (pending: waiting for a guest address).\n"
-            out += "# TYPE virtport_forwards gauge\n"
-            for (state, n) in states.sorted(by: { $0.key < $1.key }) { out += "virtport_forwards{state=\"\(state)\"} \(n)\n" }
-            out += Self.histogram("virtport_hook_duration_seconds", "Hook requests the agent served, by qemu operation.",
-                                  label: "operation", hooks)
-            out += Self.histogram("virtport_event_duration_seconds",
-                                  "From an event (libvirt, lease, nf_tables) to its domain converged.", label: "source", events)
-            out += "# HELP virtport_heals_total Times virtport put back rules someone else deleted.\n"
-            out += "# TYPE virtport_heals_total counter\nvirtport_heals_total \(heals)\n"
-            out += "# HELP virtport_refusals_total Hook requests and events refused (invalid metadata, policy, conflict).\n"
-            out += "# TYPE virtport_refusals_total counter\nvirtport_refusals_total \(refusals)\n"
-            return out
-        }
+        let c = counts.withLock { $0 }
+        var out = ""
+        out += "# HELP virtport_forwards Journal mappings by state (pending: waiting for a guest address).\n"
+        out += "# TYPE virtport_forwards gauge\n"
+        for (state, n) in states.sorted(by: { $0.key < $1.key }) { out += "virtport_forwards{state=\"\(state)\"} \(n)\n" }
+        out += Self.histogram("virtport_hook_duration_seconds", "Hook requests the agent served, by qemu operation.",
+                              label: "operation", c.hooks)
+        out += Self.histogram("virtport_event_duration_seconds",
+                              "From an event (libvirt, lease, nf_tables) to its domain converged.", label: "source", c.events)
+        out += "# HELP virtport_heals_total Times virtport put back rules someone else deleted.\n"
+        out += "# TYPE virtport_heals_total counter\nvirtport_heals_total \(c.heals)\n"
+        out += "# HELP virtport_refusals_total Hook requests and events refused (invalid metadata, policy, conflict).\n"
+        out += "# TYPE virtport_refusals_total counter\nvirtport_refusals_total \(c.refusals)\n"
+        return out
     }
 
     static func histogram(_ name: String, _ help: String, label: String, _ series: [String: Histogram]) -> String {

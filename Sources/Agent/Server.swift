@@ -18,7 +18,7 @@ public import VirtPortCore
 // dropped instead of being executed late.
 
 /// The agent's side of the socket.
-public final class AgentServer: @unchecked Sendable {
+public final class AgentServer: Sendable {
     /// How long a client may take to send its whole request.
     static let requestDeadlineMs: Int64 = 2_000
     /// How long a request may wait for a free worker before the agent declines it (the hook, which
@@ -36,11 +36,17 @@ public final class AgentServer: @unchecked Sendable {
     let context: AgentContext
     private let watchers: [any Watcher]
     /// Connection threads are kept and reused (a new thread per request cost a fresh stack and
-    /// malloc arena each time: ~0.5 ms of a 5 ms hook). Guarded by `monitor`.
-    private let monitor = Monitor()
-    private var connections = 0
-    private var idleReaders = 0
-    private var handoff: [FileDescriptor] = []
+    /// malloc arena each time: ~0.5 ms of a 5 ms hook).
+    private struct Connections {
+        /// Being read or served.
+        var open = 0
+        var idleReaders = 0
+        /// Accepted, waiting for a reader.
+        var handoff: [FileDescriptor] = []
+    }
+    private let connections = ConditionLock(Connections())
+    /// After `accept` ran out of descriptors or memory: how long the listener is left alone.
+    static let exhaustedBackoffMs: Int64 = 100
 
     /// - Parameter watchers: what the agent watches besides hook requests (`Watchers.all()`).
     init(config: Config, verbose: Bool, workers: Int = 4, watchers: [any Watcher]) throws(VirtPortError) {
@@ -55,7 +61,7 @@ public final class AgentServer: @unchecked Sendable {
 
     deinit {
         listener.close()
-        unlink(socketPath)
+        FileSystem.remove(socketPath)
     }
 
     /// The agent as `virtport agent` runs it: every watcher of `Watchers.all()`.
@@ -74,34 +80,52 @@ public final class AgentServer: @unchecked Sendable {
                 context.log.warning("agent: \(w.name) not watched: \(error)")
             }
         }
+        var trouble: Errno?
+        var refusedSince = 0
         while true {
-            let raw = accept(listener.rawValue, nil, nil)
-            if raw < 0 { continue }  // EINTR, or a connection reset before it was accepted
-            let client = FileDescriptor(rawValue: raw)
-            client.setCloseOnExec()
-            enum Admission { case reader, newReader, refused }
-            let admission = monitor.locked { () -> Admission in
-                if connections >= Self.maxConnections { return .refused }
-                connections += 1
-                handoff.append(client)
-                if idleReaders > handoff.count - 1 {
-                    monitor.broadcast()
-                    return .reader
+            let client: FileDescriptor
+            switch UnixSocket.accept(listener) {
+            case .connection(let c):
+                if let e = trouble {
+                    AgentLog.write("accepting connections again (after \(e.function): \(e), \(refusedSince) retries)")
+                    trouble = nil
                 }
-                return .newReader
+                client = c
+            case .again:
+                continue
+            case .exhausted(let e), .failed(let e):
+                // Out of descriptors (EMFILE) or memory, or a listener in trouble: the connection
+                // stays queued (its hook falls back after its claim timeout) and accepting again at
+                // once would fail at once. Leave the listener alone for a while; say so once.
+                if trouble?.code != e.code {
+                    AgentLog.write("\(e.function): \(e); connections wait in the backlog, retrying every "
+                        + "\(Self.exhaustedBackoffMs) ms (hooks fall back to doing the work themselves)")
+                    refusedSince = 0
+                }
+                trouble = e
+                refusedSince += 1
+                Thread.sleep(millis: Self.exhaustedBackoffMs)
+                continue
+            }
+            enum Admission { case reader, newReader, refused }
+            let admission = connections.withLock { c -> Admission in
+                if c.open >= Self.maxConnections { return .refused }
+                c.open += 1
+                c.handoff.append(client)
+                return c.idleReaders > c.handoff.count - 1 ? .reader : .newReader
             }
             switch admission {
             case .refused:
                 client.close()  // EOF: the hook does the work itself
             case .reader:
-                break
+                connections.broadcast()
             case .newReader:
-                if !spawnDetached({ [self] in readerLoop() }) {
+                do { try Thread.detach { [self] in readerLoop() } } catch {
                     // No thread: take the connection back and refuse it.
-                    let taken = monitor.locked { () -> FileDescriptor? in
-                        guard let i = handoff.firstIndex(of: client) else { return nil }
-                        connections -= 1
-                        return handoff.remove(at: i)
+                    let taken = connections.withLock { c -> FileDescriptor? in
+                        guard let i = c.handoff.firstIndex(of: client) else { return nil }
+                        c.open -= 1
+                        return c.handoff.remove(at: i)
                     }
                     taken?.close()
                 }
@@ -113,17 +137,14 @@ public final class AgentServer: @unchecked Sendable {
     /// between; at most `maxConnections` exist.
     private func readerLoop() {
         while true {
-            let client = monitor.locked { () -> FileDescriptor in
-                while handoff.isEmpty {
-                    idleReaders += 1
-                    _ = monitor.wait(untilMillis: MonotonicClock.millis() + 3_600_000)
-                    idleReaders -= 1
-                }
-                return handoff.removeFirst()
+            connections.withLock { $0.idleReaders += 1 }
+            let client = connections.withLock(waitingUntil: { !$0.handoff.isEmpty }, deadline: nil) { c, _ -> FileDescriptor in
+                c.idleReaders -= 1
+                return c.handoff.removeFirst()
             }
             handle(client)
             client.close()
-            monitor.locked { connections -= 1 }
+            connections.withLock { $0.open -= 1 }
         }
     }
 
@@ -180,7 +201,7 @@ public final class AgentServer: @unchecked Sendable {
             throw .operational("another virtport agent is already listening on \(path)")
         }
         try IO.makeDirectories(FileSystem.dirname(path), mode: 0o755)
-        unlink(path)
+        FileSystem.remove(path)
         do { return try UnixSocket.listen(on: path, backlog: 128) } catch where error.code == ENAMETOOLONG {
             throw .invalid("agent socket path \(path) is empty or too long")
         } catch {

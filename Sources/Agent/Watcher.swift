@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Engine
 import Journal
 import POSIX
@@ -9,7 +6,7 @@ import VirtPortCore
 /// A source of work the agent watches besides hook requests (README "Agent"): libvirt's events,
 /// DHCP lease files, nf_tables notifications. Each is started once and registers its descriptors
 /// and timers on the agent's event loop; its work runs on the agent's one work queue.
-protocol Watcher: AnyObject {
+protocol Watcher: AnyObject, Sendable {
     /// For the agent's log: "libvirt events", "leases", …
     var name: String { get }
     /// Registers the watcher's sources. A failure is logged and the agent runs without it (the
@@ -24,16 +21,20 @@ protocol Watcher: AnyObject {
 /// time: the agent's own changes never race each other, and they share one set of warm resources.
 /// Against hooks (other processes, or the agent's hook workers) the change lock arbitrates, as
 /// between any two hooks.
-final class AgentContext: @unchecked Sendable {
+final class AgentContext: Sendable {
     let loop: EventLoop
     let work: WorkQueue
     let verbose: Bool
     let metrics: Metrics
     private let pool: WorkerPool
     private let checkpointer: Checkpointer
-    /// The work queue's warm resources and the configuration generation they belong to.
-    private var resources: Resources?
-    private var generation = -1
+    /// The work queue's warm resources and the configuration generation they belong to: only the
+    /// work queue's thread uses them (the lock is never contended; it makes that a fact of the type).
+    private struct Warm {
+        var resources: Resources?
+        var generation = -1
+    }
+    private let warm = Locked(Warm())
 
     init(loop: EventLoop, pool: WorkerPool, checkpointer: Checkpointer, verbose: Bool) throws(VirtPortError) {
         self.loop = loop
@@ -54,16 +55,18 @@ final class AgentContext: @unchecked Sendable {
     /// replaced journal; a fresh netlink socket after a failure). On `work` only.
     func withResources<T>(_ body: (Resources) throws(VirtPortError) -> T) throws(VirtPortError) -> T {
         let (config, generation) = pool.refreshedConfig()
-        if resources == nil || generation != self.generation
-            || JournalDB.fileIdentity(path: config.databasePath) != resources?.journalIdentity {
-            resources = try .warm(config)
-            self.generation = generation
-        }
-        guard let r = resources else { throw .operational("no resources") }
         defer { checkpointer.request(path: config.databasePath) }
-        do { return try body(r) } catch {
-            r.dropKernel()
-            throw error
+        return try warm.withLock { (w) throws(VirtPortError) -> T in
+            if w.resources == nil || generation != w.generation
+                || JournalDB.fileIdentity(path: config.databasePath) != w.resources?.journalIdentity {
+                w.resources = try .warm(config)
+                w.generation = generation
+            }
+            guard let r = w.resources else { throw .operational("no resources") }
+            do throws(VirtPortError) { return try body(r) } catch {
+                r.dropKernel()
+                throw error
+            }
         }
     }
 

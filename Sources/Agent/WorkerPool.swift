@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Engine
 import Journal
 import POSIX
@@ -20,23 +17,33 @@ struct Job {
 /// slow one holds only its own worker. The configuration is reread when its file changes; a
 /// worker whose resources belong to an older configuration, or whose journal file was replaced or
 /// removed, reopens them before its next request.
-final class WorkerPool: @unchecked Sendable {
-    private let monitor = Monitor()
-    private var idle: [Worker]
-    private var config: Config
-    private var configStamp: FileStamp?
-    private var generation = 0
+final class WorkerPool: Sendable {
+    private struct State {
+        /// Workers nobody has checked out: a worker belongs to one thread at a time, the one that
+        /// checked it out, until it checks it in.
+        var idle: [Worker]
+        var config: Config
+        var configStamp: FileStamp?
+        var generation = 0
+    }
+    private let state: ConditionLock<State>
+    /// Reads the configuration file again (`Config.load`; tests read their own).
+    private let reload: @Sendable () throws(VirtPortError) -> Config
 
-    init(config: Config, workers: Int) throws(VirtPortError) {
-        self.config = config
-        configStamp = FileSystem.stamp(config.sourcePath)
-        // The first worker opens the journal now: a journal that cannot be opened fails the start.
-        var made = [try Worker(resources: .warm(config), generation: 0)]
-        for _ in 1..<max(workers, 1) { made.append(Worker(resources: nil, generation: 0)) }
-        idle = made
+    /// - Parameters:
+    ///   - warm: opens a worker's resources (tests give fakes); the first worker's are opened now,
+    ///     so a journal that cannot be opened fails the agent's start.
+    ///   - reload: reads the configuration again when its file changed.
+    init(config: Config, workers: Int, warm: @escaping @Sendable (Config) throws(VirtPortError) -> Resources = Resources.warm,
+         reload: @escaping @Sendable () throws(VirtPortError) -> Config = { () throws(VirtPortError) in try Config.load(warn: false) })
+        throws(VirtPortError) {
+        self.reload = reload
+        var made = [Worker(resources: try warm(config), generation: 0, warm: warm)]
+        for _ in 1..<max(workers, 1) { made.append(Worker(resources: nil, generation: 0, warm: warm)) }
+        state = ConditionLock(State(idle: made, config: config, configStamp: FileSystem.stamp(config.sourcePath)))
     }
 
-    func currentConfig() -> Config { monitor.locked { config } }
+    func currentConfig() -> Config { state.withLock { $0.config } }
 
     /// The job for `request`, or nil when it is not this agent's to serve (another configuration
     /// file, not a qemu operation virtport acts on): the hook then does it itself.
@@ -50,54 +57,48 @@ final class WorkerPool: @unchecked Sendable {
 
     /// A free worker, or nil when none becomes free before `untilMillis` (CLOCK_MONOTONIC).
     func checkout(untilMillis deadline: Int64) -> Worker? {
-        monitor.locked { () -> Worker? in
-            while idle.isEmpty {
-                if MonotonicClock.millis() >= deadline || !monitor.wait(untilMillis: deadline) {
-                    if idle.isEmpty { return nil }
-                }
-            }
-            return idle.removeLast()
-        }
+        state.withLock(waitingUntil: { !$0.idle.isEmpty }, deadline: deadline) { s, free in free ? s.idle.removeLast() : nil }
     }
 
     func checkin(_ worker: Worker) {
-        monitor.locked {
-            idle.append(worker)
-            monitor.broadcast()
-        }
+        state.withLock { $0.idle.append(worker) }
+        state.broadcast()
     }
 
     /// The configuration, reread first when its file changed (a bad new file keeps the old one),
     /// and its generation (which changes with every reload).
     func refreshedConfig() -> (Config, Int) {
-        monitor.locked { () -> (Config, Int) in
-            let stamp = FileSystem.stamp(config.sourcePath)
-            if stamp != configStamp {
-                configStamp = stamp
+        state.withLock { s -> (Config, Int) in
+            let stamp = FileSystem.stamp(s.config.sourcePath)
+            if stamp != s.configStamp {
+                s.configStamp = stamp
                 do {
-                    var fresh = try Config.load(warn: false)
-                    fresh.agentSocket = config.agentSocket  // the socket it listens on stays
-                    config = fresh
-                    generation += 1
-                    AgentLog.write("configuration \(config.sourcePath) reloaded")
+                    var fresh = try reload()
+                    fresh.agentSocket = s.config.agentSocket  // the socket it listens on stays
+                    s.config = fresh
+                    s.generation += 1
+                    AgentLog.write("configuration \(s.config.sourcePath) reloaded")
                 } catch {
-                    AgentLog.write("configuration \(config.sourcePath): \(error) (keeping the previous one)")
+                    AgentLog.write("configuration \(s.config.sourcePath): \(error) (keeping the previous one)")
                 }
             }
-            return (config, generation)
+            return (s.config, s.generation)
         }
     }
 }
 
-/// One worker's warm resources.
+/// One worker's warm resources. Not `Sendable`: one thread uses it at a time, the one that
+/// checked it out of the pool (the pool's lock hands it over).
 final class Worker {
     private var resources: Resources?
     private var generation: Int
+    private let warm: (Config) throws(VirtPortError) -> Resources
     var databasePath: String { resources?.config.databasePath ?? "" }
 
-    init(resources: Resources?, generation: Int) {
+    init(resources: Resources?, generation: Int, warm: @escaping (Config) throws(VirtPortError) -> Resources) {
         self.resources = resources
         self.generation = generation
+        self.warm = warm
     }
 
     /// Runs `job` on this worker's resources, (re)opening them when they are stale. A journal that
@@ -106,7 +107,7 @@ final class Worker {
         if resources == nil || generation != job.generation
             || JournalDB.fileIdentity(path: job.config.databasePath) != resources?.journalIdentity {
             resources = nil
-            do { resources = try .warm(job.config) } catch {
+            do { resources = try warm(job.config) } catch {
                 AgentLog.write("cannot open the journal: \(error)")
                 return .declined
             }
@@ -120,3 +121,6 @@ final class Worker {
         return AgentFrame.Reply(served: true, code: code, lines: diagnostics.lines)
     }
 }
+
+@available(*, unavailable)
+extension Worker: Sendable {}

@@ -157,8 +157,7 @@ enum EditCommand {
                 last = "; last try: \(error.message)"
             }
             if nowMicros() >= deadline { break }
-            var ts = timespec(tv_sec: 0, tv_nsec: 500_000_000)
-            _ = nanosleep(&ts, nil)
+            Thread.sleep(millis: 500)
         }
         let which = pending.map { MappingText.describe($0) }.joined(separator: ", ")
         Output.err("add: still pending after \(seconds) s: \(which)\(last)")

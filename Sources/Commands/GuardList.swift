@@ -73,15 +73,16 @@ enum GuardList {
     }
 
     static func guards(config: Config, domain: String?) throws(VirtPortError) -> [GuardRow] {
-        guard Listing.journalPresent(config.databasePath) else { return [] }
-        let rows = try JournalDB(path: config.databasePath, readOnly: true).activeGuards()
+        guard Listing.journalPresent(config.databasePath),
+              let db = try Resources.perProcess(config).existingJournal(readOnly: true) else { return [] }
+        let rows = try db.activeGuards()
         guard let domain else { return rows }
         return rows.filter { $0.domain.name == domain || $0.domain.uuid == domain }
     }
 
-    /// nil when the kernel cannot be asked (not root).
+    /// nil when the kernel cannot be asked (not root). Through Engine's resources, like every
+    /// other command's netlink session.
     static func readCounters(config: Config) -> [GuardCounter]? {
-        guard let nf = try? NetfilterSession(table: config.table) else { return nil }
-        return try? nf.guardCounters()
+        try? Resources.perProcess(config).kernel().guardCounters()
     }
 }

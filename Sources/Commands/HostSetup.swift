@@ -49,7 +49,7 @@ enum LibvirtDaemons {
         }
         var signalled: [String] = []
         for d in daemons {
-            if kill(d.pid, SIGHUP) == 0 {
+            if Process.signal(d.pid, SIGHUP) {
                 signalled.append(d.name)
                 Output.out("\(d.name) (pid \(d.pid)) told to rescan its hooks (SIGHUP)")
                 try? IO.makeDirectories(stampDir, mode: 0o755)

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Agent
 import Engine
 import POSIX
 import VirtPortCore
@@ -70,11 +71,11 @@ enum InstallCommand {
         var removed = 0
         for kind in kinds {
             for path in ["\(hooksDir)/\(kind)", "\(hooksDir)/\(kind).d/virtport"] where isOurs(path) {
-                guard unlink(path) == 0 else { throw .operational("cannot remove \(path)", cause: Errno.current("unlink")) }
+                do { try FileSystem.removeFile(path) } catch { throw .operational("cannot remove \(path)", cause: error) }
                 Output.out("\(path): removed")
                 removed += 1
             }
-            rmdir("\(hooksDir)/\(kind).d")  // only if we left it empty
+            FileSystem.removeEmptyDirectory("\(hooksDir)/\(kind).d")  // only if we left it empty
         }
         if removed == 0 { Output.out("no virtport hooks under \(hooksDir)") }
         HostScope.note(hooksDir)
@@ -101,11 +102,11 @@ enum InstallCommand {
 
     static func link(_ exe: String, at path: String) throws(VirtPortError) {
         let tmp = path + ".virtport-new"
-        unlink(tmp)
-        guard symlink(exe, tmp) == 0 else { throw .operational("cannot create \(tmp)", cause: Errno.current("symlink")) }
-        guard rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw .operational("cannot install \(path)", cause: Errno.current("rename"))
+        FileSystem.remove(tmp)
+        do { try FileSystem.makeSymlink(tmp, to: exe) } catch { throw .operational("cannot create \(tmp)", cause: error) }
+        do { try FileSystem.rename(tmp, to: path) } catch {
+            FileSystem.remove(tmp)
+            throw .operational("cannot install \(path)", cause: error)
         }
     }
 

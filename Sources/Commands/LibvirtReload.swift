@@ -44,7 +44,7 @@ struct LibvirtReload {
     }
 
     /// Whether `b` is libvirt (re)building its firewall: anything deleted from or added to its tables.
-    static func isLibvirts(_ b: NftablesMonitor.Batch) -> Bool {
+    static func isLibvirts(_ b: NftablesMonitor.Commit) -> Bool {
         !b.deletedFrom.isDisjoint(with: LibvirtChains.tables)
             || b.addedTo.contains { LibvirtChains.tables.contains($0.split(separator: " ").prefix(2).joined(separator: " ")) }
     }
@@ -60,10 +60,10 @@ struct LibvirtReload {
                 guard let last else { return .noRebuild }
                 return last + Self.quietMs <= now ? .rebuilt(lastMs: last - start) : .stillGoing
             }
-            let fd = FileDescriptor(rawValue: monitor.fd)
+            let fd = monitor.descriptor
             guard (try? fd.waitReadable(timeoutMs: Int32(clamping: deadline - now))) == true else { continue }
-            let (batches, overrun) = monitor.read()
-            if overrun || batches.contains(where: { Self.isLibvirts($0) && !OwnCommits.committed($0) }) {
+            let (commits, overrun) = monitor.read()
+            if overrun || commits.contains(where: { Self.isLibvirts($0) && !OwnCommits.committed($0) }) {
                 last = MonotonicClock.millis()
             }
         }

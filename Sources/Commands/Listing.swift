@@ -12,8 +12,7 @@ enum Listing {
     /// database's 0700 directory hides it, and an empty listing would then be a lie; the open
     /// that follows says "Permission denied (run as root)" instead.
     static func journalPresent(_ path: String) -> Bool {
-        var st = stat()
-        return lstat(path, &st) == 0 || (errno != ENOENT && errno != ENOTDIR)
+        do { return try FileSystem.linkStatus(path) != nil } catch { return true }
     }
 
     static func hostText(_ m: Mapping) -> String { MappingText.host(m) }

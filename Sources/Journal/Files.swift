@@ -30,7 +30,7 @@ enum Files {
         }
         if let fd = created {
             defer { fd.close() }
-            if fchmod(fd.rawValue, 0o600) != 0 { throw .operational("cannot chmod \(path)", cause: Errno.current("fchmod")) }
+            do { try fd.setPermissions(0o600) } catch { throw .operational("cannot chmod \(path)", cause: error) }
         }
         try checkPrivate(path, fix: true)
     }
@@ -42,24 +42,24 @@ enum Files {
     /// to -wal and -shm, so one loose file makes them all loose).
     static func checkPrivate(_ path: String, fix: Bool) throws(VirtPortError) {
         for file in [path, path + "-wal", path + "-shm"] {
-            var st = stat()
-            if lstat(file, &st) != 0 {
-                if errno == ENOENT { continue }
-                throw .operational("cannot stat \(file)", cause: Errno.current("lstat"))
+            let status: LinkStatus?
+            do { status = try FileSystem.linkStatus(file) } catch {
+                throw .operational("cannot stat \(file)", cause: error)
             }
-            if st.st_mode & S_IFMT == S_IFLNK {
+            guard let status else { continue }
+            if status.kind == .symlink {
                 throw .operational("journal file \(file) is a symbolic link: refused (virtport never follows links for its journal; remove it)")
             }
-            if st.st_mode & S_IFMT != S_IFREG {
+            if status.kind != .regular {
                 throw .operational("journal file \(file) is not a regular file: refused")
             }
-            if fix && st.st_mode & 0o077 != 0 {
+            if fix && status.permissions & 0o077 != 0 {
                 let fd: FileDescriptor
                 do { fd = try FileDescriptor.open(file, O_RDONLY | O_NOFOLLOW) } catch {
                     throw .operational("cannot open \(file)", cause: error)
                 }
                 defer { fd.close() }
-                if fchmod(fd.rawValue, 0o600) != 0 { throw .operational("cannot chmod \(file)", cause: Errno.current("fchmod")) }
+                do { try fd.setPermissions(0o600) } catch { throw .operational("cannot chmod \(file)", cause: error) }
             }
         }
     }
@@ -73,9 +73,9 @@ enum Files {
         var prefix = ""
         for component in FileSystem.dirname(path).split(separator: "/") {
             prefix += "/" + component
-            var st = stat()
-            if lstat(prefix, &st) != 0 { return }  // not there yet: created as real directories
-            if st.st_mode & S_IFMT == S_IFLNK {
+            // Not there yet (or not to be looked at): created as real directories.
+            guard let status = try? FileSystem.linkStatus(prefix) else { return }
+            if status.kind == .symlink {
                 let target = FileSystem.readLink(prefix) ?? "?"
                 throw .operational("journal directory \(prefix) is a symbolic link (to \(target)): refused, nothing "
                     + "created; set `database` to a path without links (e.g. the link's target)")
@@ -87,10 +87,11 @@ enum Files {
     static func checkReadable(_ path: String) throws(VirtPortError) {
         try checkNoLinkAbove(path)
         try checkPrivate(path, fix: false)
-        if access(path, R_OK) == 0 { return }
-        let e = Errno.current("access")
-        if e.isNotFound { throw .operational("database \(path) does not exist") }
-        throw .operational("cannot read database \(path)", cause: e)
+        do { try FileSystem.checkReadable(path) } catch where error.isNotFound {
+            throw .operational("database \(path) does not exist")
+        } catch {
+            throw .operational("cannot read database \(path)", cause: error)
+        }
     }
 
     /// Whether something is at `path` (a symbolic link too, dangling or not: opening then
@@ -102,8 +103,10 @@ enum Files {
         let target = "\(path).corrupt-\(suffix)"
         // Companions first: a new database at `path` must never pick up the old -wal.
         for ext in ["-wal", "-shm", ""] {
-            if rename(path + ext, target + ext) != 0 && errno != ENOENT {
-                throw .operational("cannot move \(path + ext) aside", cause: Errno.current("rename"))
+            do { try FileSystem.rename(path + ext, to: target + ext) } catch where error.code == ENOENT {
+                continue
+            } catch {
+                throw .operational("cannot move \(path + ext) aside", cause: error)
             }
         }
         return target

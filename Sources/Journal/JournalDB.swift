@@ -160,7 +160,7 @@ public final class JournalDB {
                 throw VirtPortError.operational("database \(path): cannot switch to WAL (journal mode is \(mode ?? "?"))")
             } catch {
                 if !conn.lastErrorIsBusy || nowMicros() > deadline { throw error }
-                usleep(5000)
+                Thread.sleep(millis: 5)
             }
         }
     }
@@ -168,13 +168,13 @@ public final class JournalDB {
     private func migrate() throws(VirtPortError) {
         let known = Self.schemaVersion
         func newer(_ v: Int32) -> VirtPortError {
-            .operational("database \(path) was written by a newer virtport (schema \(v) > \(known))")
+            VirtPortError(.newerJournal, "database \(path) was written by a newer virtport (schema \(v) > \(known))")
         }
         let version = Int32(truncatingIfNeeded: try conn.scalar("PRAGMA user_version") ?? 0)
         if version == known { return }
         if version > known { throw newer(version) }
         if readOnly {
-            throw .operational("database \(path) has schema \(version) < \(known); "
+            throw VirtPortError(.olderJournal, "database \(path) has schema \(version) < \(known); "
                 + "open it read-write (any hook or `virtport reconcile`) to upgrade it")
         }
         try conn.immediate { () throws(VirtPortError) in

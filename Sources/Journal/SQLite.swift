@@ -2,10 +2,10 @@
 import Glibc
 #endif
 import CSQLite
-import VirtPortCore
+public import VirtPortCore
 
 /// What SQLite answered: its (extended) result code and `sqlite3_errmsg`.
-public struct SQLiteError: Error, Sendable, CustomStringConvertible {
+public struct SQLiteError: ErrorCause {
     public var code: Int32
     public var message: String
     public var description: String { message }

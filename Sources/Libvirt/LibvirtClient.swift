@@ -247,7 +247,7 @@ extension LibvirtClient: Sendable {}
 extension LibvirtDomain: Sendable {}
 
 /// What libvirt answered (`virGetLastError`): its error code and message.
-public struct LibvirtError: Error, Sendable, CustomStringConvertible {
+public struct LibvirtError: ErrorCause {
     public var code: Int32
     public var message: String
     public var description: String { message }

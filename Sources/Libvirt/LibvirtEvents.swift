@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibvirt
+import POSIX
 import VirtPortCore
 
 /// What libvirtd tells the agent (README "Agent"): the events it registers, reduced to what the
@@ -45,14 +46,15 @@ public enum LibvirtEventLoop {
 
     /// One iteration of libvirt's loop: dispatches whatever is due, sleeping until something is.
     public static func runOnce() {
-        if run?() ?? -1 < 0 { usleep(100_000) }
+        if run?() ?? -1 < 0 { Thread.sleep(millis: 100) }
     }
 }
 
 /// The agent's libvirt connection with its event callbacks registered: domain lifecycle, domain
 /// metadata change, network lifecycle, and the close callback (libvirtd went away). Callbacks run
 /// on libvirt's event loop thread and only hand the event to `handler`, which must not block.
-public final class LibvirtEventConnection: @unchecked Sendable {
+/// Not `Sendable`: the thread that opened it (the agent's work queue) is the only one that uses it.
+public final class LibvirtEventConnection {
     /// For queries on the same connection (the watcher's work queue thread only).
     public let client: LibvirtClient
     private let box: Unmanaged<HandlerBox>
@@ -162,3 +164,6 @@ public final class LibvirtEventConnection: @unchecked Sendable {
     // a freed handler.
     deinit { deregister() }
 }
+
+@available(*, unavailable)
+extension LibvirtEventConnection: Sendable {}

@@ -2,13 +2,14 @@
 import Glibc
 #endif
 import POSIX
+public import VirtPortCore
 
 /// The one error of the Netfilter module: the errno the kernel (or a system call) answered,
 /// what virtport was doing, and details when there are any.
 ///
 /// A batch is checked message by message before the kernel rolls it back, so one failed batch can
 /// report several failures: the first is the error itself, the rest are in `others`.
-public struct NetfilterError: Error, Sendable, Equatable, CustomStringConvertible {
+public struct NetfilterError: ErrorCause {
     /// `errno` value: from a netlink NLMSG_ERROR, or from a failed system call.
     public var errno: Int32
     /// What was being done, naming the object: "add element tcp/8080 -> 192.168.122.10:22 to map fwd4".

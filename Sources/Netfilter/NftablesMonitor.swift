@@ -2,17 +2,18 @@
 import Glibc
 #endif
 import CNftnl
-import POSIX
+public import POSIX
 
 /// nf_tables' change notifications (the multicast group `nft monitor` listens to,
 /// NFNLGRP_NFTABLES), reduced to what self-heal needs: which tables lost something, which chains
 /// got new rules (libvirt re-inserting its rules at the top of its chains), and who committed each
 /// batch. The kernel sends a batch's object notifications and then one NEWGEN message naming the
-/// committing thread and socket, so notifications are grouped into `Batch`es that end at their
+/// committing thread and socket, so notifications are grouped into `Commit`s that end at their
 /// NEWGEN.
 public final class NftablesMonitor {
-    /// What one committed batch deleted and added.
-    public struct Batch: Sendable, Equatable {
+    /// One committed nf_tables transaction (a batch someone sent, as its notifications show it):
+    /// who committed it, what it deleted and where it added rules.
+    public struct Commit: Sendable, Equatable {
         /// The task that committed it (NFTA_GEN_PROC_PID, the kernel's `task_pid_nr(current)`: a
         /// thread id, equal to the process id only for a process's main thread), 0 when unknown.
         public var pid: UInt32 = 0
@@ -40,8 +41,8 @@ public final class NftablesMonitor {
 
     private let socket: GroupSocket
     /// The socket, non-blocking, to watch for readability.
-    public var fd: Int32 { socket.fd }
-    private var pending = Batch()
+    public var descriptor: FileDescriptor { socket.descriptor }
+    private var pending = Commit()
 
     /// Subscribes to nf_tables notifications of the calling thread's network namespace.
     public init() throws(NetfilterError) {
@@ -49,15 +50,15 @@ public final class NftablesMonitor {
     }
 
     /// Reads what is queued (without blocking).
-    /// - Returns: the batches completed so far, and whether notifications were lost (ENOBUFS: the
+    /// - Returns: the commits completed so far, and whether notifications were lost (ENOBUFS: the
     ///   queue overflowed, so anything may have been deleted).
-    public func read() -> (batches: [Batch], overrun: Bool) {
-        var out: [Batch] = []
+    public func read() -> (commits: [Commit], overrun: Bool) {
+        var out: [Commit] = []
         let overrun = socket.drain { parse($0, into: &out) }
         return (out, overrun)
     }
 
-    func parse(_ bytes: UnsafeRawBufferPointer, into out: inout [Batch]) {
+    func parse(_ bytes: UnsafeRawBufferPointer, into out: inout [Commit]) {
         var offset = 0
         let header = MemoryLayout<nlmsghdr>.size
         while offset + header <= bytes.count {
@@ -71,7 +72,7 @@ public final class NftablesMonitor {
         }
     }
 
-    private func handle(type: UInt16, port: UInt32, body: UnsafeRawBufferPointer, into out: inout [Batch]) {
+    private func handle(type: UInt16, port: UInt32, body: UnsafeRawBufferPointer, into out: inout [Commit]) {
         guard type >> 8 == UInt16(NFNL_SUBSYS_NFTABLES), body.count >= 4 else { return }
         let msg = UInt32(type & 0xff)
         let family = body[0]
@@ -86,7 +87,7 @@ public final class NftablesMonitor {
             }
             pending.portID = port
             out.append(pending)
-            pending = Batch()
+            pending = Commit()
         case NFT_MSG_DELTABLE.rawValue, NFT_MSG_DELCHAIN.rawValue, NFT_MSG_DELRULE.rawValue,
              NFT_MSG_DELSET.rawValue, NFT_MSG_DELSETELEM.rawValue:
             // The table name is attribute 1 of each of these (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE,

@@ -34,9 +34,8 @@ public enum SocketDiag {
 
     /// Every such socket; nil when sock_diag cannot be used (the caller then reads /proc/net).
     public static func bound() -> [Bound]? {
-        let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), netlinkSockDiag)
-        if fd < 0 { return nil }
-        defer { close(fd) }
+        guard let fd = try? NetlinkSocket(protocol: netlinkSockDiag, bind: false) else { return nil }
+        defer { fd.close() }
         var out: [Bound] = []
         var sequence: UInt32 = 1
         for (proto, ipproto, states) in [(IPProto.tcp, UInt8(IPPROTO_TCP), tcpListen),
@@ -52,7 +51,7 @@ public enum SocketDiag {
     }
 
     /// One inet_diag dump: nlmsghdr + struct inet_diag_req_v2 out, inet_diag_msg answers back.
-    private static func dump(_ fd: Int32, family: UInt8, protocol: UInt8, states: UInt32, sequence: UInt32,
+    private static func dump(_ fd: NetlinkSocket, family: UInt8, protocol: UInt8, states: UInt32, sequence: UInt32,
                              proto: IPProto) -> [Bound]? {
         var request = [UInt8](repeating: 0, count: requestLength)
         put(&request, 0, UInt32(requestLength))
@@ -62,21 +61,12 @@ public enum SocketDiag {
         request[16] = family
         request[17] = `protocol`
         put(&request, 20, states)
-        // struct sockaddr_nl of the kernel (pid 0): family, pad, pid, groups.
-        var kernel = [UInt8](repeating: 0, count: 12)
-        put(&kernel, 0, UInt16(AF_NETLINK))
-        let sent = request.withUnsafeBytes { bytes in
-            kernel.withUnsafeBytes {
-                sendto(fd, bytes.baseAddress, bytes.count, 0, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self),
-                       socklen_t($0.count))
-            }
-        }
+        let sent = request.withUnsafeBytes { try? fd.sendToKernel($0) }
         if sent != request.count { return nil }
         var out: [Bound] = []
         var buffer = [UInt8](repeating: 0, count: 32 * 1024)
         while true {
-            let n = retryingOnInterrupt { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
-            if n <= 0 { return nil }
+            guard let n = buffer.withUnsafeMutableBytes({ try? fd.receive(into: $0) }), n > 0 else { return nil }
             for message in NetlinkMessage.split(Array(buffer[0..<n])) where message.sequence == sequence {
                 if message.type == Netlink.typeDone { return out }
                 if message.type == Netlink.typeError { return nil }

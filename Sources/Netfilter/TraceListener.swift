@@ -19,8 +19,7 @@ public final class TraceListener {
     /// Waits up to `timeoutMs` for events, then reads what is queued without blocking.
     /// - Returns: the events, and whether some were lost (ENOBUFS).
     public func read(timeoutMs: Int32) -> (events: [TraceEvent], lost: Bool) {
-        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        if poll(&p, 1, timeoutMs) <= 0 { return ([], false) }
+        guard (try? socket.descriptor.waitReadable(timeoutMs: timeoutMs)) == true else { return ([], false) }
         var out: [TraceEvent] = []
         let lost = socket.drain { bytes in
             for m in TraceEvent.messages(in: Array(bytes)) {

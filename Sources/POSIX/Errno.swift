@@ -32,8 +32,10 @@ public struct Errno: Error, Sendable, Equatable, CustomStringConvertible {
     public var isNotFound: Bool { code == ENOENT || code == ENOTDIR }
 }
 
-/// Calls `call` until it does not fail with EINTR and returns its result; `errno` is left as the
-/// last call set it. For calls whose failure the caller handles itself (a `-1` it inspects).
+/// The one EINTR policy of virtport: every system call that can be interrupted by a signal is
+/// restarted, here and nowhere else. `call` runs until it does not fail with EINTR; its result is
+/// returned and `errno` is left as the last call set it. For calls whose `-1` the caller inspects
+/// itself; `valueOrErrno` is the throwing form.
 @inline(__always)
 public func retryingOnInterrupt<T: SignedInteger>(_ call: () -> T) -> T {
     while true {
@@ -43,17 +45,12 @@ public func retryingOnInterrupt<T: SignedInteger>(_ call: () -> T) -> T {
     }
 }
 
-/// Calls `call` (a C function returning -1 and setting errno on failure), retrying on EINTR, and
-/// returns its result or throws the errno with the function's name (swift-system's
-/// `valueOrErrno(retryOnInterrupt:)`).
+/// Calls `call` (a C function returning -1 and setting errno on failure), retrying on EINTR
+/// (`retryingOnInterrupt`), and returns its result or throws the errno with the function's name
+/// (swift-system's `valueOrErrno(retryOnInterrupt:)`).
 @inline(__always)
-public func valueOrErrno<T: SignedInteger>(_ function: String, retryOnInterrupt: Bool = true,
-                                           _ call: () -> T) throws(Errno) -> T {
-    while true {
-        let r = call()
-        if r != -1 { return r }
-        let e = errno
-        if e == EINTR && retryOnInterrupt { continue }
-        throw Errno(e, function)
-    }
+public func valueOrErrno<T: SignedInteger>(_ function: String, _ call: () -> T) throws(Errno) -> T {
+    let r = retryingOnInterrupt(call)
+    if r == -1 { throw Errno.current(function) }
+    return r
 }

@@ -19,6 +19,17 @@ public struct FileDescriptor: Sendable, Equatable {
         return FileDescriptor(rawValue: fd)
     }
 
+    /// A pipe, both ends close-on-exec: (read end, write end). Wraps pipe(2) (Glibc's module
+    /// does not export pipe2).
+    public static func pipe() throws(Errno) -> (read: FileDescriptor, write: FileDescriptor) {
+        var fds: [Int32] = [0, 0]
+        _ = try valueOrErrno("pipe") { Glibc.pipe(&fds) }
+        let ends = (read: FileDescriptor(rawValue: fds[0]), write: FileDescriptor(rawValue: fds[1]))
+        ends.read.setCloseOnExec()
+        ends.write.setCloseOnExec()
+        return ends
+    }
+
     /// Wraps `close(2)`. EINTR is not retried: on Linux the descriptor is gone either way.
     public func close() { _ = Glibc.close(rawValue) }
 
@@ -76,6 +87,11 @@ public struct FileDescriptor: Sendable, Equatable {
     public func waitReadable(timeoutMs: Int32) throws(Errno) -> Bool {
         var p = pollfd(fd: rawValue, events: Int16(POLLIN), revents: 0)
         return try valueOrErrno("poll") { poll(&p, 1, timeoutMs) } > 0
+    }
+
+    /// Sets the file's permission bits. Wraps fchmod(2).
+    public func setPermissions(_ mode: UInt32) throws(Errno) {
+        _ = try valueOrErrno("fchmod") { fchmod(rawValue, mode) }
     }
 
     /// `flock(2)` modes.

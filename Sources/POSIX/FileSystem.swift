@@ -17,6 +17,57 @@ public enum FileSystem {
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// What kind of file `path` is, its permission bits and modification time, not following a
+    /// final symlink; nil when there is nothing there (ENOENT, ENOTDIR); other failures throw.
+    /// Wraps lstat(2).
+    public static func linkStatus(_ path: String) throws(Errno) -> LinkStatus? {
+        var st = stat()
+        do { _ = try valueOrErrno("lstat") { lstat(path, &st) } } catch where error.isNotFound { return nil }
+        let kind: FileKind = switch st.st_mode & S_IFMT {
+        case S_IFREG: .regular
+        case S_IFDIR: .directory
+        case S_IFLNK: .symlink
+        default: .other
+        }
+        return LinkStatus(kind: kind, permissions: UInt32(st.st_mode & 0o7777), modifiedSeconds: Int64(st.st_mtim.tv_sec))
+    }
+
+    /// The permission bits of the file at `path`, following symlinks; nil when there is none.
+    /// Wraps stat(2).
+    public static func permissions(_ path: String) -> UInt32? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return UInt32(st.st_mode & 0o7777)
+    }
+
+    /// Whether the calling process may execute `path`. Wraps access(2) with X_OK.
+    public static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
+    /// Whether the calling process may read `path` (following symlinks); throws why not.
+    /// Wraps access(2) with R_OK.
+    public static func checkReadable(_ path: String) throws(Errno) {
+        _ = try valueOrErrno("access") { access(path, R_OK) }
+    }
+
+    /// Renames `from` to `to` (replacing it). Wraps rename(2).
+    public static func rename(_ from: String, to: String) throws(Errno) {
+        _ = try valueOrErrno("rename") { Glibc.rename(from, to) }
+    }
+
+    /// Removes the file at `path`, throwing why it could not. Wraps unlink(2).
+    public static func removeFile(_ path: String) throws(Errno) {
+        _ = try valueOrErrno("unlink") { unlink(path) }
+    }
+
+    /// Removes the directory at `path` if it is empty; false otherwise. Wraps rmdir(2).
+    @discardableResult
+    public static func removeEmptyDirectory(_ path: String) -> Bool { rmdir(path) == 0 }
+
+    /// Creates a symbolic link at `path` pointing to `target`. Wraps symlink(2).
+    public static func makeSymlink(_ path: String, to target: String) throws(Errno) {
+        _ = try valueOrErrno("symlink") { symlink(target, path) }
+    }
+
     /// (device, inode) of the file at `path`, following symlinks; nil when there is none.
     public static func identity(_ path: String) -> FileIdentity? {
         var st = stat()
@@ -73,7 +124,7 @@ public enum FileSystem {
                 try fd.writeAll(bytes)
                 _ = try valueOrErrno("fchmod") { fchmod(fd.rawValue, mode) }
                 fd.close()
-                _ = try valueOrErrno("rename") { rename(tmp, path) }
+                _ = try valueOrErrno("rename") { Glibc.rename(tmp, path) }
                 return
             } catch {
                 fd.close()
@@ -82,6 +133,11 @@ public enum FileSystem {
             }
         }
     }
+
+    /// Removes the file (or socket, or symlink) at `path`; false when there was none or it could
+    /// not be removed. Wraps unlink(2).
+    @discardableResult
+    public static func remove(_ path: String) -> Bool { unlink(path) == 0 }
 
     /// The target of the symlink at `path`; nil when it is not one. Wraps `readlink(2)`.
     public static func readLink(_ path: String) -> String? {
@@ -115,6 +171,29 @@ public enum FileSystem {
         guard let i = path.lastIndex(of: "/") else { return path }
         return String(path[path.index(after: i)...])
     }
+}
+
+/// What kind of file: `FileSystem.linkStatus`.
+public enum FileKind: Sendable, Equatable {
+    case regular, directory, symlink, other
+}
+
+/// What `FileSystem.linkStatus` found (the link itself for a symlink).
+public struct LinkStatus: Sendable, Equatable {
+    public var kind: FileKind
+    /// The permission bits (`st_mode & 0o7777`).
+    public var permissions: UInt32
+    public var modifiedSeconds: Int64
+}
+
+/// Processes by id.
+public enum Process {
+    /// Whether a process `pid` exists (one of another user's counts: EPERM). Wraps kill(2) with
+    /// signal 0.
+    public static func exists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
+
+    /// Sends `signal` to process `pid`; false when it could not be sent. Wraps kill(2).
+    public static func signal(_ pid: Int32, _ signal: Int32) -> Bool { kill(pid, signal) == 0 }
 }
 
 /// The process environment.

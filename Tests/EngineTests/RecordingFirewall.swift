@@ -169,6 +169,11 @@ final class RecordingFirewall: FirewallDriver {
         return bridgeTable && bridgeSkeletonIntact
     }
 
+    func guardCounters() throws(NetfilterError) -> [GuardCounter] {
+        calls.append("guardCounters")
+        return []
+    }
+
     func isolated(_ tap: String) -> Bool? {
         calls.append("isolated \(tap)")
         return isolatedFlags[tap]

@@ -6,6 +6,7 @@ import VirtPortCore
 @testable import Commands
 @testable import Hook
 import Engine
+import Agent
 
 @Suite struct DispatchTests {
     @Test func hookModeByArgv0() {

@@ -26,12 +26,12 @@ import POSIX
     @Test func readableDescriptorTimersAndPostedWork() throws {
         let loop = try EventLoop()
         try loop.start()
-        var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
-        defer { close(fds[0]); close(fds[1]) }
+        let (r, w) = try FileDescriptor.pipe()
+        let fds = [r.rawValue, w.rawValue]
+        defer { r.close(); w.close() }
         let seen = Box<[String]>([])
         let onLoop = Box<Bool>(true)
-        try loop.watch(fds[0]) {
+        try loop.watch(r) {
             var b: UInt8 = 0
             _ = read(fds[0], &b, 1)
             if !loop.isLoopThread { onLoop.with { $0 = false } }
@@ -54,7 +54,7 @@ import POSIX
         #expect(!loop.isLoopThread)
 
         // An unwatched descriptor no longer calls its handler.
-        loop.unwatch(fds[0])
+        loop.unwatch(r)
         _ = write(fds[1], &byte, 1)
         usleep(50_000)
         #expect(seen.with { $0.count } == 4)

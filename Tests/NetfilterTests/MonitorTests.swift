@@ -32,9 +32,9 @@ import Testing
                                                             (UInt16(NFTA_GEN_PROC_PID.rawValue), [0, 0, 0x30, 0x39]),
                                                             (UInt16(NFTA_GEN_PROC_NAME.rawValue), Array("nft".utf8) + [0])])
             + message(NFT_MSG_DELTABLE.rawValue, family: UInt8(NFPROTO_BRIDGE), [(1, name)])
-        var out: [NftablesMonitor.Batch] = []
+        var out: [NftablesMonitor.Commit] = []
         bytes.withUnsafeBytes { monitor.parse($0, into: &out) }
-        #expect(out == [NftablesMonitor.Batch(pid: 12345, process: "nft", deletedFrom: ["inet virtport", "ip filter"])])
+        #expect(out == [NftablesMonitor.Commit(pid: 12345, process: "nft", deletedFrom: ["inet virtport", "ip filter"])])
         // The bridge table's deletion waits for its own NEWGEN.
         bytes.prefix(0).withUnsafeBytes { monitor.parse($0, into: &out) }
         #expect(out.count == 1)
@@ -56,9 +56,9 @@ import Testing
             + t.message(NFT_MSG_NEWRULE.rawValue, family: UInt8(NFPROTO_IPV6), [(1, str("filter")), (2, str("FORWARD"))])
             + t.message(NFT_MSG_NEWRULE.rawValue, family: UInt8(NFPROTO_IPV4), [(1, str("filter"))])  // no chain: ignored
             + gen
-        var out: [NftablesMonitor.Batch] = []
+        var out: [NftablesMonitor.Commit] = []
         bytes.withUnsafeBytes { monitor.parse($0, into: &out) }
-        #expect(out == [NftablesMonitor.Batch(pid: 12345, process: "nft", portID: 0x1234_5678,
+        #expect(out == [NftablesMonitor.Commit(pid: 12345, process: "nft", portID: 0x1234_5678,
                                               deletedFrom: ["ip libvirt_network"],
                                               addedTo: ["ip libvirt_network guest_input", "ip6 filter FORWARD"])])
         #expect(out[0].committer == "pid 12345 (nft)")

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Journal
+import Agent
 import Engine
 import POSIX
 import VirtPortCore
@@ -92,11 +93,10 @@ struct Doctor {
                 continue
             }
             let target = FileSystem.readLink(path) ?? "?"
-            var st = stat()
-            if lstat(path, &st) == 0 { newest = max(newest ?? 0, Int64(st.st_mtim.tv_sec)) }
+            if let status = try? FileSystem.linkStatus(path) { newest = max(newest ?? 0, status.modifiedSeconds) }
             if !sameFile(target, exe) {
                 out.append(.fail("hook \(kind)", "\(path) points at \(target), not at this binary (\(exe))",
-                                 why: access(target, X_OK) == 0 ? "libvirt runs another virtport than the one you are looking at"
+                                 why: FileSystem.isExecutable(target) ? "libvirt runs another virtport than the one you are looking at"
                                      : "the target does not exist or is not executable: libvirt's \(kind) hook fails",
                                  fix: "\(exe) install"))
             } else {
@@ -107,8 +107,8 @@ struct Doctor {
     }
 
     func sameFile(_ a: String, _ b: String) -> Bool {
-        var sa = stat(), sb = stat()
-        return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+        guard let ia = FileSystem.identity(a) else { return false }
+        return ia == FileSystem.identity(b)
     }
 
     func daemonFindings(hookTime: Int64?, into out: inout [Finding]) {
@@ -199,9 +199,8 @@ struct Doctor {
             out.append(.ok("journal", "\(path) does not exist yet (the first forward creates it)"))
             return true
         }
-        var st = stat()
-        if stat(path, &st) == 0, st.st_mode & 0o077 != 0 {
-            out.append(.fail("journal mode", "\(path) has mode \(String(st.st_mode & 0o777, radix: 8)), not 0600",
+        if let mode = FileSystem.permissions(path), mode & 0o077 != 0 {
+            out.append(.fail("journal mode", "\(path) has mode \(String(mode & 0o777, radix: 8)), not 0600",
                              why: "the journal names every VM, address and port: other users should not read it",
                              fix: "chmod 0600 \(path)", status: "warn"))
         }
@@ -212,10 +211,10 @@ struct Doctor {
             return true
         } catch {
             let text = error.message
-            if text.contains("newer virtport") {
+            if error.code == .newerJournal {
                 out.append(.fail("journal", text, why: "this virtport cannot read it: hooks fail to journal (policy on_internal_error decides whether VMs still start)",
                                  fix: "install the virtport version that wrote it (apt install virtport)"))
-            } else if text.contains("schema") {
+            } else if error.code == .olderJournal {
                 out.append(.fail("journal", text, why: "an older schema: the next hook migrates it, reading commands refuse until then",
                                  fix: "virtport reconcile", status: "warn"))
             } else {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Engine
+import POSIX
 import Journal
 import Netfilter
 import VirtPortCore
@@ -15,7 +16,7 @@ enum TraceDoctor {
         guard geteuid() == 0, let nf = try? NetfilterSession(table: config.table) else { return [] }
         var out: [Finding] = []
         let leftovers = (try? nf.traceTables()) ?? []
-        let stale = leftovers.filter { kill($0.pid, 0) != 0 && errno == ESRCH }
+        let stale = leftovers.filter { !Process.exists($0.pid) }
         if stale.isEmpty {
             out.append(.ok("trace tables", leftovers.isEmpty ? "no virtport trace table" : "a virtport trace is running (pid \(leftovers[0].pid))"))
         } else {
@@ -32,7 +33,7 @@ enum TraceDoctor {
         guard let nf = try? NetfilterSession(table: config.table), let tables = try? nf.traceTables() else { return [] }
         var lines: [String] = []
         var done = Set<String>()
-        for t in tables where kill(t.pid, 0) != 0 && errno == ESRCH && !done.contains(t.name) {
+        for t in tables where !Process.exists(t.pid) && !done.contains(t.name) {
             done.insert(t.name)
             if !dryRun { try? nf.removeTrace(name: t.name) }
             lines.append("\(dryRun ? "would " : "")delete-trace-table \(t.name) (left by a virtport trace that is gone, pid \(t.pid))")

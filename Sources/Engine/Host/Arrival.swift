@@ -29,11 +29,11 @@ enum Arrival {
         let p = path(config, uuid: uuid)
         guard let why = HostPaths.readText(p)?.trimmed, !why.isEmpty else { return base }
         let fresh = FileSystem.stamp(p).map { Int64(time(nil)) - $0.modifiedSeconds <= maxAge } ?? false
-        unlink(p)
+        FileSystem.remove(p)
         return fresh ? "\(base) (\(why))" : base
     }
 
     static func drop(_ config: Config, uuid: String) {
-        unlink(path(config, uuid: uuid))
+        FileSystem.remove(path(config, uuid: uuid))
     }
 }

@@ -35,6 +35,8 @@ public protocol FirewallDriver: AnyObject {
     func deleteGuardTable() throws(NetfilterError)
     func guardTableDamage(expecting ports: [GuardPort]) throws(NetfilterError) -> String?
     func guardSkeletonIsIntact() throws(NetfilterError) -> Bool
+    /// The named drop counters of `table bridge` (`virtport list --guards`).
+    func guardCounters() throws(NetfilterError) -> [GuardCounter]
 
     // MARK: Bridge ports
     /// The port's isolated flag; nil when `tap` is not a bridge port.

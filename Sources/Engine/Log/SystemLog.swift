@@ -8,8 +8,8 @@ import VirtPortCore
 /// `/dev/log`, which journald or rsyslog owns), facility daemon, identifier `virtport`, in the
 /// format glibc's syslog(3) writes (`<PRI>Mmm dd hh:mm:ss virtport[PID]: text`), so
 /// `journalctl -t virtport` and /var/log/syslog show it. Best effort and stateless: a socket per
-/// line (three system calls, a few microseconds), nothing when no one listens there, no lock, safe
-/// from any thread. Not glibc's syslog(3) itself: its socket path is fixed, and tests (and hosts
+/// line (`UnixSocket.sendDatagram`: three system calls, a few microseconds), nothing when no one
+/// listens there, no lock, safe from any thread. Not glibc's syslog(3) itself: its socket path is fixed, and tests (and hosts
 /// with the log elsewhere) need another one.
 public enum SystemLog {
     /// syslog(3) severities virtport uses.
@@ -26,26 +26,7 @@ public enum SystemLog {
         let line = Quoted.cell(text)
         var datagram = Array("<\(facility | severity.rawValue)>\(timestamp()) virtport[\(getpid())]: ".utf8)
         datagram += line.utf8
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return }
-        defer { Glibc.close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        _ = datagram.withUnsafeBytes { buf in
-            withUnsafePointer(to: &address) { a in
-                a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                    retryingOnInterrupt {
-                        sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), sa, socklen_t(MemoryLayout<sockaddr_un>.size))
-                    }
-                }
-            }
-        }
+        UnixSocket.sendDatagram(datagram, to: path)
     }
 
     /// `Dec  2 18:58:12`, local time, as RFC 3164 (and glibc) write it.
