@@ -448,7 +448,7 @@ extension NetfilterSession {
     /// No filters: the table is deleted (absent and empty filter the same: nothing).
     public func replaceSourceFilters(_ filters: [SourceFilterElement]) throws(NetfilterError) {
         for f in filters { try SourceFilterTable.validate(f) }
-        try send([SourceFilterBatchPart.rebuild(filters)])
+        try self.send([SourceFilterBatchPart.rebuild(filters)])
     }
 
     /// Deletes the table; no error when it is absent.
