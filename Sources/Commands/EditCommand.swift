@@ -19,9 +19,9 @@ enum EditCommand {
     static func add(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
         let address = try args.option("--address"), dev = try args.option("--dev")
         let guest = try args.option("--guest"), mac = try args.option("--mac")
-        let waitText = try args.option("--wait")
+        let waitText = try args.option("--wait"), sources = try args.options("--source")
         guard let name = args.next(), let proto = args.next(), let ports = args.next() else {
-            throw .invalid("usage: virtport add DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS]")
+            throw .invalid("usage: virtport add DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS] [--source PREFIX]…")
         }
         try args.finish("add")
         var wait: Int?
@@ -31,7 +31,9 @@ enum EditCommand {
             }
             wait = w
         }
-        let forward = try MetadataEdit.forward(proto: proto, ports: ports, address: address, dev: dev, guest: guest, mac: mac)
+        var forward = try MetadataEdit.forward(proto: proto, ports: ports, address: address, dev: dev, guest: guest, mac: mac)
+        // --source PREFIX, repeatable; one value may also hold several prefixes separated by spaces.
+        if !sources.isEmpty { forward.sources = try SourceList.parse(sources.joined(separator: " "), path: "add", attribute: "--source") }
         return try edit(name, command: "add", wait: wait) { (e, interfaces) throws(VirtPortError) -> String in
             var f = forward
             // A NIC whose address the metadata already states: the new forward uses it.

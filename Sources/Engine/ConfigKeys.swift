@@ -45,6 +45,8 @@ public enum ConfigKeys {
             meaning: "host addresses address= may name; without \"any\" every forward must name one of them"),
         Key(section: "policy", name: "guest_networks", defaultValue: "[]",
             meaning: "prefixes guest= may point into for a NIC that is not on a libvirt network with addresses (a plain bridge, macvtap); empty: refused"),
+        Key(section: "policy", name: "require_source_ports", defaultValue: "[]",
+            meaning: "host ports a forward may use only with a source= list (no /0 in it): [3389, \"5900-5999\"]"),
         Key(section: "policy", name: "max_forwards_per_domain", defaultValue: "64",
             meaning: "mappings (merged port ranges) one domain may have"),
         Key(section: "policy", name: "max_ports_per_domain", defaultValue: "4096",

@@ -54,6 +54,12 @@ final class SQLiteConnection {
         db = handle
     }
 
+    /// Whether table `name` exists: a look-up in the schema SQLite holds, no statement to prepare
+    /// (~0.1 M instructions less than a `sqlite_master` query in a hook's fresh process).
+    func hasTable(_ name: String) -> Bool {
+        sqlite3_table_column_metadata(db, "main", name, nil, nil, nil, nil, nil, nil) == SQLITE_OK
+    }
+
     deinit {
         for stmt in cache.values { sqlite3_finalize(stmt) }
         sqlite3_close_v2(db)

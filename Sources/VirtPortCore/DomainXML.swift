@@ -162,7 +162,7 @@ enum MetadataXML {
     }
 
     static func parseForward(_ e: ParsedElement, path: String) throws(VirtPortError) -> ForwardSpec {
-        try checkAttributes(e, path: path, allowed: ["proto", "address", "dev", "mac", "guest"])
+        try checkAttributes(e, path: path, allowed: ["proto", "address", "dev", "mac", "guest", "source"])
         guard let protoText = e.attribute("proto") else {
             throw .invalid("\(path): missing proto= (tcp, udp or sctp)")
         }
@@ -200,6 +200,8 @@ enum MetadataXML {
             }
             spec.guest = guest
         }
+        if let text = e.attribute("source") { spec.sources = try SourceList.parse(text, path: path) }
+        try SourceList.check(spec, path: path)
         var rangeIndex = 0
         for child in e.children where child.namespace == ns {
             guard child.name == "range" else {

@@ -35,7 +35,9 @@ public enum Planner {
         if ports > policy.maxPortsPerDomain {
             throw .invalid("domain \(Quoted.message(domain.name)): \(ports) host ports exceed the limit of \(policy.maxPortsPerDomain) per domain (\(policy.setting(.maxPortsPerDomain)))")
         }
-        return Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: mappings, guards: guards)
+        var plan = Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: mappings, guards: guards)
+        plan.sourceFilters = try SourceFilterPlanner.plan(metadata, mappings: mappings, policy: policy)
+        return plan
     }
 
     // MARK: - One portForward

@@ -244,7 +244,8 @@ import VirtPortCore
         _ = try start(box, fw)
         let lines = try DomainLifecycle.removeEverything(reason: "uninstall", resources: .perProcess(box.config, kernel: fw),
                                                          diagnostics: CollectedDiagnostics())
-        #expect(lines == ["removed: 1 active forward(s), table inet virtport and libvirt accept rules",
+        #expect(lines == ["removed: 0 source filter(s) and table inet virtport_src",
+                          "removed: 1 active forward(s), table inet virtport and libvirt accept rules",
                           "removed: 1 guarded port(s), table bridge virtport and the isolated flags virtport set"])
         #expect(!fw.inetTable && !fw.bridgeTable)
         #expect(fw.isolatedFlags["vnet5"] == false && fw.masks["vnet5"] == 0)
@@ -286,7 +287,7 @@ import VirtPortCore
     }
 
     @Test func theWatchedTablesComeFromTheKinds() {
-        #expect(DomainLifecycle.tables(Sandbox().config) == ["inet virtport", "bridge virtport"])
+        #expect(DomainLifecycle.tables(Sandbox().config) == ["inet virtport_src", "inet virtport", "bridge virtport"])
     }
 
     // MARK: Reconcile: a pure plan per kind, then apply

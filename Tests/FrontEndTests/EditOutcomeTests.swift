@@ -90,7 +90,9 @@ struct PlanJSONTests {
         #expect(forwards.count == 2)
         for (k, f) in forwards.enumerated() {
             guard case .object(let fields) = f, case .object(let old) = m.json else { Issue.record("not an object"); return }
-            #expect(fields.dropLast().map { $0.0 } == old.map { $0.0 })
+            // `source` (issue 24: null without source=) and `refused` are added; nothing else changes.
+            #expect(fields.dropLast().map { $0.0 } == old.map { $0.0 } + ["source"])
+            #expect(fields.dropLast().last?.1 == .null)
             #expect(fields.last?.0 == "refused")
             #expect(fields.last?.1 == (k == 0 ? .string(why) : .null))
         }

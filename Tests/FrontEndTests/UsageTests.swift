@@ -107,7 +107,7 @@ func tempFile(_ name: String, _ text: String) throws -> String {
     @Test func contractSynopses() throws {
         // DESIGN "live edit", then "add output"'s --wait.
         #expect(try #require(Usage.command("add")).synopsis
-            == "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS]")
+            == "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS] [--source PREFIX]…")
         #expect(try #require(Usage.command("trace")).synopsis
             == "[VM] PROTO HOSTPORT [--from PREFIX] [--count N] [--timeout S] [--json]")
         #expect(try #require(Usage.command("remove")).synopsis == "DOMAIN PROTO HOSTPORT")

@@ -106,7 +106,7 @@ let invalidCases: [InvalidCase] = [
 
     // Grammar
     .forward("unknown attribute", "proto='tcp' port='80'", web,
-             "portForward[1]: unknown attribute port= (known: address= dev= guest= mac= proto=)"),
+             "portForward[1]: unknown attribute port= (known: address= dev= guest= mac= proto= source=)"),
     .forward("unknown range attribute", tcp, "<vp:range start='80' stop='90'/>",
              "portForward[1]/range[1]: unknown attribute stop="),
     .forward("attribute in our namespace", "vp:proto='tcp'", web,

@@ -204,3 +204,25 @@ def test_drop_before_virtports_dnat(lab):
     # The second rule (another port) is not blamed: the first rule is the one for 2222.
     rules = sh("nft", "-a", "list", "chain", "inet", "raw", "prerouting", ns=lab.host).stdout.decode()
     assert f"tcp dport 2222 drop # handle {handle}" in rules, rules
+
+
+def test_source_filter_drop_is_named(lab):
+    """A forward with source= that does not list the client: the trace's verdict names virtport's
+    source filter (table inet virtport_src) as the dropper, and doctor does not call it foreign."""
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G1")
+    xml = domain_xml("web1", U1, "<vp:portForward proto='tcp' guest='192.168.122.10' source='198.51.100.0/24'>"
+                                 "<vp:range start='2222' to='22'/></vp:portForward>")
+    lab.start(xml)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    p = trace(lab, "web1", "tcp", "2222", "--timeout", "10", "--json")
+    lab.connect(lab.client, "tcp", "203.0.113.1", 2222)
+    rc, out, err = finish(p)
+    assert rc == 0, (out, err)
+    doc = json.loads(out)
+    v = doc["verdict"]
+    assert (v["result"], v["family"], v["table"], v["chain"]) == ("dropped", "inet", "virtport_src", "filter4"), doc
+    assert v["owner"] == "virtport's source filter", v
+    assert "dropped by virtport's source filter" in doc["text"], doc["text"]
+    assert no_trace_tables(lab)
+    found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "foreign drops"]
+    assert [f["status"] for f in found] == ["ok"], found

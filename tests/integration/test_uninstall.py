@@ -8,7 +8,9 @@ import json
 from conftest import sh
 from test_guard import MAC1, glab, guard_for  # noqa: F401  (fixture)
 
-FORWARD = "<vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='2222' to='22'/></vp:portForward>"
+# With source= (issue 24): the source filter kind's table inet virtport_src goes too.
+FORWARD = ("<vp:portForward proto='tcp' guest='192.168.122.10' source='203.0.113.0/24'>"
+           "<vp:range start='2222' to='22'/></vp:portForward>")
 
 
 def group_fwd_mask(glab):
@@ -28,7 +30,7 @@ def test_uninstall_leaves_nothing_of_virtport_in_the_kernel(glab, tmp_path):
     ruleset = sh("nft", "list", "ruleset", ns=glab.host).stdout.decode()
     assert "table bridge virtport" in ruleset
     if glab.layout == "nat":
-        assert "table inet virtport" in ruleset
+        assert "table inet virtport" in ruleset and "table inet virtport_src" in ruleset
     assert "isolated on" in glab.port_flags("vnet0")
     assert group_fwd_mask(glab) == "0x4001"      # STP/LLDP diverted through the guard
     assert len(glab.guards_json()) == 1
@@ -37,6 +39,7 @@ def test_uninstall_leaves_nothing_of_virtport_in_the_kernel(glab, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     out = r.stdout.decode()
     assert "1 guarded port(s)" in out, out
+    assert f"{1 if glab.layout == 'nat' else 0} source filter(s) and table inet virtport_src" in out, out
 
     ruleset = sh("nft", "list", "ruleset", ns=glab.host).stdout.decode()
     assert "virtport" not in ruleset, ruleset

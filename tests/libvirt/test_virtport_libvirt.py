@@ -121,6 +121,7 @@ class Virtport:
     def clear_kernel(self):
         """Drop table inet virtport and our accept rule(s): state a previous test may have left."""
         self.lab.exec("nft", "delete", "table", "inet", "virtport", check=False)
+        self.lab.exec("nft", "delete", "table", "inet", "virtport_src", check=False)
         if self.lab.backend == "nftables":
             r = self.lab.exec("nft", "-a", "list", "chain", "ip", "libvirt_network", "guest_input", check=False)
             for handle in re.findall(r'"virtport:[^"]*".*# handle (\d+)', out(r)):

@@ -2,6 +2,8 @@
 /// their messages go in one batch in this order). Adding a kind: one line here.
 public enum RuleKinds {
     public static let all: [any RuleKind] = [
+        // Before the forwards: when the shared batch is refused, its own batch puts the filter in before their DNAT.
+        SourceFilterKind(),
         ForwardKind(),
         GuardKind(),
     ]

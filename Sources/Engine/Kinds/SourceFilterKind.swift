@@ -1,0 +1,228 @@
+public import Journal
+import Netfilter
+public import VirtPortCore
+
+/// `source=` on `<portForward>`: per-forward source filters in `table inet <table>_src`
+/// (README "Restricting a forward to some sources"). The first rule kind added after the
+/// restructuring: this file, its table (Netfilter/SourceFilterTable.swift), its journal rows
+/// (Journal/SourceFilters.swift) and its grammar (VirtPortCore/SourceList.swift).
+///
+/// The plan carries one `SourceFilter` per mapping of a forward with a list; the journal holds
+/// them per domain; the kernel holds every domain's. It runs before the forwards in a start, so
+/// when the shared batch is refused its own batch puts the filter in before the forwards' DNAT.
+public struct SourceFilterKind: RuleKind {
+    public init() {}
+
+    public static let name = "source filters"
+    public var name: String { Self.name }
+
+    public func tables(_ config: Config) -> [String] { ["inet " + SourceFilterTable.name(config.table)] }
+
+    public func needsChange(_ plan: Plan?, uuid: String, context: KindContext) throws(VirtPortError) -> Bool {
+        if let plan, !plan.sourceFilters.isEmpty { return true }
+        // A start opens the journal read-write anyway (the forwards' kind, next, always takes
+        // part): open it so now, so a first start racing others never reads a journal that one
+        // of them is still creating.
+        if plan != nil { return try !context.resources.journal().sourceFilters(domainUUID: uuid).isEmpty }
+        guard let db = try context.resources.existingJournal(readOnly: false) else { return false }
+        return try !db.sourceFilters(domainUUID: uuid).isEmpty
+    }
+
+    public func stage(_ plan: Plan?, domain: DomainRef, reason: String, db: JournalDB,
+                      context: KindContext) throws(VirtPortError) -> (any StagedChange)? {
+        let before = try db.sourceFilters()
+        let mine = before.filter { $0.domain.uuid == domain.uuid }
+        let new = plan?.sourceFilters ?? []
+        if Set(mine.map(\.filter)) == Set(new), mine.allSatisfy({ $0.state == .applied }) { return nil }
+        let name = domain.name.isEmpty ? (mine.first?.domain.name ?? "") : domain.name
+        let ref = DomainRef(name: name, uuid: domain.uuid)
+        try db.putSourceFilters(domain: ref, new, state: .adding, reason: reason, now: nowMicros())
+        let others = before.filter { $0.domain.uuid != domain.uuid }
+        let all = others.map(\.filter) + new
+        let part: SourceFilterBatchPart?
+        if all.isEmpty || others.isEmpty && mine.isEmpty || mine.contains(where: { $0.state != .applied }) {
+            // The first filter (the table is created), the last one (the table goes), or rows
+            // a crash left half-done: the table is rebuilt with exactly what the journal holds.
+            part = .rebuild(all)
+        } else {
+            part = .change(from: mine.map(\.filter), to: new, allBefore: before.map(\.filter), allAfter: all)
+        }
+        return SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part)
+    }
+
+    /// libvirt's network restart leaves other tables alone; a firewall reload may not: the table
+    /// is put back from the journal when it is gone.
+    public func reapply(network: NetworkDefinition, db: JournalDB, reason: String, context: KindContext) throws(VirtPortError) {
+        if let line = try Self.healLocked(db: db, context: context) { context.log.notice("healed: \(line) (\(reason))") }
+    }
+
+    public func heal(db: JournalDB, context: KindContext) throws(VirtPortError) -> [String] {
+        try Self.healLocked(db: db, context: context).map { [$0] } ?? []
+    }
+
+    /// The journal is the truth: when the table lacks a counter the journal's filters need (the
+    /// table or its elements deleted), it is rebuilt from the journal in one batch.
+    static func healLocked(db: JournalDB, context: KindContext) throws(VirtPortError) -> String? {
+        let rows = try db.sourceFilters()
+        guard let damage = try damage(rows.map(\.filter), context: context) else { return nil }
+        try rebuild(rows.map(\.filter), context: context)
+        return "source filters: \(damage); table inet \(SourceFilterTable.name(context.config.table)) rebuilt with \(rows.count) filter(s)"
+    }
+
+    /// What is wrong with the table given `filters` (nil: nothing): its counters are the filters'
+    /// (one per filter and family), read in one dump.
+    static func damage(_ filters: [SourceFilter], context: KindContext) throws(VirtPortError) -> String? {
+        guard let nf = try context.driver() as? NetfilterSession else { return nil }
+        let present: Set<String>
+        do { present = Set(try nf.sourceFilterCounters().map(\.name)) } catch {
+            throw .operational("cannot read table inet \(SourceFilterTable.name(context.config.table))", cause: error)
+        }
+        let wanted = Set(filters.flatMap { f in f.families.map(f.counterName) })
+        if wanted.isEmpty { return present.isEmpty ? nil : "\(present.count) counter(s) no forward owns" }
+        if present.isEmpty { return "table inet \(SourceFilterTable.name(context.config.table)) is missing" }
+        let missing = wanted.subtracting(present), extra = present.subtracting(wanted)
+        if missing.isEmpty && extra.isEmpty { return nil }
+        return "counters " + (missing.sorted().first.map { "\($0) missing" } ?? "\(extra.sorted()[0]) not in the journal")
+    }
+
+    static func rebuild(_ filters: [SourceFilter], context: KindContext) throws(VirtPortError) {
+        do { try context.driver().send([SourceFilterBatchPart.rebuild(filters)]) } catch {
+            throw .operational("cannot rebuild table inet \(SourceFilterTable.name(context.config.table))", cause: error)
+        }
+    }
+
+    public func reconcile(running: [String: RunningDomain], db: JournalDB?, reason: String,
+                          context: KindContext) throws(VirtPortError) -> any KindReconcile {
+        guard let db else { return SourceFilterReconcile() }
+        let rows = try db.sourceFilters()
+        var wanted: [String: (DomainRef, [SourceFilter])] = [:]
+        for (uuid, r) in running {
+            guard let domain = r.domain else {
+                // Unreadable XML: its rows stay as they are.
+                let kept = rows.filter { $0.domain.uuid == uuid }
+                if !kept.isEmpty { wanted[uuid] = (kept[0].domain, kept.map(\.filter)) }
+                continue
+            }
+            // Invalid metadata: the forwards' part reports it.
+            guard let plan = try? Planner.plan(domain: domain, resolver: context.files, policy: context.config.policy) else { continue }
+            if !plan.sourceFilters.isEmpty { wanted[uuid] = (DomainRef(name: domain.name, uuid: uuid), plan.sourceFilters) }
+        }
+        let damage = try Self.damage(rows.map(\.filter), context: context)
+        return SourceFilterReconcile.make(rows: rows, wanted: wanted, damage: damage,
+                                          table: SourceFilterTable.name(context.config.table), reason: reason)
+    }
+
+    public func removeEverything(db: JournalDB?, reason: String, context: KindContext) throws(VirtPortError) -> Int {
+        do { try context.driver().send([SourceFilterBatchPart.rebuild([])]) } catch {
+            throw .operational("cannot delete table inet \(SourceFilterTable.name(context.config.table))", cause: error)
+        }
+        guard let db else { return 0 }
+        let rows = try db.sourceFilters()
+        for uuid in Set(rows.map(\.domain.uuid)).sorted() {
+            let domain = rows.first { $0.domain.uuid == uuid }!.domain
+            try db.putSourceFilters(domain: domain, [], state: .applied, reason: reason, now: nowMicros())
+        }
+        return rows.count
+    }
+
+    public func removedLine(count: Int, config: Config) -> String {
+        "removed: \(count) source filter(s) and table inet \(SourceFilterTable.name(config.table))"
+    }
+}
+
+/// One domain's source filters on their way: intent rows written, the part in the shared batch.
+final class SourceFilterChange: StagedChange {
+    let domain: DomainRef
+    let reason: String
+    let before: [SourceFilter]
+    let after: [SourceFilter]
+    let part: SourceFilterBatchPart?
+
+    init(domain: DomainRef, reason: String, before: [SourceFilter], after: [SourceFilter], part: SourceFilterBatchPart?) {
+        self.domain = domain
+        self.reason = reason
+        self.before = before
+        self.after = after
+        self.part = part
+    }
+
+    var batchPart: (any BatchPart)? { part }
+    var touchesKernel: Bool { part != nil }
+
+    /// The shared batch refused (a table missing, someone's edit): the table is rebuilt from the
+    /// journal, which holds this change's intent, under the exclusive lock (no other change
+    /// between the read and the batch).
+    func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {
+        guard part != nil, !sent else { return }
+        try lock.convertToExclusive()
+        try SourceFilterKind.rebuild(try db.sourceFilters().map(\.filter), context: context)
+    }
+
+    func commit(db: JournalDB) throws(VirtPortError) {
+        try db.setSourceFilterState(domainUUID: domain.uuid, .applied)
+    }
+
+    func finish(db: JournalDB, context: KindContext) {
+        let name = Quoted.message(domain.name)
+        let was = Dictionary(before.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
+        for f in after where was[f.identity] != f {
+            context.log.info("source filter on: domain '\(name)' \(f.proto) \(f.ports) source=\"\(f.text)\" (\(reason))")
+        }
+        let now = Set(after.map(\.identity))
+        for f in before where !now.contains(f.identity) {
+            context.log.info("source filter off: domain '\(name)' \(f.proto) \(f.ports) (\(reason))")
+        }
+    }
+}
+
+/// Reconcile's plan for the source filters: the journal's rows made the running domains' planned
+/// filters, and the table rebuilt from them when it or the rows differ. Decided with no I/O.
+public struct SourceFilterReconcile: KindReconcile {
+    public var fixes: [Fix] = []
+    /// The rows per domain after the fix (a domain with none: its rows go).
+    var rows: [(DomainRef, [SourceFilter])] = []
+    var rebuild = false
+    var reason = "reconcile"
+
+    public init() {}
+
+    static func make(rows: [SourceFilterRow], wanted: [String: (DomainRef, [SourceFilter])], damage: String?,
+                     table: String, reason: String) -> SourceFilterReconcile {
+        var p = SourceFilterReconcile()
+        p.reason = reason
+        let uuids = Set(rows.map(\.domain.uuid)).union(wanted.keys).sorted()
+        for uuid in uuids {
+            let have = rows.filter { $0.domain.uuid == uuid }
+            let want = wanted[uuid]?.1 ?? []
+            let domain = wanted[uuid]?.0 ?? have[0].domain
+            if Set(have.map(\.filter)) != Set(want) || have.contains(where: { $0.state != .applied }) {
+                p.rows.append((domain, want))
+                let what = want.isEmpty ? "source filters" : "source filters: " + want.map { "\($0.proto) \($0.ports) source=\"\($0.text)\"" }.joined(separator: ", ")
+                p.fixes.append(Fix(want.isEmpty ? .removeMapping : .addMapping, domain: domain.name, what: what,
+                                   reason: want.isEmpty ? "no running domain declares them" : "the journal differs from the domain's source= lists",
+                                   kind: SourceFilterKind.name,
+                                   explanation: want.isEmpty
+                                       ? "source filters of a VM that is not running are still in place"
+                                       : "a running VM's source= lists are not the ones in place: clients it allows may be dropped, or ones it does not allowed"))
+            }
+        }
+        if let damage {
+            p.fixes.append(Fix(.rebuildTable, domain: nil, what: "table inet \(table)", reason: damage, kind: SourceFilterKind.name,
+                               explanation: "the source filters the journal holds are not all in the kernel (\(damage)): "
+                                   + "their forwards may be open to every client"))
+        }
+        p.rebuild = damage != nil || !p.rows.isEmpty
+        return p
+    }
+
+    public func apply(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) -> [Fix] {
+        for (domain, filters) in rows {
+            try db.putSourceFilters(domain: domain, filters, state: .adding, reason: reason, now: nowMicros())
+        }
+        if rebuild {
+            try SourceFilterKind.rebuild(try db.sourceFilters().map(\.filter), context: context)
+            for (domain, _) in rows { try db.setSourceFilterState(domainUUID: domain.uuid, .applied) }
+        }
+        return fixes
+    }
+}
