@@ -58,9 +58,18 @@ public protocol RuleKind: Sendable {
     /// When another kind rebuilds a table this kind shares (`tables`), the full state this kind
     /// keeps there, from the journal, to go in the same rebuild batch (nil: nothing there).
     func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)?
+
+    /// The virtport.conf keys the kind declares (documented and parsed with the core's).
+    var configKeys: [KindConfigKey] { get }
+
+    /// Who owns the kind's tables, as `virtport trace` and `doctor` name them: (family, table,
+    /// owner) for virtport's table name `base` (`inet virtport_src`: "virtport's source filter").
+    func tableOwners(base: String) -> [(family: String, table: String, owner: String)]
 }
 
 extension RuleKind {
+    public var configKeys: [KindConfigKey] { [] }
+    public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] { [] }
     public func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)? { nil }
 }
 
