@@ -5,7 +5,8 @@ public import VirtPortCore
 /// One kind of rule virtport keeps for domains (forwards, port guards, …): everything the
 /// lifecycle (`DomainLifecycle`) needs to bring it from a domain's plan to the journal and the
 /// kernel, read it back, heal it, reconcile it and take it all down. The lifecycle iterates over
-/// `RuleKinds.all` and never names a kind; a new kind is its own files plus one registry line
+/// `RuleKinds.all` and never names a kind; a new kind is its own files plus one registry line here
+/// (and one in `ForwardAttributes.all` for a `<portForward>` attribute, `KindListings.all` for output)
 /// (README "Development: adding a rule kind").
 ///
 /// A domain's change is one protocol for every kind together:
