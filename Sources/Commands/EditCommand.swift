@@ -19,9 +19,14 @@ enum EditCommand {
     static func add(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
         let address = try args.option("--address"), dev = try args.option("--dev")
         let guest = try args.option("--guest"), mac = try args.option("--mac")
-        let waitText = try args.option("--wait"), sources = try args.options("--source")
+        let waitText = try args.option("--wait")
+        // The kinds' attributes (`--source PREFIX`), repeatable; one value may also hold several words.
+        var attributeValues: [(any ForwardAttribute, [String])] = []
+        for a in ForwardAttributes.all where a.addOption != nil {
+            attributeValues.append((a, try args.options("--" + a.name)))
+        }
         guard let name = args.next(), let proto = args.next(), let ports = args.next() else {
-            throw .invalid("usage: virtport add DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS] [--source PREFIX]…")
+            throw .invalid("usage: virtport add \(Usage.addSynopsis)")
         }
         try args.finish("add")
         var wait: Int?
@@ -32,8 +37,9 @@ enum EditCommand {
             wait = w
         }
         var forward = try MetadataEdit.forward(proto: proto, ports: ports, address: address, dev: dev, guest: guest, mac: mac)
-        // --source PREFIX, repeatable; one value may also hold several prefixes separated by spaces.
-        if !sources.isEmpty { forward.sources = try SourceList.parse(sources.joined(separator: " "), path: "add", attribute: "--source") }
+        for (a, values) in attributeValues where !values.isEmpty {
+            try a.parse(values.joined(separator: " "), into: &forward, path: "add", attribute: "--" + a.name)
+        }
         return try edit(name, command: "add", wait: wait) { (e, interfaces) throws(VirtPortError) -> String in
             var f = forward
             // A NIC whose address the metadata already states: the new forward uses it.

@@ -8,7 +8,7 @@ enum HistoryCommand {
     static func run(_ args: inout Arguments) throws(VirtPortError) -> Int32 {
         let format = try OutputFormat.from(&args)
         let guards = args.flag("--guards")
-        let sources = args.flag("--sources")
+        let kind = KindListings.all.first { k in k.historyOption.map { args.flag($0.flag) } ?? false }
         var filter = HistoryFilter()
         filter.domain = try args.option("--domain")
         if let p = try args.option("--port") {
@@ -27,7 +27,7 @@ enum HistoryCommand {
         filter.at = try time("--at")
         try args.finish("history")
         let config = try Config.load()
-        if sources { return try SourceListing.history(filter, format: format, config: config) }
+        if let kind { return try kind.history(filter, format: format, config: config) }
         if guards {
             if filter.port != nil || filter.at != nil { throw .invalid("history --guards: --port and --at apply to forwards only") }
             return try guardHistory(filter, format: format, config: config)

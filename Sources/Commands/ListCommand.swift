@@ -17,32 +17,31 @@ enum ListCommand {
             rows = try JournalDB(path: config.databasePath, readOnly: true).activeMappings()
         }
         if let d = domainFilter { rows = rows.filter { $0.domain.name == d || $0.domain.uuid == d } }
-        let sources = SourceListing.load(config: config, kernel: true)
+        let kinds = KindListings.all.map { $0.listColumns(config: config) }
         switch format {
         case .json:
             let items: [JSONValue] = rows.map { r in
                 .object([("domain", .string(r.domain.name)), ("uuid", .string(r.domain.uuid))]
                     + Listing.mappingFields(r.mapping)
                     + [("state", .string(r.state.rawValue)), ("since", .string(formatISO8601UTC(r.since)))]
-                    + SourceListing.jsonFields(sources.filter(uuid: r.domain.uuid, r.mapping), dropped: sources.dropped(uuid: r.domain.uuid, r.mapping)))
+                    + kinds.flatMap { $0.json(uuid: r.domain.uuid, r.mapping) })
             }
             Output.out(JSONValue.array(items).serialized(pretty: true))
         case .csv:
-            Listing.printCSV(header: ["domain", "uuid"] + Listing.csvMappingHeader + ["state", "since"] + SourceListing.csvHeader,
+            Listing.printCSV(header: ["domain", "uuid"] + Listing.csvMappingHeader + ["state", "since"] + kinds.flatMap(\.csvHeader),
                              rows: rows.map { r in
                                  [r.domain.name, r.domain.uuid] + Listing.csvMappingRow(r.mapping)
                                      + [r.state.rawValue, formatISO8601UTC(r.since)]
-                                     + SourceListing.csvFields(sources.filter(uuid: r.domain.uuid, r.mapping), dropped: sources.dropped(uuid: r.domain.uuid, r.mapping))
+                                     + kinds.flatMap { $0.csv(uuid: r.domain.uuid, r.mapping) }
                              })
         case .table:
-            // SOURCE only when a listed forward has source= (the table stays as it was without).
-            let filtered = rows.contains { sources.filter(uuid: $0.domain.uuid, $0.mapping) != nil }
-            Listing.printTable(header: ["DOMAIN", "PROTO", "HOST", "GUEST", "STATE", "SINCE"] + (filtered ? ["SOURCE"] : []),
-                               rows: rows.map { r in
+            // A kind's column only when it has something to show (the table stays as it was without).
+            let columns = kinds.compactMap { $0.table(rows.map { (uuid: $0.domain.uuid, mapping: $0.mapping) }) }
+            Listing.printTable(header: ["DOMAIN", "PROTO", "HOST", "GUEST", "STATE", "SINCE"] + columns.map(\.header),
+                               rows: rows.enumerated().map { k, r in
                                    [r.domain.name, r.mapping.proto.rawValue, Listing.hostText(r.mapping),
                                     Listing.guestText(r.mapping), r.state.rawValue, formatLocal(r.since)]
-                                       + (filtered ? [SourceListing.cell(sources.filter(uuid: r.domain.uuid, r.mapping),
-                                                                         dropped: sources.dropped(uuid: r.domain.uuid, r.mapping))] : [])
+                                       + columns.map { $0.cells[k] }
                                })
             GuardList.summary(config: config, domain: domainFilter)
         }

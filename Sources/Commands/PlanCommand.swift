@@ -56,7 +56,7 @@ enum PlanCommand {
         for (i, member) in top.enumerated() where member.0 == "forwards" {
             top[i].1 = .array(plan.mappings.enumerated().map { k, m in
                 guard case .object(var fields) = m.json else { return m.json }
-                fields.append(SourceListing.jsonFields(plan.sourceFilters.first { $0.filters(m) }, dropped: nil)[0])
+                for kind in KindListings.all { fields += kind.planFields(plan, m) }
                 fields.append(("refused", .optional(k < refusals.perMapping.count ? refusals.perMapping[k] : nil)))
                 return .object(fields)
             })

@@ -7,9 +7,24 @@ import VirtPortCore
 /// `source=` in the listings: `list` (a SOURCE column; `source` and `source_dropped` in JSON and
 /// CSV), `plan` (`source` per forward), `history --sources` (filter on/change/off events), and
 /// the per-forward drop counters of `table inet <table>_src`.
-enum SourceListing {
+struct SourceListing: KindListing {
+    var historyOption: (flag: String, help: String)? {
+        ("--sources", "the forwards' source= lists: on/change/off events (--at does not apply)")
+    }
+
+    func history(_ filter: HistoryFilter, format: OutputFormat, config: Config) throws(VirtPortError) -> Int32 {
+        try Self.history(filter, format: format, config: config)
+    }
+
+    func listColumns(config: Config) -> any KindColumns { Self.load(config: config, kernel: true) }
+
+    /// `plan`: `source` per forward (the prefixes, or null).
+    func planFields(_ plan: Plan, _ m: Mapping) -> [(String, JSONValue)] {
+        [Self.jsonFields(plan.sourceFilters.first { $0.filters(m) }, dropped: nil)[0]]
+    }
+
     /// The journal's filters, by domain uuid and forward identity.
-    struct Filters {
+    struct Filters: KindColumns {
         var byKey: [String: SourceFilter] = [:]
         /// Dropped packets per counter name; nil when the kernel cannot be asked (not root).
         var counters: [String: UInt64]?
@@ -22,6 +37,19 @@ enum SourceListing {
         func dropped(uuid: String, _ m: Mapping) -> Int? {
             guard let f = filter(uuid: uuid, m), let counters else { return nil }
             return Int(f.families.reduce(UInt64(0)) { $0 + (counters[f.counterName($1)] ?? 0) })
+        }
+
+        func json(uuid: String, _ m: Mapping) -> [(String, JSONValue)] {
+            SourceListing.jsonFields(filter(uuid: uuid, m), dropped: dropped(uuid: uuid, m))
+        }
+        var csvHeader: [String] { SourceListing.csvHeader }
+        func csv(uuid: String, _ m: Mapping) -> [String] {
+            SourceListing.csvFields(filter(uuid: uuid, m), dropped: dropped(uuid: uuid, m))
+        }
+        /// SOURCE only when a listed forward has source=.
+        func table(_ rows: [(uuid: String, mapping: Mapping)]) -> (header: String, cells: [String])? {
+            guard rows.contains(where: { filter(uuid: $0.uuid, $0.mapping) != nil }) else { return nil }
+            return ("SOURCE", rows.map { SourceListing.cell(filter(uuid: $0.uuid, $0.mapping), dropped: dropped(uuid: $0.uuid, $0.mapping)) })
         }
     }
 

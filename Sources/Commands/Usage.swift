@@ -58,6 +58,10 @@ enum Usage {
     static let hooksDirOption = Option(name: "--hooks-dir", value: "DIR",
                                        help: "libvirt's hook directory (default: [paths] hooks_dir)", kind: .directory)
 
+    /// `add`'s synopsis, with the options of the forward attributes kinds own.
+    static let addSynopsis = "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS]"
+        + KindListings.addSynopsis
+
     static let commands: [Command] = [
         Command(
             name: "plan", synopsis: "[--network-xml FILE]… [--inactive] [VM | < domain.xml]",
@@ -94,7 +98,7 @@ enum Usage {
                 Option(name: "--domain", value: "D", help: "only the mappings of domain D (name or UUID)", kind: .domain),
             ]),
         Command(
-            name: "history", synopsis: "[--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv] [--guards] [--sources]",
+            name: "history", synopsis: "[--domain D] [--port P] [--since T] [--until T] [--at T] [--json|--csv] [--guards]" + KindListings.historySynopsis,
             summary: "add/remove events of the journal: who had which host port when",
             details: [
                 "The append-only history of the journal (it survives undefine). Filters combine.",
@@ -104,7 +108,7 @@ enum Usage {
             ],
             options: [
                 Option(name: "--guards", help: "the bridge port guards' on/change/off events"),
-                Option(name: "--sources", help: "the forwards' source= lists: on/change/off events (--at does not apply)"),
+            ] + KindListings.historyOptions + [
                 Option(name: "--domain", value: "D", help: "events of domain D (name or UUID)", kind: .domain),
                 Option(name: "--port", value: "P", help: "events whose host port range contains P", kind: .text),
                 Option(name: "--since", value: "T", help: "events at or after T", kind: .text),
@@ -148,7 +152,7 @@ enum Usage {
                 Option(name: "--keep-forwards", help: "leave the active forwards in the kernel and the journal"),
             ]),
         Command(
-            name: "add", synopsis: "DOMAIN PROTO HOSTPORT[-END][:GUESTPORT] [--address A] [--dev D] [--guest G] [--mac M] [--wait SECONDS] [--source PREFIX]…",
+            name: "add", synopsis: addSynopsis,
             summary: "add a forward to a domain's metadata through libvirt and apply it at once",
             details: [
                 "Edits the domain's virtport metadata through the libvirt API (the persistent definition, and the live one when "
@@ -165,9 +169,7 @@ enum Usage {
                 Option(name: "--guest", value: "G", help: "the guest's address (default: DHCP reservation, then lease)", kind: .text),
                 Option(name: "--mac", value: "M", help: "which guest NIC (needed when the domain has more than one)", kind: .text),
                 Option(name: "--wait", value: "SECONDS", help: "wait for a pending forward to be applied; exit 1 if it is not", kind: .text),
-                Option(name: "--source", value: "PREFIX", help: "only these clients may use the forward (source=; a bare address is a /32 or /128)",
-                       kind: .text, repeatable: true),
-            ],
+            ] + KindListings.addOptions,
             operands: [.domain, .words(["tcp", "udp", "sctp"])]),
         Command(
             name: "remove", synopsis: "DOMAIN PROTO HOSTPORT",

@@ -133,19 +133,6 @@ public struct Config: Sendable {
                     guard let p = IPPrefix(parsing: s) else { throw bad("\"\(s)\" is not an address prefix (192.168.1.0/24, 2001:db8::/64)") }
                     return p
                 }
-            case "policy.require_source_ports":
-                // Ports as numbers or strings, ranges as strings: [3389, "5900-5999"].
-                guard case .array(let items) = value else { throw bad("expected an array of ports and port ranges") }
-                c.policy.requireSourcePorts = try items.map { (v: Value) throws(VirtPortError) -> PortRange in
-                    let s: String
-                    switch v {
-                    case .int(let n): s = "\(n)"
-                    case .string(let t): s = t
-                    default: throw bad("expected an array of ports and port ranges")
-                    }
-                    guard let r = parsePortRange(s) else { throw bad("\"\(s)\" is not a port or port range (1-65535)") }
-                    return r
-                }
             case "policy.max_forwards_per_domain": c.policy.maxForwardsPerDomain = try value.int(bad, min: 0)
             case "policy.max_ports_per_domain": c.policy.maxPortsPerDomain = try value.int(bad, min: 0)
             case "policy.on_internal_error":
@@ -170,9 +157,13 @@ public struct Config: Sendable {
                     throw bad("must be an absolute path ending in .prom (node_exporter's textfile collector reads only those) or \"\"")
                 }
             default:
-                let known = ConfigKeys.keys.filter { $0.section == section }.map(\.name).joined(separator: ", ")
-                throw .invalid("\(at): unknown key \(ConfigKeys.display(name))"
-                    + (known.isEmpty ? "" : " (\(section.isEmpty ? "top level" : "[\(section)]") keys: \(known))"))
+                if let k = ConfigKeys.kindKeys.first(where: { $0.key.dotted == name }) {
+                    try k.parse(value, bad, &c)
+                } else {
+                    let known = ConfigKeys.keys.filter { $0.section == section }.map(\.name).joined(separator: ", ")
+                    throw .invalid("\(at): unknown key \(ConfigKeys.display(name))"
+                        + (known.isEmpty ? "" : " (\(section.isEmpty ? "top level" : "[\(section)]") keys: \(known))"))
+                }
             }
         }
         return c
@@ -222,7 +213,8 @@ public struct Config: Sendable {
         return nil
     }
 
-    private enum Value {
+    /// A value of virtport.conf, as a rule kind's key (`KindConfigKey`) gets it.
+    public enum Value: Sendable {
         case string(String), int(Int), bool(Bool), array([Value])
 
         init(parsing s: String, at: String) throws(VirtPortError) {

@@ -10,6 +10,16 @@ public enum ConfigKeys {
         /// The default as a TOML value.
         public var defaultValue: String
         public var meaning: String
+
+        public init(section: String, name: String, defaultValue: String, meaning: String) {
+            self.section = section
+            self.name = name
+            self.defaultValue = defaultValue
+            self.meaning = meaning
+        }
+
+        /// `policy.require_source_ports`; a top-level key as is.
+        public var dotted: String { section.isEmpty ? name : section + "." + name }
     }
 
     public static let sections: [(name: String, about: String)] = [
@@ -22,7 +32,21 @@ public enum ConfigKeys {
         ("log", "Where every decision (applied, removed, pending, completed, refused, healed, warning) is logged."),
     ]
 
-    public static let keys: [Key] = [
+    /// The core's keys, then each rule kind's (`RuleKind.configKeys`) after the key it names.
+    public static let keys: [Key] = {
+        var out = coreKeys
+        for k in kindKeys {
+            let at = out.firstIndex { $0.section == k.key.section && $0.name == k.after }.map { $0 + 1 }
+                ?? (out.lastIndex { $0.section == k.key.section }.map { $0 + 1 } ?? out.count)
+            out.insert(k.key, at: at)
+        }
+        return out
+    }()
+
+    /// The keys the rule kinds declare.
+    public static let kindKeys: [KindConfigKey] = RuleKinds.all.flatMap(\.configKeys)
+
+    static let coreKeys: [Key] = [
         Key(section: "", name: "database", defaultValue: "\"/var/lib/virtport/virtport.db\"",
             meaning: "the SQLite journal (mode 0600; its directory is created 0700)"),
         Key(section: "", name: "table", defaultValue: "\"virtport\"",
@@ -45,8 +69,6 @@ public enum ConfigKeys {
             meaning: "host addresses address= may name; without \"any\" every forward must name one of them"),
         Key(section: "policy", name: "guest_networks", defaultValue: "[]",
             meaning: "prefixes guest= may point into for a NIC that is not on a libvirt network with addresses (a plain bridge, macvtap); empty: refused"),
-        Key(section: "policy", name: "require_source_ports", defaultValue: "[]",
-            meaning: "host ports a forward may use only with a source= list (no /0 in it): [3389, \"5900-5999\"]"),
         Key(section: "policy", name: "max_forwards_per_domain", defaultValue: "64",
             meaning: "mappings (merged port ranges) one domain may have"),
         Key(section: "policy", name: "max_ports_per_domain", defaultValue: "4096",

@@ -111,7 +111,7 @@ extension JournalDB {
 
     /// Whether a guard was ever written (the tables exist).
     func hasGuardTables() throws(VirtPortError) -> Bool {
-        try conn.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'guards'") == 1
+        conn.hasTable("guards")
     }
 
     /// Every guard row, or one domain's, by tap.

@@ -98,8 +98,8 @@ public struct ForwardSpec: Sendable, Equatable {
     /// `guest=`: the guest's address, when given explicitly.
     public var guest: IPAddress?
     public var ranges: [RangeSpec]
-    /// `source=`: the only clients allowed (README "Restricting a forward to some sources"); nil: every client.
-    public var sources: [IPPrefix]?
+    /// The attributes rule kinds own (`ForwardAttributes`), by name, as their kinds parsed them.
+    public var attributes = KindValues()
     public init(proto: IPProto, address: IPAddress? = nil, dev: String? = nil, mac: MACAddress? = nil,
                 guest: IPAddress? = nil, ranges: [RangeSpec] = []) {
         self.proto = proto

@@ -161,8 +161,11 @@ enum MetadataXML {
         return result
     }
 
+    /// The core's attributes and the rule kinds' (`ForwardAttributes`).
+    static let forwardAttributes = ["proto", "address", "dev", "mac", "guest"] + ForwardAttributes.names
+
     static func parseForward(_ e: ParsedElement, path: String) throws(VirtPortError) -> ForwardSpec {
-        try checkAttributes(e, path: path, allowed: ["proto", "address", "dev", "mac", "guest", "source"])
+        try checkAttributes(e, path: path, allowed: forwardAttributes)
         guard let protoText = e.attribute("proto") else {
             throw .invalid("\(path): missing proto= (tcp, udp or sctp)")
         }
@@ -200,8 +203,10 @@ enum MetadataXML {
             }
             spec.guest = guest
         }
-        if let text = e.attribute("source") { spec.sources = try SourceList.parse(text, path: path) }
-        try SourceList.check(spec, path: path)
+        for a in ForwardAttributes.all {
+            if let text = e.attribute(a.name) { try a.parse(text, into: &spec, path: path, attribute: a.name) }
+            try a.check(spec, path: path)
+        }
         var rangeIndex = 0
         for child in e.children where child.namespace == ns {
             guard child.name == "range" else {

@@ -75,7 +75,7 @@ public struct MetadataEdit: Sendable {
         if let d = f.dev { attrs.append(("dev", d)) }
         if let m = f.mac { attrs.append(("mac", "\(m)")) }
         if let g = f.guest { attrs.append(("guest", "\(g)")) }
-        if let s = f.sources { attrs.append(("source", SourceList.text(s))) }
+        for a in ForwardAttributes.all { if let t = a.text(f) { attrs.append((a.name, t)) } }
         let ranges = f.ranges.map { r -> ParsedElement in
             var ra = [("start", "\(r.ports.start)")]
             if r.ports.end != r.ports.start { ra.append(("end", "\(r.ports.end)")) }

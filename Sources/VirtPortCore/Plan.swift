@@ -54,8 +54,8 @@ public struct Plan: Sendable, Equatable {
     public var mappings: [Mapping]
     /// One per guarded NIC, in interface order.
     public var guards: [GuardPlan]
-    /// One per mapping of a forward with `source=` (`SourceFilterPlanner`).
-    public var sourceFilters: [SourceFilter] = []
+    /// The rule kinds' shares of the plan (`ForwardAttribute.plan`), by kind.
+    public var kinds = KindValues()
     public init(domainName: String, domainUUID: String, mappings: [Mapping], guards: [GuardPlan] = []) {
         self.domainName = domainName
         self.domainUUID = domainUUID

@@ -36,7 +36,7 @@ public enum Planner {
             throw .invalid("domain \(Quoted.message(domain.name)): \(ports) host ports exceed the limit of \(policy.maxPortsPerDomain) per domain (\(policy.setting(.maxPortsPerDomain)))")
         }
         var plan = Plan(domainName: domain.name, domainUUID: domain.uuid, mappings: mappings, guards: guards)
-        plan.sourceFilters = try SourceFilterPlanner.plan(metadata, mappings: mappings, policy: policy)
+        for a in ForwardAttributes.all { try a.plan(&plan, metadata: metadata, policy: policy) }
         return plan
     }
 

@@ -24,9 +24,8 @@ public struct Policy: Sendable, Equatable {
     public var guardBridges: [String] = []
     /// `[guard] networks`: the same for every NIC on these libvirt networks.
     public var guardNetworks: [String] = []
-    /// `[policy] require_source_ports`: host ports a forward may use only with a `source=` list
-    /// (and none of its prefixes /0).
-    public var requireSourcePorts: [PortRange] = []
+    /// The `[policy]` keys rule kinds declare (`RuleKind.policyKeys`), by key.
+    public var kinds = KindValues()
     /// Whether `[guard]` guards any port by itself (then a hook cannot skip a domain without metadata).
     public var guardsAnyPort: Bool { !guardBridges.isEmpty || !guardNetworks.isEmpty }
 
@@ -91,7 +90,6 @@ extension Policy {
             value = list((listenAddresses == nil && allowAnyAddress ? ["any"] : []) + (listenAddresses ?? []).map(\.description))
         case .maxForwardsPerDomain: value = "\(maxForwardsPerDomain)"
         case .maxPortsPerDomain: value = "\(maxPortsPerDomain)"
-        case .requireSourcePorts: value = list(requireSourcePorts.map(\.description))
         case .guardBridges: return "[guard] bridges = \(list(guardBridges))"
         case .guardNetworks: return "[guard] networks = \(list(guardNetworks))"
         }
@@ -101,7 +99,6 @@ extension Policy {
     public enum Key: String, Sendable {
         case hostPorts = "host_ports", listenAddresses = "listen_addresses"
         case maxForwardsPerDomain = "max_forwards_per_domain", maxPortsPerDomain = "max_ports_per_domain"
-        case requireSourcePorts = "require_source_ports"
         case guardBridges = "bridges", guardNetworks = "networks"
     }
 }

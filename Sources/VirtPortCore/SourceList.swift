@@ -47,7 +47,7 @@ public enum SourceList {
 
     /// What one `<portForward>` can tell on its own: with `address=`, a list without a prefix of
     /// that family would drop every client.
-    static func check(_ spec: ForwardSpec, path: String) throws(VirtPortError) {
+    public static func check(_ spec: ForwardSpec, path: String) throws(VirtPortError) {
         guard let sources = spec.sources, let address = spec.address else { return }
         if !sources.contains(where: { $0.family == address.family }) {
             let name = address.family == .ipv4 ? "IPv4" : "IPv6"
@@ -142,7 +142,7 @@ public enum SourceFilterPlanner {
                 required = max(r.start, m.hostPorts.start)
             }
             if let port = required {
-                let setting = policy.setting(.requireSourcePorts)
+                let setting = Policy.setting(SourceList.policyKey, list: policy.requireSourcePorts.map(\.description))
                 guard let sources else {
                     throw .invalid("\(path): host port \(m.proto) \(port) needs source= (\(setting))")
                 }
@@ -153,5 +153,56 @@ public enum SourceFilterPlanner {
             if let sources { out.append(SourceFilter(m, prefixes: sources)) }
         }
         return out
+    }
+}
+
+// MARK: - The kind's places in the core (ForwardAttributes, KindValues)
+
+extension SourceList {
+    /// The `[policy]` key (declared by `SourceFilterKind.policyKeys`).
+    public static let policyKey = "require_source_ports"
+
+    /// `source=` in `ForwardAttributes.all`.
+    public static let attribute = Attribute()
+
+    public struct Attribute: ForwardAttribute {
+        public var name: String { "source" }
+        public func parse(_ text: String, into spec: inout ForwardSpec, path: String, attribute: String) throws(VirtPortError) {
+            spec.sources = try SourceList.parse(text, path: path, attribute: attribute)
+        }
+        public func check(_ spec: ForwardSpec, path: String) throws(VirtPortError) { try SourceList.check(spec, path: path) }
+        public func text(_ spec: ForwardSpec) -> String? { spec.sources.map(SourceList.text) }
+        public func plan(_ plan: inout Plan, metadata: VirtPortMetadata, policy: Policy) throws(VirtPortError) {
+            let filters = try SourceFilterPlanner.plan(metadata, mappings: plan.mappings, policy: policy)
+            if !filters.isEmpty { plan.sourceFilters = filters }
+        }
+        public var addOption: (value: String, help: String)? {
+            ("PREFIX", "only these clients may use the forward (source=; a bare address is a /32 or /128)")
+        }
+    }
+}
+
+extension ForwardSpec {
+    /// `source=`: the only clients allowed (README "Restricting a forward to some sources"); nil: every client.
+    public var sources: [IPPrefix]? {
+        get { attributes["source"] }
+        set { attributes["source"] = newValue }
+    }
+}
+
+extension Plan {
+    /// One per mapping of a forward with `source=` (`SourceFilterPlanner`).
+    public var sourceFilters: [SourceFilter] {
+        get { kinds["source", as: [SourceFilter].self] ?? [] }
+        set { kinds["source"] = newValue.isEmpty ? nil : newValue }
+    }
+}
+
+extension Policy {
+    /// `[policy] require_source_ports`: host ports a forward may use only with a `source=` list
+    /// (and none of its prefixes /0).
+    public var requireSourcePorts: [PortRange] {
+        get { kinds[SourceList.policyKey, as: [PortRange].self] ?? [] }
+        set { kinds[SourceList.policyKey] = newValue.isEmpty ? nil : newValue }
     }
 }

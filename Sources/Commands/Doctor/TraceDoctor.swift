@@ -91,7 +91,8 @@ enum TraceDoctor {
 
     static func isForeign(_ c: KernelChain, config: Config) -> Bool {
         guard ["inet", "ip", "ip6"].contains(c.family) else { return false }
-        return c.table != config.table && !c.table.hasPrefix(config.table + "_trace_") && c.table != SourceFilterTable.name(config.table)
+        return c.table != config.table && !c.table.hasPrefix(config.table + "_trace_") 
+            && RuleKinds.owner(family: c.family, table: c.table, base: config.table) == nil
     }
 
     enum Scan {

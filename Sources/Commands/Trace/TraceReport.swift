@@ -1,3 +1,4 @@
+import Engine
 import Netfilter
 import VirtPortCore
 
@@ -54,7 +55,7 @@ struct TraceReport {
     func owner(family: String, table name: String, chain: String) -> String {
         if name == table { return family == "bridge" ? "virtport's guard" : "virtport's forwards" }
         if name == traceTable { return "virtport trace" }
-        if name == SourceFilterTable.name(table) && family == "inet" { return "virtport's source filter" }
+        if let owner = RuleKinds.owner(family: family, table: name, base: table) { return owner }
         if name.hasPrefix("libvirt") || chain.hasPrefix("LIBVIRT_") || chain.hasPrefix("guest_") && name.hasPrefix("libvirt") {
             return "libvirt's"
         }

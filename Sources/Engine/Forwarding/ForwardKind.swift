@@ -11,6 +11,7 @@ public struct ForwardKind: RuleKind {
     public init() {}
 
     public func tables(_ config: Config) -> [String] { ["inet \(config.table)"] }
+    public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] { [("inet", base, "virtport's forwards")] }
 
     /// A start always goes through the journal (a domain without forwards may have rows to drop);
     /// a stop has nothing to do without a journal (the lifecycle checks that for every kind).

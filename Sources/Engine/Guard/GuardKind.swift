@@ -15,6 +15,7 @@ public struct GuardKind: RuleKind {
     public init() {}
 
     public func tables(_ config: Config) -> [String] { ["bridge \(config.table)"] }
+    public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] { [("bridge", base, "virtport's guard")] }
 
     /// The common case (nothing guarded, nothing journaled) costs one read, no lock, no journal
     /// created.

@@ -5,7 +5,8 @@ public import VirtPortCore
 /// One kind of rule virtport keeps for domains (forwards, port guards, …): everything the
 /// lifecycle (`DomainLifecycle`) needs to bring it from a domain's plan to the journal and the
 /// kernel, read it back, heal it, reconcile it and take it all down. The lifecycle iterates over
-/// `RuleKinds.all` and never names a kind; a new kind is its own files plus one registry line
+/// `RuleKinds.all` and never names a kind; a new kind is its own files plus one registry line here
+/// (and one in `ForwardAttributes.all` for a `<portForward>` attribute, `KindListings.all` for output)
 /// (README "Development: adding a rule kind").
 ///
 /// A domain's change is one protocol for every kind together:
@@ -58,9 +59,18 @@ public protocol RuleKind: Sendable {
     /// When another kind rebuilds a table this kind shares (`tables`), the full state this kind
     /// keeps there, from the journal, to go in the same rebuild batch (nil: nothing there).
     func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)?
+
+    /// The virtport.conf keys the kind declares (documented and parsed with the core's).
+    var configKeys: [KindConfigKey] { get }
+
+    /// Who owns the kind's tables, as `virtport trace` and `doctor` name them: (family, table,
+    /// owner) for virtport's table name `base` (`inet virtport_src`: "virtport's source filter").
+    func tableOwners(base: String) -> [(family: String, table: String, owner: String)]
 }
 
 extension RuleKind {
+    public var configKeys: [KindConfigKey] { [] }
+    public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] { [] }
     public func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)? { nil }
 }
 

@@ -7,4 +7,12 @@ public enum RuleKinds {
         ForwardKind(),
         GuardKind(),
     ]
+
+    /// The owner of nf_tables table `family table` when a kind declares it (`RuleKind.tableOwners`).
+    public static func owner(family: String, table: String, base: String) -> String? {
+        for kind in all {
+            for t in kind.tableOwners(base: base) where t.family == family && t.table == table { return t.owner }
+        }
+        return nil
+    }
 }

@@ -17,6 +17,28 @@ public struct SourceFilterKind: RuleKind {
     public var name: String { Self.name }
 
     public func tables(_ config: Config) -> [String] { ["inet " + SourceFilterTable.name(config.table)] }
+    public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] {
+        [("inet", SourceFilterTable.name(base), "virtport's source filter")]
+    }
+
+    /// `[policy] require_source_ports`: ports as numbers or strings, ranges as strings: [3389, "5900-5999"].
+    public var configKeys: [KindConfigKey] {
+        [KindConfigKey(ConfigKeys.Key(section: "policy", name: SourceList.policyKey, defaultValue: "[]",
+                                      meaning: "host ports a forward may use only with a source= list (no /0 in it): [3389, \"5900-5999\"]"),
+                       after: "guest_networks") { (value, bad, c) throws(VirtPortError) in
+            guard case .array(let items) = value else { throw bad("expected an array of ports and port ranges") }
+            c.policy.requireSourcePorts = try items.map { (v: Config.Value) throws(VirtPortError) -> PortRange in
+                let s: String
+                switch v {
+                case .int(let n): s = "\(n)"
+                case .string(let t): s = t
+                default: throw bad("expected an array of ports and port ranges")
+                }
+                guard let r = Config.parsePortRange(s) else { throw bad("\"\(s)\" is not a port or port range (1-65535)") }
+                return r
+            }
+        }]
+    }
 
     public func needsChange(_ plan: Plan?, uuid: String, context: KindContext) throws(VirtPortError) -> Bool {
         if let plan, !plan.sourceFilters.isEmpty { return true }
