@@ -1,0 +1,111 @@
+"""The namespace lab the forward benches share: a client, a host bridging a guest, and a
+virtport configuration pointing at a fake libvirt run directory with the `default` network.
+
+    client ns  c0 203.0.113.2 ── h0 203.0.113.1  host ns  br0 192.168.122.1 ── vnet0 ── guest ns eth0 192.168.122.10
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def sh(*args, ns=None, check=True, env=None, input=None):
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in args]
+    r = subprocess.run(cmd, capture_output=True, env=env, input=input, timeout=120)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.decode().strip()}")
+    return r
+
+
+def topology(h, c, g):
+    """Creates the namespaces host `h`, client `c` and guest `g` and wires them as drawn above."""
+    for n in (h, c, g):
+        sh("ip", "netns", "add", n)
+        sh("ip", "link", "set", "lo", "up", ns=n)
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=h)
+    sh("ip", "link", "add", "h0", "netns", h, "type", "veth", "peer", "name", "c0", "netns", c)
+    sh("ip", "addr", "add", "203.0.113.1/24", "dev", "h0", ns=h)
+    sh("ip", "link", "set", "h0", "up", ns=h)
+    sh("ip", "addr", "add", "203.0.113.2/24", "dev", "c0", ns=c)
+    sh("ip", "link", "set", "c0", "up", ns=c)
+    sh("ip", "link", "add", "br0", "type", "bridge", ns=h)
+    sh("ip", "addr", "add", "192.168.122.1/24", "dev", "br0", ns=h)
+    sh("ip", "link", "set", "br0", "up", ns=h)
+    sh("ip", "link", "add", "vnet0", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", g)
+    sh("ip", "link", "set", "vnet0", "master", "br0", ns=h)
+    sh("ip", "link", "set", "vnet0", "up", ns=h)
+    sh("ip", "addr", "add", "192.168.122.10/24", "dev", "eth0", ns=g)
+    sh("ip", "link", "set", "eth0", "up", ns=g)
+    sh("ip", "route", "add", "default", "via", "192.168.122.1", ns=g)
+
+
+def default_network(run_dir):
+    """Writes `run_dir`/network/default.xml: libvirt's `default` network on br0."""
+    (run_dir / "network").mkdir(parents=True)
+    (run_dir / "network" / "default.xml").write_text(
+        "<networkstatus><network><name>default</name><forward mode='nat'/><bridge name='br0'/>"
+        "<ip address='192.168.122.1' netmask='255.255.255.0'/></network></networkstatus>")
+
+
+def delete_namespaces(names):
+    for n in names:
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+# The forward benches (source_bench, trace_bench): one VM `bench` forwarding tcp 2222 to the guest's
+# :22, where `vpbench serve` listens; the client measures new connections per second.
+
+def forward_args(root, own=None):
+    """Parses the options of a forward bench: `--rounds`, `--seconds`, the bench's own (`own(parser)`
+    adds them), `--bin`, `--helper`."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--seconds", type=float, default=2.0)
+    if own:
+        own(p)
+    p.add_argument("--bin", default=str(root / ".build" / "release" / "virtport"))
+    p.add_argument("--helper", default=str(root / "bench" / "results" / "bin" / "vpbench"))
+    return p.parse_args()
+
+
+def need_root_and_helper(name, a, root):
+    """Exits unless root; builds `a.helper` (vpbench) with cc when it is missing."""
+    if os.geteuid() != 0:
+        sys.exit(f"{name}: needs root (network namespaces, nftables)")
+    if not os.path.exists(a.helper):
+        os.makedirs(os.path.dirname(a.helper), exist_ok=True)
+        sh("cc", "-O2", "-o", a.helper, root / "bench" / "vpbench.c")
+
+
+def plain_config(work, run_dir):
+    """Writes `work`/virtport.conf (journal in `work`, no libvirt, no syslog); returns the hooks' environment."""
+    config = Path(work) / "virtport.conf"
+    config.write_text(f'database = "{work}/virtport.db"\nlibvirt_uri = ""\n[paths]\nlibvirt_run_dir = "{run_dir}"\n'
+                      f'hooks_dir = "{work}/hooks"\n[log]\nsyslog_socket = ""\n')
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": str(config)}
+
+
+def forward_xml(uuid, attr=""):
+    """The domain `bench`: one forward tcp 2222 -> 192.168.122.10:22 (`attr`: more attributes of it)."""
+    return (f"<domain type='kvm'><name>bench</name><uuid>{uuid}</uuid><metadata>"
+            f"<vp:virtport xmlns:vp='urn:virtport:domain:1'><vp:portForward proto='tcp' guest='192.168.122.10'{attr}>"
+            "<vp:range start='2222' to='22'/></vp:portForward></vp:virtport></metadata><devices>"
+            "<interface type='network'><mac address='52:54:00:aa:bb:01'/><source network='default'/></interface>"
+            "</devices></domain>").encode()
+
+
+def serve(g, helper):
+    """Starts `vpbench serve` on the guest's :22; returns the process once it is ready."""
+    srv = subprocess.Popen(["ip", "netns", "exec", g, helper, "serve", "0.0.0.0", "22"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert srv.stdout.readline().decode().strip() == "ready", "vpbench serve did not start"
+    return srv
+
+
+def connect_rate(c, helper, seconds):
+    """New connections per second from the client to the forward for `seconds`, after a 0.5 s quiet."""
+    time.sleep(0.5)
+    out = sh(helper, "connect", "203.0.113.1", "2222", seconds, ns=c).stdout.split()
+    return float(out[2])
