@@ -7,7 +7,9 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 
@@ -26,19 +28,20 @@ def topology(h, c, g):
         sh("ip", "link", "set", "lo", "up", ns=n)
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=h)
     sh("ip", "link", "add", "h0", "netns", h, "type", "veth", "peer", "name", "c0", "netns", c)
-    sh("ip", "addr", "add", "203.0.113.1/24", "dev", "h0", ns=h)
-    sh("ip", "link", "set", "h0", "up", ns=h)
-    sh("ip", "addr", "add", "203.0.113.2/24", "dev", "c0", ns=c)
-    sh("ip", "link", "set", "c0", "up", ns=c)
+    addr_up("h0", "203.0.113.1/24", h)
+    addr_up("c0", "203.0.113.2/24", c)
     sh("ip", "link", "add", "br0", "type", "bridge", ns=h)
-    sh("ip", "addr", "add", "192.168.122.1/24", "dev", "br0", ns=h)
-    sh("ip", "link", "set", "br0", "up", ns=h)
+    addr_up("br0", "192.168.122.1/24", h)
     sh("ip", "link", "add", "vnet0", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", g)
     sh("ip", "link", "set", "vnet0", "master", "br0", ns=h)
     sh("ip", "link", "set", "vnet0", "up", ns=h)
-    sh("ip", "addr", "add", "192.168.122.10/24", "dev", "eth0", ns=g)
-    sh("ip", "link", "set", "eth0", "up", ns=g)
+    addr_up("eth0", "192.168.122.10/24", g)
     sh("ip", "route", "add", "default", "via", "192.168.122.1", ns=g)
+
+
+def addr_up(dev, addr, ns):
+    sh("ip", "addr", "add", addr, "dev", dev, ns=ns)
+    sh("ip", "link", "set", dev, "up", ns=ns)
 
 
 def default_network(run_dir):
@@ -94,6 +97,42 @@ def forward_xml(uuid, attr=""):
             "<vp:range start='2222' to='22'/></vp:portForward></vp:virtport></metadata><devices>"
             "<interface type='network'><mac address='52:54:00:aa:bb:01'/><source network='default'/></interface>"
             "</devices></domain>").encode()
+
+
+class ForwardLab:
+    """The lab of a forward bench: namespaces `h`, `c`, `g` (named after `prefix`), a work directory
+    with the config (`env`: the hooks' environment) and `procs` to kill at the end."""
+
+    def __init__(self, prefix):
+        tag = uuid.uuid4().hex[:6]
+        self.h, self.c, self.g = f"{prefix}-{tag}-h", f"{prefix}-{tag}-c", f"{prefix}-{tag}-g"
+        self.work = tempfile.mkdtemp(prefix=f"{prefix}-")
+        self.procs = []
+
+    def __enter__(self):
+        try:
+            topology(self.h, self.c, self.g)
+            run_dir = Path(self.work) / "run-libvirt"
+            default_network(run_dir)
+            self.env = plain_config(self.work, run_dir)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for pr in self.procs:
+            pr.kill()
+            pr.wait()
+        delete_namespaces((self.h, self.c, self.g))
+
+    def start(self, a, xml):
+        """Runs the hooks prepare, start, started of `xml`, starts `vpbench serve` in the guest and
+        connects once (warm-up, and the path works)."""
+        for op in ("prepare", "start", "started"):
+            sh(a.bin, "hook", "qemu", "bench", op, "begin", "-", ns=self.h, env=self.env, input=xml)
+        self.procs.append(serve(self.g, a.helper))
+        sh(a.helper, "connect", "203.0.113.1", "2222", "0.5", ns=self.c)
 
 
 def serve(g, helper):

@@ -18,9 +18,7 @@ Run: sudo python3 bench/source_bench.py [--rounds 10] [--seconds 2] [--prefixes 
 (builds bench/results/bin/vpbench with cc when it is missing).
 """
 import statistics
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import netlab
@@ -33,15 +31,8 @@ U1 = "24242424-2424-4242-8242-c5c5c5c5c5c5"
 def main():
     a = netlab.forward_args(ROOT, lambda p: p.add_argument("--prefixes", type=int, default=1000))
     netlab.need_root_and_helper("source_bench", a, ROOT)
-    tag = uuid.uuid4().hex[:6]
-    h, c, g = f"vpsb-{tag}-h", f"vpsb-{tag}-c", f"vpsb-{tag}-g"
-    work = tempfile.mkdtemp(prefix="vpsb-")
-    procs = []
-    try:
-        netlab.topology(h, c, g)
-        run_dir = Path(work) / "run-libvirt"
-        netlab.default_network(run_dir)
-        env = netlab.plain_config(work, run_dir)
+    with netlab.ForwardLab("vpsb") as lab:
+        h, c, env = lab.h, lab.c, lab.env
         many = " ".join(f"10.{i // 250}.{i % 250}.0/24" for i in range(a.prefixes - 1)) + " 203.0.113.2"
 
         def xml(source):
@@ -52,10 +43,7 @@ def main():
             present = "virtport_src" in sh("nft", "list", "tables", ns=h).stdout.decode()
             assert present == bool(source), "source filter table not as expected"
 
-        for op in ("prepare", "start", "started"):
-            sh(a.bin, "hook", "qemu", "bench", op, "begin", "-", ns=h, env=env, input=xml(None))
-        procs.append(netlab.serve(g, a.helper))
-        sh(a.helper, "connect", "203.0.113.1", "2222", "0.5", ns=c)   # warm-up, and the path works
+        lab.start(a, xml(None))
 
         def rate():
             # Both states start from the same quiet (a table deleted by the switch is freed by the
@@ -84,11 +72,6 @@ def main():
         print(f"| no source= | {base:.0f} | {min(samples['none']):.0f}–{max(samples['none']):.0f} | 1.00x | |")
         print(f"| source= with {a.prefixes:,} prefixes | {traced:.0f} | {min(samples['filter']):.0f}–{max(samples['filter']):.0f} "
               f"| {traced / base:.3f}x ({pairs:.3f}x) | >= 0.95x |")
-    finally:
-        for pr in procs:
-            pr.kill()
-            pr.wait()
-        netlab.delete_namespaces((h, c, g))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ Run: sudo python3 bench/trace_bench.py [--rounds 10] [--seconds 2] [--bin .build
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import netlab
@@ -34,20 +32,10 @@ U1 = "24242424-2424-4242-8242-b3b3b3b3b3b3"
 def main():
     a = netlab.forward_args(ROOT)
     netlab.need_root_and_helper("trace_bench", a, ROOT)
-    tag = uuid.uuid4().hex[:6]
-    h, c, g = f"vptb-{tag}-h", f"vptb-{tag}-c", f"vptb-{tag}-g"
-    work = tempfile.mkdtemp(prefix="vptb-")
-    procs = []
-    try:
-        netlab.topology(h, c, g)
-        run_dir = Path(work) / "run-libvirt"
-        netlab.default_network(run_dir)
-        env = netlab.plain_config(work, run_dir)
+    with netlab.ForwardLab("vptb") as lab:
+        h, c, env = lab.h, lab.c, lab.env
         xml = netlab.forward_xml(U1)
-        for op in ("prepare", "start", "started"):
-            sh(a.bin, "hook", "qemu", "bench", op, "begin", "-", ns=h, env=env, input=xml)
-        procs.append(netlab.serve(g, a.helper))
-        sh(a.helper, "connect", "203.0.113.1", "2222", "0.5", ns=c)   # warm-up, and the path works
+        lab.start(a, xml)
 
         def rate():
             # Both states start from the same quiet: the trace's start (or the previous round's
@@ -88,11 +76,6 @@ def main():
               f"| {traced / base:.3f}x ({pairs:.3f}x) | >= 0.98x |")
         print()
         print(f"overhead: {100 * (1 - traced / base):.1f} % (median of round ratios: {100 * (1 - pairs):.1f} %)")
-    finally:
-        for pr in procs:
-            pr.kill()
-            pr.wait()
-        netlab.delete_namespaces((h, c, g))
 
 
 if __name__ == "__main__":
