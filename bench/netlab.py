@@ -5,6 +5,7 @@ virtport configuration pointing at a fake libvirt run directory with the `defaul
 """
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,3 +149,20 @@ def connect_rate(c, helper, seconds):
     time.sleep(0.5)
     out = sh(helper, "connect", "203.0.113.1", "2222", seconds, ns=c).stdout.split()
     return float(out[2])
+
+
+def print_comparison(a, none, other, states, none_label, other_label, target):
+    """Prints the forward benches' table: `none` and `other` (connections/s per round), the medians,
+    the ratio and the median of round ratios. Returns (median none, median other, median of ratios)."""
+    base = statistics.median(none)
+    traced = statistics.median(other)
+    pairs = statistics.median(t / n for t, n in zip(other, none))
+    print(f"New TCP connections per second through one forward (tcp 2222 -> guest :22), vpbench connect, "
+          f"{a.rounds} rounds of {a.seconds:g} s per state, alternating{states}:")
+    print()
+    print("| state | connections/s (median) | min–max | vs none (median of round ratios) | target |")
+    print("|---|---|---|---|---|")
+    print(f"| {none_label} | {base:.0f} | {min(none):.0f}–{max(none):.0f} | 1.00x | |")
+    print(f"| {other_label} | {traced:.0f} | {min(other):.0f}–{max(other):.0f} "
+          f"| {traced / base:.3f}x ({pairs:.3f}x) | {target} |")
+    return base, traced, pairs

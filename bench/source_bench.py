@@ -17,7 +17,6 @@ round-by-round ratios. Target (issue 24): >= 0.95x.
 Run: sudo python3 bench/source_bench.py [--rounds 10] [--seconds 2] [--prefixes 1000] [--bin .build/release/virtport]
 (builds bench/results/bin/vpbench with cc when it is missing).
 """
-import statistics
 import time
 from pathlib import Path
 
@@ -60,19 +59,8 @@ def main():
                 switch(many if state == "filter" else None)
                 samples[state].append(rate())
         switch(None)
-        samples["trace"] = samples["filter"]
-        base = statistics.median(samples["none"])
-        traced = statistics.median(samples["trace"])
-        pairs = statistics.median(t / n for t, n in zip(samples["trace"], samples["none"]))
-        print(f"New TCP connections per second through one forward (tcp 2222 -> guest :22), vpbench connect, "
-              f"{a.rounds} rounds of {a.seconds:g} s per state, alternating:")
-        print()
-        print("| state | connections/s (median) | min–max | vs none (median of round ratios) | target |")
-        print("|---|---|---|---|---|")
-        print(f"| no source= | {base:.0f} | {min(samples['none']):.0f}–{max(samples['none']):.0f} | 1.00x | |")
-        print(f"| source= with {a.prefixes:,} prefixes | {traced:.0f} | {min(samples['filter']):.0f}–{max(samples['filter']):.0f} "
-              f"| {traced / base:.3f}x ({pairs:.3f}x) | >= 0.95x |")
-
+        netlab.print_comparison(a, samples["none"], samples["filter"], "", "no source=",
+                                f"source= with {a.prefixes:,} prefixes", ">= 0.95x")
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ Run: sudo python3 bench/trace_bench.py [--rounds 10] [--seconds 2] [--bin .build
 (builds bench/results/bin/vpbench with cc when it is missing).
 """
 import signal
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -63,17 +62,8 @@ def main():
             order = ["none", "trace"] if i % 2 == 0 else ["trace", "none"]
             for state in order:
                 samples[state].append(rate() if state == "none" else with_trace())
-        base = statistics.median(samples["none"])
-        traced = statistics.median(samples["trace"])
-        pairs = statistics.median(t / n for t, n in zip(samples["trace"], samples["none"]))
-        print(f"New TCP connections per second through one forward (tcp 2222 -> guest :22), vpbench connect, "
-              f"{a.rounds} rounds of {a.seconds:g} s per state, alternating; trace on tcp/2223:")
-        print()
-        print("| state | connections/s (median) | min–max | vs none (median of round ratios) | target |")
-        print("|---|---|---|---|---|")
-        print(f"| no trace | {base:.0f} | {min(samples['none']):.0f}–{max(samples['none']):.0f} | 1.00x | |")
-        print(f"| `virtport trace tcp 2223` running | {traced:.0f} | {min(samples['trace']):.0f}–{max(samples['trace']):.0f} "
-              f"| {traced / base:.3f}x ({pairs:.3f}x) | >= 0.98x |")
+        base, traced, pairs = netlab.print_comparison(a, samples["none"], samples["trace"], "; trace on tcp/2223",
+                                                      "no trace", "`virtport trace tcp 2223` running", ">= 0.98x")
         print()
         print(f"overhead: {100 * (1 - traced / base):.1f} % (median of round ratios: {100 * (1 - pairs):.1f} %)")
 
