@@ -31,6 +31,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import ctnl  # noqa: E402
+import netlab  # noqa: E402
 from syslog_catcher import SyslogCatcher  # noqa: E402
 
 UUID = "c0c0c0c0-1111-4111-8111-111111111111"
@@ -76,30 +77,10 @@ def main():
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="vp-ctbench-"))
     procs = []
     try:
-        for n in (host, client, guest):
-            sh("ip", "netns", "add", n)
-            sh("ip", "link", "set", "lo", "up", ns=n)
-        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=host)
-        sh("ip", "link", "add", "h0", "netns", host, "type", "veth", "peer", "name", "c0", "netns", client)
-        sh("ip", "addr", "add", "203.0.113.1/24", "dev", "h0", ns=host)
-        sh("ip", "link", "set", "h0", "up", ns=host)
-        sh("ip", "addr", "add", "203.0.113.2/24", "dev", "c0", ns=client)
-        sh("ip", "link", "set", "c0", "up", ns=client)
-        sh("ip", "link", "add", "br0", "type", "bridge", ns=host)
-        sh("ip", "addr", "add", "192.168.122.1/24", "dev", "br0", ns=host)
-        sh("ip", "link", "set", "br0", "up", ns=host)
-        sh("ip", "link", "add", "vnet0", "netns", host, "type", "veth", "peer", "name", "eth0", "netns", guest)
-        sh("ip", "link", "set", "vnet0", "master", "br0", ns=host)
-        sh("ip", "link", "set", "vnet0", "up", ns=host)
-        sh("ip", "addr", "add", "192.168.122.10/24", "dev", "eth0", ns=guest)
-        sh("ip", "link", "set", "eth0", "up", ns=guest)
-        sh("ip", "route", "add", "default", "via", "192.168.122.1", ns=guest)
+        netlab.topology(host, client, guest)
         run = tmp / "run"
-        (run / "network").mkdir(parents=True)
+        netlab.default_network(run)
         (run / "qemu").mkdir()
-        (run / "network" / "default.xml").write_text(
-            "<networkstatus><network><name>default</name><forward mode='nat'/><bridge name='br0'/>"
-            "<ip address='192.168.122.1' netmask='255.255.255.0'/></network></networkstatus>")
         conf = tmp / "virtport.conf"
         conf.write_text(f'database = "{tmp}/virtport.db"\nlibvirt_uri = ""\n[paths]\nlibvirt_run_dir = "{run}"\n'
                         f'libvirt_config_dir = "{tmp}/etc"\nlibvirt_state_dir = "{tmp}/state"\nhooks_dir = "{tmp}/hooks"\n'
@@ -188,8 +169,7 @@ def main():
     finally:
         for p in procs:
             p.kill()
-        for n in (host, client, guest):
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        netlab.delete_namespaces((host, client, guest))
 
 
 if __name__ == "__main__":

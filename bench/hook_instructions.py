@@ -197,14 +197,19 @@ def agent_phase(bins, guarded, pairs):
         b.stop_agent()
     print(f"\nWith the agent: guarded VM, {pairs} start/stopped pairs in ABBA order: the hook's wall clock "
           "(median / p90) and the agent's CPU per operation (mean, from schedstat), ms:\n")
-    print("| op | " + " | ".join(f"{b.label} wall | {b.label} agent CPU" for b in bins) + " |")
+    print_wall_cpu(bins, wall, "agent CPU", lambda label, op: cpu[label][op] / pairs)
+
+
+def print_wall_cpu(bins, wall, cpu_title, cpu_ms):
+    """The table of hook wall clock (median / p90 of `wall[label][op]`) and CPU (`cpu_ms(label, op)`)."""
+    print("| op | " + " | ".join(f"{b.label} wall | {b.label} {cpu_title}" for b in bins) + " |")
     print("|---|" + "---|---|" * len(bins))
     for op in ("start", "stopped"):
         cells = []
         for b in bins:
             v = sorted(wall[b.label][op])
             cells.append(f"{statistics.median(v):.2f} / {v[int(len(v) * 0.9) - 1]:.2f}")
-            cells.append(f"{cpu[b.label][op] / pairs:.2f}")
+            cells.append(f"{cpu_ms(b.label, op):.2f}")
         print(f"| hook `{op}` | " + " | ".join(cells) + " |")
 
 
@@ -258,16 +263,8 @@ def main():
                     cpu[b.label][op].append(used)
         print(f"\nGuarded VM (10 forwards + 1 port guard), {args.pairs} start/stopped pairs alternating binaries: "
               "wall clock of the hook process (median / p90) and its CPU, user + system (mean: rusage is tick-sampled), ms:\n")
-        print("| op | " + " | ".join(f"{b.label} wall | {b.label} CPU" for b in bins) + " |")
-        print("|---|" + "---|---|" * len(bins))
-        for op in ("start", "stopped"):
-            cells = []
-            for b in bins:
-                v = sorted(times[b.label][op])
-                cells.append(f"{statistics.median(v):.2f} / {v[int(len(v) * 0.9) - 1]:.2f}")
-                # rusage of a process this short is sampled at the scheduler tick: only the mean means something.
-                cells.append(f"{statistics.mean(cpu[b.label][op]):.2f}")
-            print(f"| hook `{op}` | " + " | ".join(cells) + " |")
+        # rusage of a process this short is sampled at the scheduler tick: only the mean means something.
+        print_wall_cpu(bins, times, "CPU", lambda label, op: statistics.mean(cpu[label][op]))
         if args.agent:
             agent_phase(bins, guarded, args.pairs)
     finally:

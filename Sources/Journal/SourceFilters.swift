@@ -115,11 +115,9 @@ extension JournalDB {
             for f in filters {
                 let old = before.first { $0.filter.identity == f.identity }
                 if let old { try deleteSourceFilterRow(old) }
-                try conn.run("INSERT INTO source_filters (\(Self.sourceFilterColumns), since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                    .text(domain.uuid), .text(domain.name), .text(f.proto.rawValue),
-                    .text(f.hostAddress.map { "\($0)" } ?? ""), .text(f.dev ?? ""),
-                    .int(Int64(f.ports.start)), .int(Int64(f.ports.end)), .text(f.text), .text(state.rawValue), .int(now),
-                ])
+                try conn.run("INSERT INTO source_filters (\(Self.sourceFilterColumns), since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [.text(domain.uuid), .text(domain.name)] + Self.forwardKey(f)
+                                 + [.text(f.text), .text(state.rawValue), .int(now)])
                 if old == nil || old!.filter != f {
                     try appendSourceHistory(old == nil ? "on" : "change", domain: domain, f, reason: reason, at: now)
                 }
@@ -136,10 +134,13 @@ extension JournalDB {
 
     private func deleteSourceFilterRow(_ row: SourceFilterRow) throws(VirtPortError) {
         try conn.run("DELETE FROM source_filters WHERE domain_uuid = ? AND proto = ? AND host_addr = ? AND dev = ? "
-                         + "AND host_port_start = ? AND host_port_end = ?", [
-            .text(row.domain.uuid), .text(row.filter.proto.rawValue), .text(row.filter.hostAddress.map { "\($0)" } ?? ""),
-            .text(row.filter.dev ?? ""), .int(Int64(row.filter.ports.start)), .int(Int64(row.filter.ports.end)),
-        ])
+                         + "AND host_port_start = ? AND host_port_end = ?", [.text(row.domain.uuid)] + Self.forwardKey(row.filter))
+    }
+
+    /// The forward's key columns: proto, host_addr, dev, host_port_start, host_port_end.
+    private static func forwardKey(_ f: SourceFilter) -> [SQLValue] {
+        [.text(f.proto.rawValue), .text(f.hostAddress.map { "\($0)" } ?? ""), .text(f.dev ?? ""),
+         .int(Int64(f.ports.start)), .int(Int64(f.ports.end))]
     }
 
     /// Source filter events, oldest first.
@@ -161,10 +162,8 @@ extension JournalDB {
     private func appendSourceHistory(_ action: String, domain: DomainRef, _ f: SourceFilter, reason: String,
                                      at: Int64) throws(VirtPortError) {
         try conn.run("INSERT INTO source_history (at, action, reason, domain_uuid, domain_name, proto, host_addr, dev, "
-                         + "host_port_start, host_port_end, prefixes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-            .int(at), .text(action), .text(reason), .text(domain.uuid), .text(domain.name), .text(f.proto.rawValue),
-            .text(f.hostAddress.map { "\($0)" } ?? ""), .text(f.dev ?? ""), .int(Int64(f.ports.start)),
-            .int(Int64(f.ports.end)), .text(f.text),
-        ])
+                         + "host_port_start, host_port_end, prefixes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [.int(at), .text(action), .text(reason), .text(domain.uuid), .text(domain.name)] + Self.forwardKey(f)
+                         + [.text(f.text)])
     }
 }

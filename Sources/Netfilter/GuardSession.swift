@@ -157,39 +157,16 @@ extension NetfilterSession {
     /// Every guard drop counter of the table (NFT_MSG_GETOBJ dump), by port and reason. Empty when
     /// the table does not exist.
     public func guardCounters() throws(NetfilterError) -> [GuardCounter] {
-        let sequence = takeSequence()
-        let o = nftnl_obj_alloc()!
-        defer { nftnl_obj_free(o) }
-        nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_TABLE), table)
-        nftnl_obj_set_u32(o, UInt16(NFTNL_OBJ_TYPE), GuardTable.objectCounter)
-        let request = build(NFT_MSG_GETOBJ, flags: Netlink.dump, sequence: sequence, family: .bridge) {
-            nftnl_obj_nlmsg_build_payload($0, o)
-        }
-        try transport.send(request)
-        var out: [GuardCounter] = []
-        let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWOBJ, operation: "list counters of table bridge \(table)") {
-            (reply, message) throws(NetfilterError) in
-            if let counter = Self.parseCounter(reply, message, table: table) { out.append(counter) }
-        }
-        guard case .complete = end else { return [] }
-        return out.sorted { ($0.tap, $0.reason.rawValue) < ($1.tap, $1.reason.rawValue) }
+        try counterObjects(table: table, family: .bridge).compactMap(Self.guardCounter)
+            .sorted { ($0.tap, $0.reason.rawValue) < ($1.tap, $1.reason.rawValue) }
     }
 
-    private static func parseCounter(_ reply: [UInt8], _ message: NetlinkMessage, table: String) -> GuardCounter? {
-        let o = nftnl_obj_alloc()!
-        defer { nftnl_obj_free(o) }
-        let parsed = reply.withUnsafeBytes { raw in
-            nftnl_obj_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress! + message.offset)
-                .assumingMemoryBound(to: nlmsghdr.self), o)
-        }
-        guard parsed >= 0, let t = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_TABLE)), String(cString: t) == table,
-              let n = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_NAME)) else { return nil }
-        let name = String(cString: n)
+    /// The counter `<reason>_<tap>` as a guard counter; nil for a name of another shape.
+    private static func guardCounter(_ c: CounterObject) -> GuardCounter? {
+        let name = c.name
         guard let cut = name.firstIndex(of: "_"), let reason = GuardDropReason(rawValue: String(name[..<cut])) else {
             return nil
         }
-        return GuardCounter(tap: String(name[name.index(after: cut)...]), reason: reason,
-                            packets: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_PKTS)),
-                            bytes: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_BYTES)))
+        return GuardCounter(tap: String(name[name.index(after: cut)...]), reason: reason, packets: c.packets, bytes: c.bytes)
     }
 }

@@ -155,6 +155,44 @@ extension NetfilterSession {
         return Array(UnsafeRawBufferPointer(start: value, count: Int(length)))
     }
 
+    /// One named counter object of a table (NFT_MSG_GETOBJ dump).
+    struct CounterObject {
+        let name: String
+        let packets: UInt64
+        let bytes: UInt64
+    }
+
+    /// Every counter object of `table inet|bridge <table>` (NFT_MSG_GETOBJ dump), in the kernel's
+    /// order; empty when the table is absent or the dump was cut short.
+    func counterObjects(table: String, family: TableFamily) throws(NetfilterError) -> [CounterObject] {
+        let sequence = takeSequence()
+        let o = nftnl_obj_alloc()!
+        defer { nftnl_obj_free(o) }
+        nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_TABLE), table)
+        nftnl_obj_set_u32(o, UInt16(NFTNL_OBJ_TYPE), GuardTable.objectCounter)
+        let request = build(NFT_MSG_GETOBJ, flags: Netlink.dump, sequence: sequence, family: family) {
+            nftnl_obj_nlmsg_build_payload($0, o)
+        }
+        try transport.send(request)
+        var out: [CounterObject] = []
+        let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWOBJ,
+                                  operation: "list counters of table \(family) \(table)") {
+            (reply, message) throws(NetfilterError) in
+            let o = nftnl_obj_alloc()!
+            defer { nftnl_obj_free(o) }
+            let parsed = reply.withUnsafeBytes { raw in
+                nftnl_obj_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress! + message.offset)
+                    .assumingMemoryBound(to: nlmsghdr.self), o)
+            }
+            guard parsed >= 0, let t = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_TABLE)), String(cString: t) == table,
+                  let n = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_NAME)) else { return }
+            out.append(CounterObject(name: String(cString: n), packets: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_PKTS)),
+                                     bytes: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_BYTES))))
+        }
+        guard case .complete = end else { return [] }
+        return out
+    }
+
     /// One request message (not a batch) in `family`.
     func build(_ type: nf_tables_msg_types, flags: UInt16, sequence: UInt32, family: TableFamily = .inet,
                payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {

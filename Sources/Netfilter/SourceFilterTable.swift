@@ -460,32 +460,9 @@ extension NetfilterSession {
 
     /// Every drop counter of the table (NFT_MSG_GETOBJ dump); empty when the table is absent.
     public func sourceFilterCounters() throws(NetfilterError) -> [SourceFilterCounter] {
-        let t = sourceFilterTable
-        let sequence = takeSequence()
-        let o = nftnl_obj_alloc()!
-        defer { nftnl_obj_free(o) }
-        nftnl_obj_set_str(o, UInt16(NFTNL_OBJ_TABLE), t)
-        nftnl_obj_set_u32(o, UInt16(NFTNL_OBJ_TYPE), GuardTable.objectCounter)
-        let request = build(NFT_MSG_GETOBJ, flags: Netlink.dump, sequence: sequence, family: .inet) {
-            nftnl_obj_nlmsg_build_payload($0, o)
-        }
-        try transport.send(request)
-        var out: [SourceFilterCounter] = []
-        let end = try receiveDump(sequence: sequence, type: NFT_MSG_NEWOBJ, operation: "list counters of table inet \(t)") {
-            (reply, message) throws(NetfilterError) in
-            let o = nftnl_obj_alloc()!
-            defer { nftnl_obj_free(o) }
-            let parsed = reply.withUnsafeBytes { raw in
-                nftnl_obj_nlmsg_parse(UnsafeMutableRawPointer(mutating: raw.baseAddress! + message.offset)
-                    .assumingMemoryBound(to: nlmsghdr.self), o)
-            }
-            guard parsed >= 0, let tn = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_TABLE)), String(cString: tn) == t,
-                  let n = nftnl_obj_get_str(o, UInt16(NFTNL_OBJ_NAME)) else { return }
-            out.append(SourceFilterCounter(name: String(cString: n), packets: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_PKTS)),
-                                           bytes: nftnl_obj_get_u64(o, UInt16(NFTNL_OBJ_CTR_BYTES))))
-        }
-        guard case .complete = end else { return [] }
-        return out.sorted { $0.name < $1.name }
+        try counterObjects(table: sourceFilterTable, family: .inet)
+            .map { SourceFilterCounter(name: $0.name, packets: $0.packets, bytes: $0.bytes) }
+            .sorted { $0.name < $1.name }
     }
 }
 
