@@ -18,7 +18,7 @@ struct SourceFilterJournalTests {
             try db.putSourceFilters(domain: web1, [], state: .adding, reason: "t", now: 1)
             #expect(try !db.hasSourceFilterTables())
             let a = try filter(3389, "203.0.113.0/24 10.0.0.1"), b = try filter(22, "2001:db8::/32", host: "192.0.2.1")
-            try db.transaction { () throws(VirtPortError) in
+            _ = try db.transaction { () throws(VirtPortError) in
                 try db.putSourceFilters(domain: web1, [a, b], state: .adding, reason: "hook qemu start", now: 10)
             }
             #expect(try db.sourceFilters().map(\.state) == [.adding, .adding])
