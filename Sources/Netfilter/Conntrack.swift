@@ -225,8 +225,7 @@ extension NetfilterSession {
             var byTuple: [Conntrack.Tuple: [UInt8]] = [:]
             for element in recorded {
                 guard let flow = set.decode(element.key), mine.contains(where: flow.created(by:)) else { continue }
-                byTuple[Conntrack.Tuple(source: flow.source, destination: flow.destination, proto: flow.proto,
-                                        sourcePort: flow.sourcePort, destinationPort: flow.destinationPort)] = element.key
+                byTuple[flow] = element.key
             }
             if byTuple.isEmpty { continue }
             result.deleted += try conntrackRequests(byTuple.keys.map { Conntrack.deleteByTuple($0, sequence: takeSequence()) },

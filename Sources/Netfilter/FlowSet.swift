@@ -59,35 +59,28 @@ struct FlowSet: Hashable, Sendable {
         return out
     }
 
-    /// One recorded connection (its original direction).
-    struct Flow: Hashable, Sendable {
-        var source: IPAddress
-        var sourcePort: UInt16
-        var proto: UInt8
-        var destination: IPAddress
-        var destinationPort: UInt16
-
-        /// Whether `element`'s DNAT may have taken this connection: same protocol and host port,
-        /// and the element's host address if it has one. (A more specific element on the same port
-        /// matches too: its connections are deleted and recreated the same way.)
-        func created(by element: ForwardElement) -> Bool {
-            proto == element.proto.number && destinationPort == element.hostPort
-                && (element.hostAddress.map { $0 == destination } ?? true)
-        }
-    }
-
-    func key(_ f: Flow) -> [UInt8] {
+    func key(_ f: Conntrack.Tuple) -> [UInt8] {
         func port(_ p: UInt16) -> [UInt8] { [UInt8(p >> 8), UInt8(p & 0xff), 0, 0] }
         return f.source.bytes + port(f.sourcePort) + [f.proto, 0, 0, 0] + f.destination.bytes + port(f.destinationPort)
     }
 
-    func decode(_ key: [UInt8]) -> Flow? {
+    func decode(_ key: [UInt8]) -> Conntrack.Tuple? {
         guard key.count == keyLength else { return nil }
         let n = addressLength
         func port(_ at: Int) -> UInt16 { UInt16(key[at]) << 8 | UInt16(key[at + 1]) }
         guard let source = IPAddress(bytes: Array(key[0..<n])),
               let destination = IPAddress(bytes: Array(key[(n + 8)..<(2 * n + 8)])) else { return nil }
-        return Flow(source: source, sourcePort: port(n), proto: key[n + 4], destination: destination,
-                    destinationPort: port(2 * n + 8))
+        return Conntrack.Tuple(source: source, destination: destination, proto: key[n + 4], sourcePort: port(n),
+                               destinationPort: port(2 * n + 8))
+    }
+}
+
+extension Conntrack.Tuple {
+    /// Whether `element`'s DNAT may have taken this connection (a tuple recorded in a flow set):
+    /// same protocol and host port, and the element's host address if it has one. (A more specific
+    /// element on the same port matches too: its connections are deleted and recreated the same way.)
+    func created(by element: ForwardElement) -> Bool {
+        proto == element.proto.number && destinationPort == element.hostPort
+            && (element.hostAddress.map { $0 == destination } ?? true)
     }
 }

@@ -83,7 +83,7 @@ import VirtPortCore
     @Test func flowKeysRoundTripAndMatchTheirForward() throws {
         for (src, dst) in [("203.0.113.2", "203.0.113.1"), ("2001:db8:1::2", "2001:db8:1::1")] {
             let set = FlowSet(family: ip(src).family)
-            let flow = FlowSet.Flow(source: ip(src), sourcePort: 40000, proto: 6, destination: ip(dst), destinationPort: 2222)
+            let flow = Conntrack.Tuple(source: ip(src), destination: ip(dst), proto: 6, sourcePort: 40000, destinationPort: 2222)
             #expect(set.key(flow).count == set.keyLength)
             #expect(set.decode(set.key(flow)) == flow)
             let guest = ip(src.contains(":") ? "fd00::10" : "192.168.122.10")
