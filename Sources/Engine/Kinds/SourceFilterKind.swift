@@ -1,5 +1,6 @@
 public import Journal
 import Netfilter
+import POSIX
 public import VirtPortCore
 
 /// `source=` on `<portForward>`: per-forward source filters in `table inet <table>_src`
@@ -91,25 +92,55 @@ public struct SourceFilterKind: RuleKind {
         return "source filters: \(damage); table inet \(SourceFilterTable.name(context.config.table)) rebuilt with \(rows.count) filter(s)"
     }
 
+    /// What `damage` says of a table whose rules are not this version's.
+    static let oldLayout = "its rules are not this version's (an older virtport's layout, or flushed)"
+
     /// What is wrong with the table given `filters` (nil: nothing): its counters are the filters'
-    /// (one per filter and family), read in one dump.
+    /// (one per filter and family), read in one dump, and its rules this version's (one rule dump:
+    /// a table an older virtport built, whose filter chain judged every packet, is rebuilt).
     static func damage(_ filters: [SourceFilter], context: KindContext) throws(VirtPortError) -> String? {
         guard let nf = try context.driver() as? NetfilterSession else { return nil }
         let present: Set<String>
+        let table = "table inet \(SourceFilterTable.name(context.config.table))"
         do { present = Set(try nf.sourceFilterCounters().map(\.name)) } catch {
-            throw .operational("cannot read table inet \(SourceFilterTable.name(context.config.table))", cause: error)
+            throw .operational("cannot read \(table)", cause: error)
         }
         let wanted = Set(filters.flatMap { f in f.families.map(f.counterName) })
         if wanted.isEmpty { return present.isEmpty ? nil : "\(present.count) counter(s) no forward owns" }
-        if present.isEmpty { return "table inet \(SourceFilterTable.name(context.config.table)) is missing" }
+        if present.isEmpty { return "\(table) is missing" }
         let missing = wanted.subtracting(present), extra = present.subtracting(wanted)
-        if missing.isEmpty && extra.isEmpty { return nil }
+        if missing.isEmpty && extra.isEmpty {
+            do { return try nf.sourceFilterSkeletonIsIntact() ? nil : oldLayout } catch {
+                throw .operational("cannot read \(table)", cause: error)
+            }
+        }
         return "counters " + (missing.sorted().first.map { "\($0) missing" } ?? "\(extra.sorted()[0]) not in the journal")
     }
 
+    /// Rebuilds the table with `filters` in one batch (no moment without a filter: the old table
+    /// goes in the batch that creates the new one), then cuts the connections they do not allow
+    /// (one may have opened while a filter was missing).
     static func rebuild(_ filters: [SourceFilter], context: KindContext) throws(VirtPortError) {
         do { try context.driver().send([SourceFilterBatchPart.rebuild(filters)]) } catch {
             throw .operational("cannot rebuild table inet \(SourceFilterTable.name(context.config.table))", cause: error)
+        }
+        cutFlows(outside: filters, context: context)
+    }
+
+    /// Deletes the conntrack entries of connections `filters` do not allow
+    /// (`NetfilterSession.cutFlows`): a failure is a warning, never the change's failure (the
+    /// filters are in place for new connections; only open ones linger).
+    static func cutFlows(outside filters: [SourceFilter], context: KindContext) {
+        guard !filters.isEmpty, let nf = try? context.driver() as? NetfilterSession else { return }
+        let started = MonotonicClock.micros()
+        do {
+            let done = try nf.cutFlows(outside: filters)
+            if done.deleted == 0 { return }
+            context.log.info("conntrack: \(done.deleted) connections of clients no source= list allows deleted in "
+                + "\(MonotonicClock.micros() - started) us" + (done.walks > 0 ? " (\(done.walks) table dumps)" : ""))
+        } catch {
+            context.warnings.emit("cannot delete the connection tracking entries of clients a source= list no longer "
+                + "allows: \(error); their open connections go on until they end")
         }
     }
 
@@ -171,13 +202,38 @@ final class SourceFilterChange: StagedChange {
     var batchPart: (any BatchPart)? { part }
     var touchesKernel: Bool { part != nil }
 
-    /// The shared batch refused (a table missing, someone's edit): the table is rebuilt from the
-    /// journal, which holds this change's intent, under the exclusive lock (no other change
-    /// between the read and the batch).
+    /// The shared batch refused (a table missing, someone's edit), or a table in an older
+    /// virtport's layout changed: the table is rebuilt from the journal, which holds this change's
+    /// intent, under the exclusive lock (no other change between the read and the batch). Then
+    /// the connections a narrowed list no longer allows are cut: the table judges first packets
+    /// only.
     func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {
-        guard part != nil, !sent else { return }
-        try lock.convertToExclusive()
-        try SourceFilterKind.rebuild(try db.sourceFilters().map(\.filter), context: context)
+        guard let part else { return }
+        var outdated = false
+        if sent, !part.rebuildsTable, !after.isEmpty, let nf = try context.driver() as? NetfilterSession {
+            // One rule dump: a table an older virtport built still filters (it judged every
+            // packet), and is now rebuilt in this version's layout in one batch.
+            do { outdated = try !nf.sourceFilterSkeletonIsIntact() } catch {
+                throw .operational("cannot read table inet \(nf.sourceFilterTable)", cause: error)
+            }
+        }
+        if !sent || outdated {
+            try lock.convertToExclusive()
+            try SourceFilterKind.rebuild(try db.sourceFilters().map(\.filter), context: context)
+            if outdated {
+                context.log.notice("healed: source filters: \(SourceFilterKind.oldLayout); table inet "
+                    + "\(SourceFilterTable.name(context.config.table)) rebuilt from the journal in one batch")
+            }
+            return
+        }
+        SourceFilterKind.cutFlows(outside: narrowed, context: context)
+    }
+
+    /// The filters of `after` that allow less than before: a list given to a forward, or one that
+    /// lost a prefix (or changed it). Their connections are checked against the new list.
+    var narrowed: [SourceFilter] {
+        let was = Dictionary(before.map { ($0.identity, Set($0.prefixes)) }, uniquingKeysWith: { a, _ in a })
+        return after.filter { f in was[f.identity].map { !$0.isSubset(of: Set(f.prefixes)) } ?? true }
     }
 
     func commit(db: JournalDB) throws(VirtPortError) {
