@@ -80,6 +80,20 @@ import VirtPortCore
         #expect(try box.journal().sourceFilters().map(\.state) == [.applied])
     }
 
+    /// The filters whose open connections a change checks: a list given to a forward, or one that
+    /// lost (or changed) a prefix; not one that only gained prefixes, nor one that went.
+    @Test func aChangeCutsOnlyForFiltersThatNarrowed() {
+        func f(_ port: UInt16, _ prefixes: String...) -> SourceFilter {
+            SourceFilter(proto: .tcp, hostAddress: nil, dev: nil, ports: PortRange(port, port),
+                         prefixes: prefixes.map { IPPrefix(parsing: $0)! })
+        }
+        let before = [f(22, "10.0.0.0/8", "192.0.2.0/24"), f(80, "10.0.0.0/8"), f(443, "10.0.0.0/8"), f(8080, "10.0.0.0/8")]
+        let after = [f(22, "10.0.0.0/8"), f(80, "10.0.0.0/8", "192.0.2.0/24"), f(443, "10.0.0.0/8"), f(3389, "10.0.0.0/8")]
+        let change = SourceFilterChange(domain: DomainRef(name: "web", uuid: uuidA), reason: "test", before: before, after: after,
+                                        part: nil)
+        #expect(change.narrowed.map(\.ports.start) == [22, 3389])
+    }
+
     @Test func reconcilePlansFromTheJournalAndTheRunningDomains() throws {
         let rows = [SourceFilterRow(domain: DomainRef(name: "gone", uuid: "u1"),
                                     filter: SourceFilter(proto: .tcp, hostAddress: nil, dev: nil, ports: PortRange(22, 22),
