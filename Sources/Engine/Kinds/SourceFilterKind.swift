@@ -285,9 +285,13 @@ public struct SourceFilterReconcile: KindReconcile {
             }
         }
         if let damage {
+            let explanation = damage == SourceFilterKind.oldLayout
+                ? "the table's rules are not this version's: an older virtport's layout still filters (judging every "
+                    + "packet, which costs more), flushed rules filter nothing and their forwards may be open to every client"
+                : "the source filters the journal holds are not all in the kernel (\(damage)): "
+                    + "their forwards may be open to every client"
             p.fixes.append(Fix(.rebuildTable, domain: nil, what: "table inet \(table)", reason: damage, kind: SourceFilterKind.name,
-                               explanation: "the source filters the journal holds are not all in the kernel (\(damage)): "
-                                   + "their forwards may be open to every client"))
+                               explanation: explanation))
         }
         p.rebuild = damage != nil || !p.rows.isEmpty
         return p
