@@ -70,7 +70,16 @@ public struct SourceFilterKind: RuleKind {
         } else {
             part = .change(from: mine.map(\.filter), to: new, allBefore: before.map(\.filter), allAfter: all)
         }
-        return SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part)
+        let change = SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part)
+        // Open connections to cut exist only where the domain's forward was in the kernel before
+        // this change (a live edit of its list): a start of forwards that were not reads nothing.
+        let narrowed = change.narrowed
+        if !narrowed.isEmpty {
+            let live = try db.activeMappings(domainUUID: domain.uuid)
+                .filter { $0.state != .pending && !$0.mapping.isPending }.map(\.mapping)
+            change.cut = narrowed.filter { f in live.contains { $0.proto == f.proto && $0.hostPorts.overlaps(f.ports) } }
+        }
+        return change
     }
 
     /// libvirt's network restart leaves other tables alone; a firewall reload may not: the table
@@ -190,6 +199,9 @@ final class SourceFilterChange: StagedChange {
     let before: [SourceFilter]
     let after: [SourceFilter]
     let part: SourceFilterBatchPart?
+    /// The filters whose forwards' open connections are checked after the kernel change: those
+    /// that `narrowed` on a forward the kernel already held.
+    var cut: [SourceFilter] = []
 
     init(domain: DomainRef, reason: String, before: [SourceFilter], after: [SourceFilter], part: SourceFilterBatchPart?) {
         self.domain = domain
@@ -226,7 +238,7 @@ final class SourceFilterChange: StagedChange {
             }
             return
         }
-        SourceFilterKind.cutFlows(outside: narrowed, context: context)
+        SourceFilterKind.cutFlows(outside: cut, context: context)
     }
 
     /// The filters of `after` that allow less than before: a list given to a forward, or one that
