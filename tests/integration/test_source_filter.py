@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 from conftest import domain_xml, sh
+from traffic import ECHO, HOLD
 
 U1 = "a1a1a1a1-0000-4000-8000-000000000001"
 U2 = "a1a1a1a1-0000-4000-8000-000000000002"
@@ -209,56 +210,6 @@ def test_a_thousand_prefixes_and_two_domains(lab):
     assert "2222" in ports() and "2224" not in ports()
     assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("G1")
     assert set(counters(lab)) == {"tcp4_2222", "tcp6_2222"}
-
-
-ECHO = textwrap.dedent("""
-    import socket, threading
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 7)); s.listen(8); print("ready", flush=True)
-    def serve(c):
-        while True:
-            d = c.recv(100)
-            if not d: return
-            c.sendall(d)
-    while True:
-        c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-""")
-
-# One connection kept open: "ok" after each echoed line read from stdin, "dropped" when the echo
-# does not come back within a second.
-HOLDER = textwrap.dedent("""
-    import socket, sys
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2, source_address=(sys.argv[3], 0))
-    s.settimeout(1)
-    for line in sys.stdin:
-        s.sendall(line.encode())
-        try:
-            print("ok" if s.recv(100) else "closed", flush=True)
-        except socket.timeout:
-            print("dropped", flush=True)
-""")
-
-
-# One connection kept open from a given source (TCP, or UDP from one socket): "open" once
-# connected, then per line read from stdin, "ok" when the line's answer comes back within a
-# second, "dropped" when it does not.
-HOLD = textwrap.dedent("""
-    import socket, sys
-    proto, addr, port, src = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    if proto == "tcp":
-        s = socket.create_connection((addr, port), timeout=2, source_address=(src, 0))
-    else:
-        s = socket.socket(fam, socket.SOCK_DGRAM); s.bind((src, 0)); s.connect((addr, port))
-    s.settimeout(1)
-    print("open", flush=True)
-    for line in sys.stdin:
-        s.send(line.encode())
-        try:
-            print("ok" if s.recv(200) else "closed", flush=True)
-        except (socket.timeout, ConnectionRefusedError):
-            print("dropped", flush=True)
-""")
 
 
 class Held:
