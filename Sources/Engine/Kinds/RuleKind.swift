@@ -18,6 +18,15 @@ public import VirtPortCore
 ///    its retries, a rebuild from the journal under the lock made exclusive), its side effects
 ///    (bridge port flags, libvirt's accept rule, connection tracking);
 /// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups).
+///
+/// Fail-closed across kinds: a kind whose rules another kind's elements need in place first (the
+/// source filter before its forward's DNAT) names that kind in `guards` and comes before it in
+/// `RuleKinds.all`. When its kernel work fails outside the one atomic batch (its own batch after
+/// the shared one was refused, heal, network started, reconcile), it returns `Hold`s on those
+/// elements (`StagedChange.holds`, `failClosed`); the lifecycle hands them to the later kinds of the
+/// change (`StagedChange.hold`), writes them to the journal and logs them; the held kind keeps
+/// those elements out of the kernel (removing them if they were in) and their intents open, in
+/// every path, until the guarding kind drops its holds (its rules in place again).
 public protocol RuleKind: Sendable {
     /// Short plural name: `forwards`, `guards` (logs, `Teardown`'s counts, `KINDS-PROTOCOL`).
     var name: String { get }
@@ -63,6 +72,16 @@ public protocol RuleKind: Sendable {
     /// The virtport.conf keys the kind declares (documented and parsed with the core's).
     var configKeys: [KindConfigKey] { get }
 
+    /// Fail-closed: the kinds (`name`) whose elements must not be in the kernel without this
+    /// kind's rules (the source filter: `forwards`). They come after it in `RuleKinds.all`.
+    var guards: [String] { get }
+
+    /// Fail-closed, after this kind's kernel work failed in heal, network started or reconcile
+    /// (exclusive lock held; its rules' state in the kernel unknown): its rows are marked so each
+    /// domain's next change rebuilds them, and the holds on the elements of `guards` that need
+    /// them are returned (the lifecycle writes them). `cause`: the failure, for people.
+    func failClosed(db: JournalDB, cause: String, context: KindContext) throws(VirtPortError) -> [Hold]
+
     /// Who owns the kind's tables, as `virtport trace` and `doctor` name them: (family, table,
     /// owner) for virtport's table name `base` (`inet virtport_src`: "virtport's source filter").
     func tableOwners(base: String) -> [(family: String, table: String, owner: String)]
@@ -72,6 +91,8 @@ extension RuleKind {
     public var configKeys: [KindConfigKey] { [] }
     public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] { [] }
     public func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)? { nil }
+    public var guards: [String] { [] }
+    public func failClosed(db: JournalDB, cause: String, context: KindContext) throws(VirtPortError) -> [Hold] { [] }
 }
 
 /// One kind's share of a domain's change, after its intent rows are written.
@@ -90,6 +111,19 @@ public protocol StagedChange: AnyObject {
     func commit(db: JournalDB) throws(VirtPortError)
     /// After the commit: decision logs, late best-effort cleanups.
     func finish(db: JournalDB, context: KindContext)
+
+    /// Fail-closed, when `afterBatch` threw (this change's rules not in place): the holds on
+    /// other kinds' elements that need them (`RuleKind.guards`). Default: none.
+    func holds(cause: String) -> [Hold]
+    /// Fail-closed, before `afterBatch`: the holds an earlier kind of this change placed. The
+    /// change keeps the held elements of its kind out of the kernel (removes them if they were
+    /// in) and their intents open. Default: nothing to hold.
+    func hold(_ holds: [Hold])
+}
+
+extension StagedChange {
+    public func holds(cause: String) -> [Hold] { [] }
+    public func hold(_ holds: [Hold]) {}
 }
 
 /// Reconcile's plan for one kind: decided with no I/O (`fixes` is all `--dry-run` prints), then
@@ -109,6 +143,9 @@ public struct KindContext {
     public let files: LibvirtFiles
     /// The kinds of this operation (`RuleKinds.all`; unit tests hand in others).
     public let kinds: [any RuleKind]
+    /// Fail-closed: the holds this operation dropped (a guarding kind put its rules back), so the
+    /// held kinds, later in the same operation, complete those elements' intents.
+    public let released = HoldLedger()
     public var config: Config { resources.config }
     public var log: EventLog { warnings.log }
 
@@ -127,4 +164,15 @@ public struct KindContext {
 
     /// The firewall (`Resources.kernel`).
     public func driver() throws(VirtPortError) -> any FirewallDriver { try resources.kernel() }
+}
+
+/// The holds an operation (heal, network started) dropped, for the held kinds after the
+/// guarding one (`KindContext.released`).
+public final class HoldLedger {
+    public internal(set) var holds: [Hold] = []
+    init() {}
+    /// Whether the hold on `key` of `kind` for the domain was dropped in this operation.
+    public func released(kind: String, domainUUID: String, key: String) -> Bool {
+        holds.contains { $0.kind == kind && $0.domain.uuid == domainUUID && $0.key == key }
+    }
 }
