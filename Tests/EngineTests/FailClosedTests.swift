@@ -111,6 +111,33 @@ import VirtPortCore
         #expect(try states(box) == [47222: .adding, 47223: .applied])
     }
 
+    @Test func aSharedBatchRefusedForGoodTakesOutAnOpenForwardThatGetsAList() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let fw = RecordingFirewall()
+        let open = body.replacingOccurrences(of: " source='203.0.113.0/24'", with: "")
+        #expect(QemuWork.run(.start, domainName: "web", input: domain("web", uuidA, open),
+                             resources: .perProcess(box.config, kernel: fw), diagnostics: CollectedDiagnostics()) == 0)
+        #expect(fw.elements.isSuperset(of: elements(47222)))
+        // The list arrives (the agent's or `add --source`'s re-apply); EPERM on the shared batch:
+        // nothing of it applied, and the forward, open to all, must not stay so.
+        fw.refuseParts["inet src"] = EPERM
+        let lines = CollectedDiagnostics()
+        #expect(start(box, fw, lines: lines) == 0)
+        #expect(lines.lines.contains { $0.contains("nftables batch failed") })
+        #expect(lines.lines.contains { $0.contains("domain 'web' forward tcp *:47222 not applied") })
+        #expect(fw.elements == elements(47223))
+        #expect(try states(box) == [47222: .adding, 47223: .applied])
+        #expect(try box.journal().holds().map(\.key) == ["tcp|||47222"])
+        // Reconcile completes it once the kernel takes the filter.
+        fw.refuseParts = [:]
+        let d = try DomainXML.parse(domain("web", uuidA, body))
+        _ = try Reconciler(resources: .perProcess(box.config, kernel: fw), running: [d.uuid: RunningDomain(domain: d, uuid: d.uuid, name: d.name)],
+                           diagnostics: CollectedDiagnostics()).run(dryRun: false, reason: "reconcile")
+        #expect(fw.elements == elements(47223).union(elements(47222)))
+        #expect(try states(box) == [47222: .applied, 47223: .applied])
+    }
+
     @Test func healKeepsAHeldForwardOutThenCompletesIt() throws {
         let box = Sandbox()
         defer { box.cleanup() }

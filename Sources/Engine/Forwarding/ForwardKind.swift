@@ -182,6 +182,17 @@ final class ForwardChange: StagedChange {
                               removing: removing + Array(held), networks: needs, sent: false, held: held)
     }
 
+    func withdraw(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {
+        let inKernel = heldRows.filter { $0.state == .applied }
+        if inKernel.isEmpty { return }
+        let elements = inKernel.flatMap(\.mapping.elements)
+        do { try context.driver().apply(adding: [], removing: elements) } catch {
+            throw .operational("nftables batch failed", cause: error)
+        }
+        try forwarder.forgetFlows(context.driver(), elements, walk: false)
+        _ = try db.setState(ids: inKernel.map(\.id), state: .adding)
+    }
+
     func commit(db: JournalDB) throws(VirtPortError) {
         if var delta {
             let held = heldRows

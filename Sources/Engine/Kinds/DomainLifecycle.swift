@@ -61,7 +61,9 @@ public enum DomainLifecycle {
                     sent = true
                 } catch where error.all.allSatisfy({ $0.isMissingObject || $0.isExists }) {
                 } catch {
-                    throw .operational("nftables batch failed", cause: error)
+                    let failure = VirtPortError.operational("nftables batch failed", cause: error)
+                    try failClosed(staged, cause: failure.description, db: db, lock: lock, context: context)
+                    throw failure
                 }
             }
             // Each kind's failure is its own: the others still finish and commit, except what
@@ -181,6 +183,24 @@ public enum DomainLifecycle {
             }
         }
         if let failure { throw failure }
+    }
+
+    /// The shared batch refused for good (nothing of it applied, intents left for reconcile):
+    /// what a guarding kind's part was to protect must not stay in the kernel unprotected (a
+    /// forward, applied and open to all, that this change gives a list). Holds, and each change
+    /// takes its held elements out (`StagedChange.withdraw`).
+    static func failClosed(_ staged: [any StagedChange], cause: String, db: JournalDB, lock: ChangeLock,
+                           context: KindContext) throws(VirtPortError) {
+        let holds = staged.flatMap { $0.holds(cause: cause) }
+        if holds.isEmpty { return }
+        for s in staged {
+            s.hold(holds)
+            do throws(VirtPortError) { try s.withdraw(db: db, lock: lock, context: context) } catch {
+                context.warnings.emit("cannot take held elements out of the kernel: \(error)")
+            }
+        }
+        try db.transaction { () throws(VirtPortError) in try db.putHolds(holds, now: nowMicros()) }
+        logHolds(holds, context: context)
     }
 
     /// One warning (stderr or the agent's reply, and the system log) per held element: the VM,

@@ -119,11 +119,16 @@ public protocol StagedChange: AnyObject {
     /// change keeps the held elements of its kind out of the kernel (removes them if they were
     /// in) and their intents open. Default: nothing to hold.
     func hold(_ holds: [Hold])
+    /// Fail-closed, when the shared batch was refused for good (nothing of it applied): takes
+    /// the held elements that were in the kernel out, in a batch of its own, and reopens their
+    /// intents. Default: nothing.
+    func withdraw(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError)
 }
 
 extension StagedChange {
     public func holds(cause: String) -> [Hold] { [] }
     public func hold(_ holds: [Hold]) {}
+    public func withdraw(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {}
 }
 
 /// Reconcile's plan for one kind: decided with no I/O (`fixes` is all `--dry-run` prints), then
