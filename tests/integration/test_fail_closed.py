@@ -11,6 +11,7 @@ import subprocess
 import time
 
 from conftest import domain_xml, sh
+from test_agent_watch import start_agent, wait
 from test_source_filter import connect_from, second_addresses
 
 U1 = "fc000000-0000-4000-8000-000000000001"
@@ -24,14 +25,18 @@ XML = domain_xml("web1", U1,
 
 
 class OwnedTable:
-    """`nft -i` in the host namespace holding `table inet virtport_src { flags owner; }` for as long as it runs."""
+    """`nft -i` in the host namespace holding `table inet virtport_src { flags owner; }` for as long
+    as it runs. `take_over`: virtport's table is deleted and the owned one created in one batch."""
 
-    def __init__(self, lab):
+    def __init__(self, lab, take_over=False):
         self.lab = lab
         self.proc = subprocess.Popen(["ip", "netns", "exec", lab.host, "nft", "-i"], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         lab.procs.append(self.proc)
-        self.proc.stdin.write(b"add table inet virtport_src { flags owner; }\n")
+        line = b"add table inet virtport_src { flags owner; }\n"
+        if take_over:
+            line = b"delete table inet virtport_src; " + line
+        self.proc.stdin.write(line)
         self.proc.stdin.flush()
         deadline = time.time() + 5
         while "table inet virtport_src" not in tables(lab):
@@ -132,3 +137,33 @@ def test_a_live_source_list_the_kernel_refuses_never_opens_the_forward(lab):
     assert lab.reconcile().returncode == 0
     assert connect_from(lab, "203.0.113.2", "tcp", "203.0.113.1", FILTERED) == "G22 22 from 203.0.113.2"
     assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", FILTERED).startswith("ERROR")
+
+
+def test_the_agents_self_heal_holds_the_forward_then_completes_it_by_itself(lab):
+    """The agent running: someone deletes the filter table and keeps it with `flags owner` (one
+    batch). The self-heal cannot put the filter back: it takes the forward out instead of leaving it
+    open to every client; once the owner is gone, its retries put the filter, then the forward, back."""
+    second_addresses(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G22")
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 80, "G80")
+    log = lab.syslog()
+    agent = start_agent(lab)
+    lab.start(XML)
+    assert connect_from(lab, "203.0.113.2", "tcp", "203.0.113.1", FILTERED) == "G22 22 from 203.0.113.2"
+    assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", FILTERED).startswith("ERROR")
+    owned = OwnedTable(lab, take_over=True)
+    # Without its filter the forward would now be open to .3 (no table judges it): it must be out.
+    wait(lambda: not any(f"{FILTERED}" in json.dumps(e) for _, e in lab.elements()), what="the held forward taken out")
+    assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", FILTERED).startswith("ERROR")
+    assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", OPEN) == "G80 80 from 203.0.113.3"
+    held = log.wait_for("domain 'web1' forward tcp *:2222 not applied")
+    assert "Operation not permitted" in held[0], held
+    assert "held" in listing(lab)[FILTERED], listing(lab)
+    owned.release()
+    # No notification comes for an owner's table going away: the agent's retry (1 s, 2 s, …) does it.
+    wait(lambda: connect_from(lab, "203.0.113.2", "tcp", "203.0.113.1", FILTERED) == "G22 22 from 203.0.113.2",
+         timeout=10, what="the forward back with its filter")
+    assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", FILTERED).startswith("ERROR")
+    rows = listing(lab)
+    assert rows[FILTERED]["state"] == "applied" and "held" not in rows[FILTERED], rows[FILTERED]
+    agent.stop()
