@@ -94,6 +94,24 @@ import VirtPortCore
         #expect(try box.journal().holds().isEmpty)
     }
 
+    @Test func aRestartThatRebuildsTheForwardsTableCompletesItsOwnHeldForward() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let fw = RecordingFirewall()
+        _ = try heldStart(box, fw)
+        // The filter can go in now, but the forwards' table is gone: the shared batch is refused
+        // (ENOENT), the filter's own batch succeeds, the forwards rebuild their table from the
+        // journal — where this domain's hold still is until the commit: it is this change's to decide.
+        fw.refuseParts = [:]
+        fw.deleteTable_()
+        let lines = CollectedDiagnostics()
+        #expect(start(box, fw, lines: lines) == 0)
+        #expect(fw.calls.contains { $0.hasPrefix("replaceAll") }, "\(fw.calls)")
+        #expect(fw.elements == elements(47223).union(elements(47222)))
+        #expect(try states(box) == [47222: .applied, 47223: .applied])
+        #expect(try box.journal().holds().isEmpty)
+    }
+
     @Test func aChangedListThatCannotBePutInTakesTheForwardOut() throws {
         let box = Sandbox()
         defer { box.cleanup() }

@@ -173,13 +173,15 @@ final class ForwardChange: StagedChange {
         guard let (adding, removing, needs) = kernel else { return }
         let held = Set(heldRows.flatMap(\.mapping.elements))
         if held.isEmpty {
-            try forwarder.program(db: db, lock: lock, adding: adding, removing: removing, networks: needs, sent: sent)
+            try forwarder.program(db: db, lock: lock, adding: adding, removing: removing, networks: needs, sent: sent,
+                                  domainUUID: domain.uuid)
             return
         }
         // Fail-closed: the held forwards' elements stay out, and go if they were in (a list
         // changed, an element the shared batch put in).
         try forwarder.program(db: db, lock: lock, adding: adding.filter { !held.contains($0) },
-                              removing: removing + Array(held), networks: needs, sent: false, held: held)
+                              removing: removing + Array(held), networks: needs, sent: false, held: held,
+                              domainUUID: domain.uuid)
     }
 
     func withdraw(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {

@@ -149,9 +149,12 @@ public struct Forwarder {
     /// holds it shared).
     /// `sent`: the change already went in with a shared batch (`ForwardChange.batchPart`): only
     /// the checks and the side effects are left.
-    /// `held`: elements of forwards another kind holds (fail-closed): a rebuild leaves them out.
+    /// `held`: elements of this change's forwards another kind holds (fail-closed): a rebuild leaves
+    /// them out, and the journal's holds on other domains' forwards (`domainUUID`: this change's,
+    /// whose holds are the change's own to decide).
     func program(db: JournalDB, lock: ChangeLock, adding: [ForwardElement], removing: [ForwardElement],
-                 networks: NetworkNeeds, sent: Bool = false, held: Set<ForwardElement> = []) throws(VirtPortError) {
+                 networks: NetworkNeeds, sent: Bool = false, held: Set<ForwardElement> = [],
+                 domainUUID: String? = nil) throws(VirtPortError) {
         let nf = try resources.kernel()
         let hairpinAdd = networks.hairpin(networks.families.keys)
         let hairpinDel = networks.hairpin(networks.unneeded)
@@ -182,7 +185,7 @@ public struct Forwarder {
             all.formUnion(adding)
             // Fail-closed: held forwards (this change's, and others' in the journal) stay out.
             all.subtract(held)
-            all.subtract(try ForwardKind.held(journal, db: db).flatMap(\.mapping.elements))
+            all.subtract(try ForwardKind.held(journal, db: db).filter { $0.domain.uuid != domainUUID }.flatMap(\.mapping.elements))
             var hairpin = Set(hairpinAdd).union(others.hairpin(others.families.keys))
             hairpin.subtract(hairpinDel)
             do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin), others: try othersInTable(db: db)) } catch {
