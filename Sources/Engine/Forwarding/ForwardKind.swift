@@ -41,7 +41,6 @@ public struct ForwardKind: RuleKind {
 
     public func reapply(network: NetworkDefinition, db: JournalDB, reason: String, context: KindContext) throws(VirtPortError) {
         try Forwarder(context: context).reapply(network: network, reason: reason, db: db)
-        try Self.completeReleased(try db.activeMappings(), context: context, db: db, reason: reason)
     }
 
     public func heal(db: JournalDB, context: KindContext) throws(VirtPortError) -> [String] {
@@ -71,7 +70,6 @@ public struct ForwardKind: RuleKind {
             throw .operational("heal: nftables batch failed", cause: error)
         }
         try Self.reopen(held, db: db)
-        try Self.completeReleased(rows, context: context, db: db, reason: "heal")
         healed += try NetworkSync(nf: nf, resolver: reconciler.files, warn: context.warnings.emit).sync(db: db, others: [])
         return healed
     }
@@ -90,13 +88,12 @@ public struct ForwardKind: RuleKind {
         if !ids.isEmpty { _ = try db.setState(ids: ids, state: .adding) }
     }
 
-    /// Held forwards whose hold this operation dropped (`KindContext.released`) and that are now
-    /// in the kernel: their intents become applied, with history.
-    static func completeReleased(_ rows: [ActiveMapping], context: KindContext, db: JournalDB, reason: String) throws(VirtPortError) {
-        if context.released.holds.isEmpty { return }
-        let done = rows.filter {
-            $0.state == .adding && !$0.mapping.isPending
-                && context.released.released(kind: name, domainUUID: $0.domain.uuid, key: $0.mapping.hostKey)
+    /// Held forwards whose hold the step dropped, put in the kernel by this kind's step (heal,
+    /// network started; reconcile commits its own): their intents become applied, with history.
+    public func released(_ holds: [Hold], db: JournalDB, reason: String, context: KindContext) throws(VirtPortError) {
+        let keys = Set(holds.map { $0.domain.uuid + "#" + $0.key })
+        let done = try db.activeMappings().filter {
+            $0.state == .adding && !$0.mapping.isPending && keys.contains($0.domain.uuid + "#" + $0.mapping.hostKey)
         }
         for uuid in Set(done.map(\.domain.uuid)).sorted() {
             let mine = done.filter { $0.domain.uuid == uuid }
@@ -171,7 +168,7 @@ final class ForwardChange: StagedChange {
 
     func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {
         guard let (adding, removing, needs) = kernel else { return }
-        let held = Set(heldRows.flatMap(\.mapping.elements))
+        let held = heldKeys.isEmpty ? [] : Set(heldRows.flatMap(\.mapping.elements))
         if held.isEmpty {
             try forwarder.program(db: db, lock: lock, adding: adding, removing: removing, networks: needs, sent: sent,
                                   domainUUID: domain.uuid)
@@ -197,12 +194,16 @@ final class ForwardChange: StagedChange {
 
     func commit(db: JournalDB) throws(VirtPortError) {
         if var delta {
-            let held = heldRows
-            if !held.isEmpty { delta.adding.removeAll { heldKeys.contains($0.mapping.hostKey) } }
-            try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
-            // Held rows that were applied are not any more: their intent is open again.
-            let wereApplied = held.filter { $0.state == .applied }.map(\.id)
-            if !wereApplied.isEmpty { _ = try db.setState(ids: wereApplied, state: .adding) }
+            if heldKeys.isEmpty {
+                try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
+            } else {
+                let held = heldRows
+                delta.adding.removeAll { heldKeys.contains($0.mapping.hostKey) }
+                try db.commitApply(domain: domain, delta: delta, reason: reason, now: nowMicros())
+                // Held rows that were applied are not any more: their intent is open again.
+                let wereApplied = held.filter { $0.state == .applied }.map(\.id)
+                if !wereApplied.isEmpty { _ = try db.setState(ids: wereApplied, state: .adding) }
+            }
         }
         if let removed { try db.commitRemove(removed, reason: reason, now: nowMicros()) }
     }

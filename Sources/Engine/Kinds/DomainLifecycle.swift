@@ -84,10 +84,10 @@ public enum DomainLifecycle {
             if staged.contains(where: \.touchesKernel) { crashPoint("after-kernel") }
             try db.transaction { () throws(VirtPortError) in
                 for s in done { try s.commit(db: db) }
-                try db.putHolds(holds, now: nowMicros())
+                if !holds.isEmpty { try db.putHolds(holds, now: nowMicros()) }
             }
             for s in done { s.finish(db: db, context: context) }
-            logHolds(holds, context: context)
+            if !holds.isEmpty { logHolds(holds, context: context) }
             if let failure { throw failure }
         }
     }
@@ -100,7 +100,7 @@ public enum DomainLifecycle {
         guard let db = try resources.existingJournal(readOnly: false) else { return }
         let context = KindContext(resources: resources, diagnostics: diagnostics, kinds: kinds)
         try resources.changeLock().withExclusive { () throws(VirtPortError) in
-            try eachKind(kinds, failClosed: db, context: context) { (kind) throws(VirtPortError) in
+            try eachKind(kinds, failClosed: db, reason: reason, context: context) { (kind) throws(VirtPortError) in
                 try kind.reapply(network: network, db: db, reason: reason, context: context)
             }
         }
@@ -114,7 +114,7 @@ public enum DomainLifecycle {
         let context = KindContext(resources: resources, diagnostics: diagnostics, kinds: kinds)
         return try resources.changeLock().withExclusive { () throws(VirtPortError) -> [String] in
             var healed: [String] = []
-            try eachKind(kinds, failClosed: db, context: context) { (kind) throws(VirtPortError) in
+            try eachKind(kinds, failClosed: db, reason: "heal", context: context) { (kind) throws(VirtPortError) in
                 healed += try kind.heal(db: db, context: context)
             }
             return healed
@@ -161,13 +161,16 @@ public enum DomainLifecycle {
     /// exclusive lock held), fail-closed: a kind that failed holds the elements of the kinds it
     /// guards (`RuleKind.failClosed`, written before those kinds run); one that succeeded has its
     /// rules in place, so its holds go (the held kinds, later, put their elements back).
-    static func eachKind(_ kinds: [any RuleKind], failClosed db: JournalDB, context: KindContext,
+    static func eachKind(_ kinds: [any RuleKind], failClosed db: JournalDB, reason: String, context: KindContext,
                          _ body: (any RuleKind) throws(VirtPortError) -> Void) throws(VirtPortError) {
         var failure: VirtPortError?
+        var released: [Hold] = []
+        var succeeded: [any RuleKind] = []
         for kind in kinds {
             do throws(VirtPortError) {
                 try body(kind)
-                if !kind.guards.isEmpty { context.released.holds += try db.clearHolds(by: kind.name) }
+                succeeded.append(kind)
+                if !kind.guards.isEmpty { released += try db.clearHolds(by: kind.name) }
             } catch {
                 failure = failure ?? error
                 if kind.guards.isEmpty { continue }
@@ -180,6 +183,13 @@ public enum DomainLifecycle {
                     context.warnings.emit("\(kind.name): cannot hold what depends on it: \(inner.message)")
                     throw error
                 }
+            }
+        }
+        // The held kinds whose step succeeded put the released elements in: their intents complete.
+        if !released.isEmpty {
+            for kind in succeeded {
+                let mine = released.filter { $0.kind == kind.name }
+                if !mine.isEmpty { try kind.released(mine, db: db, reason: reason, context: context) }
             }
         }
         if let failure { throw failure }

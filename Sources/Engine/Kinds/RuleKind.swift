@@ -82,6 +82,12 @@ public protocol RuleKind: Sendable {
     /// them are returned (the lifecycle writes them). `cause`: the failure, for people.
     func failClosed(db: JournalDB, cause: String, context: KindContext) throws(VirtPortError) -> [Hold]
 
+    /// Fail-closed, after a heal, network started or reconcile step in which this kind's own
+    /// step succeeded: `holds` on its elements were dropped in that step (the guarding kind, which
+    /// ran first, has its rules back), so its step put those elements in: their intents are
+    /// complete. `reason`: the step's, for history.
+    func released(_ holds: [Hold], db: JournalDB, reason: String, context: KindContext) throws(VirtPortError)
+
     /// Who owns the kind's tables, as `virtport trace` and `doctor` name them: (family, table,
     /// owner) for virtport's table name `base` (`inet virtport_src`: "virtport's source filter").
     func tableOwners(base: String) -> [(family: String, table: String, owner: String)]
@@ -93,6 +99,7 @@ extension RuleKind {
     public func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)? { nil }
     public var guards: [String] { [] }
     public func failClosed(db: JournalDB, cause: String, context: KindContext) throws(VirtPortError) -> [Hold] { [] }
+    public func released(_ holds: [Hold], db: JournalDB, reason: String, context: KindContext) throws(VirtPortError) {}
 }
 
 /// One kind's share of a domain's change, after its intent rows are written.
@@ -148,9 +155,6 @@ public struct KindContext {
     public let files: LibvirtFiles
     /// The kinds of this operation (`RuleKinds.all`; unit tests hand in others).
     public let kinds: [any RuleKind]
-    /// Fail-closed: the holds this operation dropped (a guarding kind put its rules back), so the
-    /// held kinds, later in the same operation, complete those elements' intents.
-    public let released = HoldLedger()
     public var config: Config { resources.config }
     public var log: EventLog { warnings.log }
 
@@ -171,13 +175,3 @@ public struct KindContext {
     public func driver() throws(VirtPortError) -> any FirewallDriver { try resources.kernel() }
 }
 
-/// The holds an operation (heal, network started) dropped, for the held kinds after the
-/// guarding one (`KindContext.released`).
-public final class HoldLedger {
-    public internal(set) var holds: [Hold] = []
-    init() {}
-    /// Whether the hold on `key` of `kind` for the domain was dropped in this operation.
-    public func released(kind: String, domainUUID: String, key: String) -> Bool {
-        holds.contains { $0.kind == kind && $0.domain.uuid == domainUUID && $0.key == key }
-    }
-}

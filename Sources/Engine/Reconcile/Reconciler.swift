@@ -48,7 +48,7 @@ public struct Reconciler {
             // Each kind plans (reads, then decides with no I/O) after the previous one applied;
             // one that fails holds what depends on it (fail-closed), the others still run.
             do throws(VirtPortError) {
-                try DomainLifecycle.eachKind(RuleKinds.all, failClosed: db, context: context) { (kind) throws(VirtPortError) in
+                try DomainLifecycle.eachKind(RuleKinds.all, failClosed: db, reason: reason, context: context) { (kind) throws(VirtPortError) in
                     let plan = try kind.reconcile(running: running, db: db, reason: reason, context: context)
                     fixes += try plan.apply(db: db, lock: lock, context: context)
                 }
