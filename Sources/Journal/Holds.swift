@@ -4,7 +4,7 @@ public import VirtPortCore
 /// kind (a forward) that must not be in the kernel because the rules of another kind it depends
 /// on (its source filter) could not be put in place. The held element keeps its intent row (a
 /// forward stays `adding`); the hold says why, until the guarding kind has its rules in place.
-public struct Hold: Sendable, Hashable {
+public struct Hold: Sendable {
     /// The held element's kind (`RuleKind.name`: `forwards`).
     public var kind: String
     public var domain: DomainRef
