@@ -65,14 +65,17 @@ extension JournalDB {
         return out
     }
 
-    /// Writes `holds` (replacing a hold on the same element).
+    /// Writes `holds`; a hold on an element already held takes the new cause and keeps its `since`
+    /// (held since the first failure).
     public func putHolds(_ holds: [Hold], now: Int64) throws(VirtPortError) {
         if holds.isEmpty { return }
         try conn.immediate { () throws(VirtPortError) in
             try conn.exec(Self.holdTable)
             for h in holds {
-                try conn.run("INSERT OR REPLACE INTO holds (kind, domain_uuid, domain_name, key, what, by_kind, cause, since) "
-                                 + "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                try conn.run("INSERT INTO holds (kind, domain_uuid, domain_name, key, what, by_kind, cause, since) "
+                                 + "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, domain_uuid, key) DO UPDATE SET "
+                                 + "domain_name = excluded.domain_name, what = excluded.what, by_kind = excluded.by_kind, "
+                                 + "cause = excluded.cause",
                              [.text(h.kind), .text(h.domain.uuid), .text(h.domain.name), .text(h.key), .text(h.what),
                               .text(h.by), .text(h.cause), .int(h.since == 0 ? now : h.since)])
             }

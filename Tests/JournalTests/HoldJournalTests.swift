@@ -18,9 +18,12 @@ struct HoldJournalTests {
             try db.putHolds([], now: 1)
             #expect(!db.conn.hasTable("holds"))  // nothing written: no table
             try db.putHolds([hold("22"), hold("80")], now: 5)
-            try db.putHolds([hold("22")], now: 9)  // replaced, not doubled
+            var again = hold("22")
+            again.cause = "ENOMEM"
+            try db.putHolds([again], now: 9)  // the new cause, held since the first time, not doubled
             #expect(try db.holds(kind: "forwards").map(\.key) == ["22", "80"])
-            #expect(try db.holds().map(\.since) == [9, 5])
+            #expect(try db.holds().map(\.since) == [5, 5])
+            #expect(try db.holds().map(\.cause) == ["ENOMEM", "EPERM"])
             #expect(try db.holds(kind: "guards").isEmpty)
             try db.pruneHolds(kind: "forwards", domainUUID: web1.uuid, keeping: ["22"])
             #expect(try db.holds().map(\.key) == ["22"])
