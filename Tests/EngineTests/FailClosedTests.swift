@@ -246,6 +246,40 @@ import VirtPortCore
                                diagnostics: CollectedDiagnostics()).run(dryRun: false, reason: "reconcile").isEmpty)
     }
 
+    @Test func aPendingForwardHeldFromTheStartIsNotCompletedByALeaseWithoutItsFilter() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let fw = RecordingFirewall()
+        // No guest= and no lease: pending, filtered from the start (the filter needs only the host side).
+        let xml = domain("web", uuidA, "<vp:portForward proto='tcp' source='203.0.113.0/24'><vp:range start='47310' to='22'/></vp:portForward>")
+        fw.refuseParts["inet src"] = EPERM
+        let lines = CollectedDiagnostics()
+        #expect(QemuWork.run(.start, domainName: "web", input: xml, resources: .perProcess(box.config, kernel: fw), diagnostics: lines) == 0)
+        #expect(lines.lines.contains { $0.contains("domain 'web' forward tcp *:47310 not applied") }, "\(lines.lines)")
+        #expect(try box.journal().holds().map(\.key) == ["tcp|||47310"])
+        // dnsmasq writes the lease; the agent syncs the domain: the shared batch is refused for a
+        // missing table, the filter's own batch refused too: the completed forward stays out.
+        try FileManager.default.createDirectory(atPath: box.dir + "/state/dnsmasq", withIntermediateDirectories: true)
+        try "[{\"ip-address\": \"192.168.122.77\", \"mac-address\": \"52:54:00:aa:bb:01\", \"expiry-time\": 0}]"
+            .write(toFile: box.dir + "/state/dnsmasq/virbr0.status", atomically: true, encoding: .utf8)
+        let d = try DomainXML.parse(xml)
+        fw.failNextSend = ENOENT
+        #expect(throws: VirtPortError.self) {
+            try DomainSync.apply(d, reason: "agent: dhcp lease", resources: .perProcess(box.config, kernel: fw), diagnostics: CollectedDiagnostics())
+        }
+        #expect(fw.elements.isEmpty)
+        let rows = try box.journal().activeMappings()
+        #expect(rows.map(\.state) == [.adding] && rows.first?.mapping.guestAddress == IPAddress("192.168.122.77"))
+        #expect(try box.journal().holds().count == 1)
+        // The cause gone, the next sync puts filter and forward in one batch.
+        fw.refuseParts = [:]
+        try DomainSync.apply(d, reason: "agent: dhcp lease", resources: .perProcess(box.config, kernel: fw), diagnostics: CollectedDiagnostics())
+        #expect(fw.batches.last?.first == "inet src: rebuild with 1 filters")
+        #expect(fw.elements.count == 1)
+        #expect(try box.journal().activeMappings().map(\.state) == [.applied])
+        #expect(try box.journal().holds().isEmpty)
+    }
+
     @Test func aGuardingKindComesBeforeTheKindsItGuards() {
         let names = RuleKinds.all.map(\.name)
         for (i, kind) in RuleKinds.all.enumerated() {
