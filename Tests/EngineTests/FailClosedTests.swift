@@ -156,6 +156,33 @@ import VirtPortCore
         #expect(try states(box) == [47222: .applied, 47223: .applied])
     }
 
+    @Test func aFailedChangeHoldsOnlyTheForwardsWhoseListItChanges() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let fw = RecordingFirewall()
+        let two = body.replacingOccurrences(of: tcp(47223, to: 80),
+                                            with: "<vp:portForward proto='tcp' guest='192.168.122.10' source='198.51.100.0/24'>"
+                                                + "<vp:range start='47223' to='80'/></vp:portForward>")
+        #expect(QemuWork.run(.start, domainName: "web", input: domain("web", uuidA, two),
+                             resources: .perProcess(box.config, kernel: fw), diagnostics: CollectedDiagnostics()) == 0)
+        #expect(fw.elements == elements(47222).union(elements(47223)))
+        // 47222's list changes and cannot go in; 47223's filter, unchanged, is still in the kernel.
+        fw.failNextSend = ENOENT
+        fw.refuseParts["inet src"] = EPERM
+        let changed = two.replacingOccurrences(of: "203.0.113.0/24", with: "203.0.113.7")
+        #expect(QemuWork.run(.start, domainName: "web", input: domain("web", uuidA, changed),
+                             resources: .perProcess(box.config, kernel: fw), diagnostics: CollectedDiagnostics()) == 0)
+        #expect(fw.elements == elements(47223))
+        #expect(try states(box) == [47222: .adding, 47223: .applied])
+        #expect(try box.journal().holds().map(\.key) == ["tcp|||47222"])
+        // Once a domain's filters are unconfirmed, the next failure holds every forward with a list.
+        fw.failNextSend = ENOENT
+        #expect(QemuWork.run(.start, domainName: "web", input: domain("web", uuidA, changed),
+                             resources: .perProcess(box.config, kernel: fw), diagnostics: CollectedDiagnostics()) == 0)
+        #expect(fw.elements.isEmpty)
+        #expect(try box.journal().holds().map(\.key).sorted() == ["tcp|||47222", "tcp|||47223"])
+    }
+
     @Test func healKeepsAHeldForwardOutThenCompletesIt() throws {
         let box = Sandbox()
         defer { box.cleanup() }

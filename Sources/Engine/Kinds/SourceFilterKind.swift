@@ -229,10 +229,14 @@ final class SourceFilterChange: StagedChange {
         if recovering { try db.clearHolds(by: SourceFilterKind.name, domainUUID: domain.uuid) }
     }
 
-    /// Not in place: every forward of the domain with a list is held (a changed list too: the
-    /// kernel may hold the old one, wider).
+    /// Not in place: the forwards whose filter this change adds or changes are held (a changed
+    /// list too: the kernel may hold the old one, wider). A refused batch changed nothing, so a
+    /// filter already applied and unchanged still protects its forward — unless the domain's rows
+    /// were unconfirmed before (`recovering`): then every forward of the domain with a list is held.
     func holds(cause: String) -> [Hold] {
-        after.map { SourceFilterKind.hold($0, domain: domain, cause: cause) }
+        let was = Dictionary(before.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
+        let unsure = recovering ? after : after.filter { was[$0.identity] != $0 }
+        return unsure.map { SourceFilterKind.hold($0, domain: domain, cause: cause) }
     }
 
     func finish(db: JournalDB, context: KindContext) {
