@@ -38,6 +38,7 @@ public final class Resources {
     public static func warm(_ config: Config) throws(VirtPortError) -> Resources {
         let db = try JournalDB(path: config.databasePath)
         try db.disableAutoCheckpoint()
+        db.keepOpen()
         return Resources(config: config, warm: true, db: db, lock: try ChangeLock(databasePath: config.databasePath))
     }
 

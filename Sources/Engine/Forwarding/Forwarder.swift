@@ -80,8 +80,12 @@ public struct Forwarder {
     /// The caller holds the change lock exclusively.
     func reapply(network: NetworkDefinition, reason: String, db: JournalDB) throws(VirtPortError) {
         do {
-            let rows = try db.activeMappings().filter(\.isInKernel)
-            if rows.isEmpty { return }
+            let all = try db.activeMappings()
+            // Fail-closed: forwards another kind holds stay out of the rebuilt table.
+            let heldRows = try ForwardKind.held(all, db: db)
+            let held = Set(heldRows.map(\.id))
+            let rows = all.filter { $0.isInKernel && !held.contains($0.id) }
+            if rows.isEmpty && held.isEmpty { return }
             let needs = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver(overrides: [network]))
             let nf = try resources.kernel()
             do {
@@ -90,6 +94,7 @@ public struct Forwarder {
             } catch {
                 throw .operational("cannot rebuild table inet \(config.table)", cause: error)
             }
+            try ForwardKind.reopen(heldRows, db: db)
             if let families = needs.families[network.name] {
                 try LibvirtFirewall(nf: nf, warn: warnings.emit).ensure(network, families: families)
             }
@@ -144,8 +149,12 @@ public struct Forwarder {
     /// holds it shared).
     /// `sent`: the change already went in with a shared batch (`ForwardChange.batchPart`): only
     /// the checks and the side effects are left.
+    /// `held`: elements of this change's forwards another kind holds (fail-closed): a rebuild leaves
+    /// them out, and the journal's holds on other domains' forwards (`domainUUID`: this change's,
+    /// whose holds are the change's own to decide).
     func program(db: JournalDB, lock: ChangeLock, adding: [ForwardElement], removing: [ForwardElement],
-                 networks: NetworkNeeds, sent: Bool = false) throws(VirtPortError) {
+                 networks: NetworkNeeds, sent: Bool = false, held: Set<ForwardElement> = [],
+                 domainUUID: String? = nil) throws(VirtPortError) {
         let nf = try resources.kernel()
         let hairpinAdd = networks.hairpin(networks.families.keys)
         let hairpinDel = networks.hairpin(networks.unneeded)
@@ -168,11 +177,15 @@ public struct Forwarder {
         if created { rebuild = try db.hasAppliedMappings() }
         if rebuild {
             try lock.convertToExclusive()
-            let rows = try db.activeMappings().filter(\.isInKernel)
+            let journal = try db.activeMappings()
+            let rows = journal.filter(\.isInKernel)
             let others = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver())
             var all = Set(rows.flatMap(\.mapping.elements))
             all.subtract(removing)
             all.formUnion(adding)
+            // Fail-closed: held forwards (this change's, and others' in the journal) stay out.
+            all.subtract(held)
+            all.subtract(try ForwardKind.held(journal, db: db).filter { $0.domain.uuid != domainUUID }.flatMap(\.mapping.elements))
             var hairpin = Set(hairpinAdd).union(others.hairpin(others.families.keys))
             hairpin.subtract(hairpinDel)
             do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin), others: try othersInTable(db: db)) } catch {
