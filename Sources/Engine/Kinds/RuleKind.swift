@@ -17,7 +17,8 @@ public import VirtPortCore
 /// 4. each `afterBatch(sent:)`: its recovery when the shared batch was refused (its own batch with
 ///    its retries, a rebuild from the journal under the lock made exclusive), its side effects
 ///    (bridge port flags, libvirt's accept rule, connection tracking);
-/// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups).
+/// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups), which the
+///    agent runs after answering the hook, still under the change lock (`Resources.later`).
 public protocol RuleKind: Sendable {
     /// Short plural name: `forwards`, `guards` (logs, `Teardown`'s counts, `KINDS-PROTOCOL`).
     var name: String { get }
@@ -88,7 +89,9 @@ public protocol StagedChange: AnyObject {
     func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError)
     /// Inside the lifecycle's commit transaction: the intent rows become applied.
     func commit(db: JournalDB) throws(VirtPortError)
-    /// After the commit: decision logs, late best-effort cleanups.
+    /// After the commit: decision logs, late best-effort cleanups. In the agent this runs after
+    /// the hook was answered (`Resources.later`, change lock still held shared): a warning reaches
+    /// the system log, not the hook's stderr; nothing the hook's caller must see belongs here.
     func finish(db: JournalDB, context: KindContext)
 }
 
