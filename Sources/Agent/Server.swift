@@ -198,9 +198,7 @@ public final class AgentServer: Sendable {
         let answered = nowMicros() - started
         var after = ""
         if deferring {
-            let lines = worker.finishDeferred()
-            pool.finished(key)
-            for line in lines { AgentLog.write("\(summary): after the answer: \(line)") }
+            for line in worker.finishDeferred() { AgentLog.write("\(summary): after the answer: \(line)") }
             after = " (then \(nowMicros() - started - answered) µs after the answer)"
         }
         checkpointer.request(path: worker.databasePath)
@@ -210,6 +208,8 @@ public final class AgentServer: Sendable {
             AgentLog.write("\(summary): " + (reply.served ? "exit \(reply.code)" : "not served")
                 + " in \(answered) µs" + after)
         }
+        // After its log line: the domain's next request is logged after this one.
+        if deferring { pool.finished(key) }
     }
 
     /// How long a change waits for its domain's work after an earlier answer.
