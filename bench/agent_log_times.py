@@ -45,10 +45,13 @@ def main():
     for i, seg in enumerate(segments):
         label = labels[i % len(labels)]
         rnd = i // (len(labels) * a.levels) + 1
-        start_cell = seg[2:2 + 2 * pairs]
-        stopped_cell = seg[2 + 2 * pairs:2 + 4 * pairs]
-        for op, cell in (("start", start_cell), ("stopped", stopped_cell)):
-            timed = [x for x in cell[1::2][a.warmup:] if x[0] == op]
+        # The cells meet where two starts follow each other (the start cell's last timed start,
+        # the stopped cell's first prepare); a hook the agent did not serve shifts nothing then.
+        cut = next((i + 1 for i in range(2, len(seg) - 1) if seg[i][0] == seg[i + 1][0] == "start"), 2 + 2 * pairs)
+        cells = (("start", seg[2:cut]), ("stopped", seg[cut:]))
+        for op, cell in cells:
+            # A timed request is the one after its prepare (the other operation).
+            timed = [cell[i] for i in range(1, len(cell)) if cell[i][0] == op and cell[i - 1][0] != op][a.warmup:]
             if not timed:
                 continue
             ans = [x[1] / 1000 for x in timed]
