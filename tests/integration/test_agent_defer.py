@@ -7,8 +7,8 @@ answer start that late, so "answered first" is seen in wall time."""
 import subprocess
 import time
 
-from conftest import domain_xml
-from test_agent import BIN, Agent, agent_socket_config
+from conftest import domain_xml, sh
+from test_agent import BIN, WEB, Agent, agent_socket_config
 from test_conntrack import UA, UB, ctnl_in
 
 DELAY = 1.5  # seconds the agent sleeps before its work after the answer
@@ -114,6 +114,28 @@ def test_a_domains_next_change_waits_for_the_work_after_its_previous_answer(lab)
     wait_until(lambda: len(log.lines("applied: domain 'cta'")) == 8, DELAY + 5, "the second start's log lines")
     lines = [l for l in log.lines("domain 'cta'") if l.startswith(("applied:", "removed:"))]
     assert [l.split(":")[0] for l in lines] == ["applied"] * 4 + ["removed"] * 4 + ["applied"] * 4, lines
+
+
+def test_a_flushed_chain_found_by_the_check_after_the_answer_is_rebuilt_and_logged(lab):
+    """The skeleton self-check of a start runs after the answer; what it finds broken is still
+    rebuilt from the journal (under the exclusive change lock) and logged. The chain is flushed
+    while no agent runs, so the agent's self-heal never saw it go: only the check can find it."""
+    agent_socket_config(lab)
+    log = lab.syslog()
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "guest1")
+    lab.start(WEB)  # no agent yet: the hook does it
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == "guest1 22 from 203.0.113.2"
+    sh("nft", "flush", "chain", "inet", "virtport", "prerouting", ns=lab.host)
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    SlowAgent(lab)
+    # libvirt's `start` again (a reconnecting libvirtd does the same with `reconnect`): the
+    # elements go in, the answer comes, the chain is still empty.
+    assert timed_hook(lab, WEB, "start") < DELAY - 0.3
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222).startswith("ERROR")
+    assert not log.lines("healed: table inet virtport")
+    found = log.wait_for("healed: table inet virtport had chains, maps or rules missing", timeout=DELAY + 5)
+    assert "rebuilt from the journal in one batch, 1 elements" in found[0], found
+    assert lab.connect(lab.client, "tcp", "203.0.113.1", 2222) == "guest1 22 from 203.0.113.2"
 
 
 def test_a_hook_without_the_agent_keeps_doing_it_all_before_it_exits(lab):
