@@ -127,6 +127,30 @@ import VirtPortCore
         #expect(exclusiveIsFree(box))
     }
 
+    @Test func aWarningAfterTheAnswerReachesTheSystemLog() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let log = try box.syslog()
+        let fw = RecordingFirewall()
+        _ = run(.start, box, fw, deferring: false)
+        _ = run(.stopped, box, fw, deferring: false)
+        fw.failConntrack = EPERM
+        _ = log.lines()  // what the first start and stop logged
+        let lines = CollectedDiagnostics()
+        let resources = run(.start, box, fw, deferring: true, lines: lines)
+        // The answer: no warning, and the start's lines are not logged yet.
+        #expect(lines.lines.isEmpty, "\(lines.lines)")
+        #expect(!log.lines().contains { $0.hasPrefix("applied: domain 'web'") })
+        resources.runDeferred()
+        // After it: the warning in the system log (and in the request's lines, which the agent
+        // writes to its own log), and the decision lines.
+        let logged = log.messages()
+        #expect(logged.contains { $0.severity == 4 && $0.text.hasPrefix("cannot delete the connection tracking entries of flows to released ports") },
+                "\(logged)")
+        #expect(logged.contains { $0.text.hasPrefix("applied: domain 'web'") }, "\(logged)")
+        #expect(lines.lines.count == 1 && lines.lines[0].hasPrefix("cannot delete the connection tracking entries"), "\(lines.lines)")
+    }
+
     @Test func deferredWorkRunsInOrderAndOnlyOnce() throws {
         let box = Sandbox()
         defer { box.cleanup() }

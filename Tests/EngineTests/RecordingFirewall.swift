@@ -30,6 +30,8 @@ final class RecordingFirewall: FirewallDriver {
     var failNextSend: Int32?
     /// The next `changeGuards` fails with this errno.
     var failNextChangeGuards: Int32?
+    /// Deletes of conntrack entries to released ports fail with this errno.
+    var failConntrack: Int32?
 
     /// Calls that change something (anything but reads): a dry run makes none.
     var writes: [String] {
@@ -239,6 +241,7 @@ final class RecordingFirewall: FirewallDriver {
 
     func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
         for p in ports { calls.append("forgetFlows port \(p.port)") }
+        if let e = failConntrack { throw Self.error(e, "delete conntrack entries") }
     }
 
     func forgetFlows(of address: IPAddress) throws(NetfilterError) {
