@@ -282,8 +282,9 @@ class Bench:
         args = ["hyperfine", "-N", "--style", "none", *count, "--warmup", warmup, "--export-json", out]
         if prepare:
             # settle: the timed command starts once the kernel has finished destroying what the
-            # prepare deleted, so no row pays for its prepare (vpbench.c).
-            args += ["--prepare", shlex.join(map(str, [self.helper, "settle", *prepare]))]
+            # prepare deleted, and the agent its work after the prepare's answer (it holds the
+            # change lock shared until then), so no row pays for its prepare (vpbench.c).
+            args += ["--prepare", shlex.join(map(str, [self.helper, "settle", "-l", self.db + ".lock", *prepare]))]
         args.append(shlex.join(map(str, cmd)))
         self.sh(*args, timeout=3600)
         with open(out) as f:

@@ -33,6 +33,8 @@ final class RecordingFirewall: FirewallDriver {
     /// Every `send` with a part whose summary starts with a key fails with its errno, until
     /// removed (the kernel refusing one kind's table, say `inet src`, and not the others').
     var refuseParts: [String: Int32] = [:]
+    /// Deletes of conntrack entries to released ports fail with this errno.
+    var failConntrack: Int32?
 
     /// Calls that change something (anything but reads): a dry run makes none.
     var writes: [String] {
@@ -245,6 +247,7 @@ final class RecordingFirewall: FirewallDriver {
 
     func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
         for p in ports { calls.append("forgetFlows port \(p.port)") }
+        if let e = failConntrack { throw Self.error(e, "delete conntrack entries") }
     }
 
     func forgetFlows(of address: IPAddress) throws(NetfilterError) {

@@ -10,7 +10,7 @@ public import VirtPortCore
 ///
 /// | step                         | entry                 | lock      | per kind                         |
 /// |------------------------------|-----------------------|-----------|----------------------------------|
-/// | start, reconnect, agent sync | `change(plan)`        | shared    | needsChange → stage → one batch → afterBatch → commit → finish |
+/// | start, reconnect, agent sync | `change(plan)`        | shared    | needsChange → stage → one batch → afterBatch → commit → finish (after the answer in the agent) |
 /// | stopped, release             | `change(nil)`         | shared    | the same, the plan being "nothing" |
 /// | network started              | `networkStarted`      | exclusive | reapply(network), failClosed     |
 /// | self-heal                    | `heal`                | exclusive | heal, failClosed                 |
@@ -39,7 +39,11 @@ public enum DomainLifecycle {
         if involved.isEmpty { return }
         let db = try resources.journal()
         let lock = try resources.changeLock()
-        try lock.withShared { () throws(VirtPortError) in
+        // Held shared to the end of the change, or, with work left for after the answer (the
+        // agent: `Resources.later`), to the end of that work.
+        try lock.takeShared()
+        defer { resources.endChange(holding: lock) }
+        do {
             let domain = DomainRef(name: name, uuid: uuid)
             var staged: [any StagedChange] = []
             try db.transaction { () throws(VirtPortError) in
@@ -86,8 +90,11 @@ public enum DomainLifecycle {
                 for s in done { try s.commit(db: db) }
                 if !holds.isEmpty { try db.putHolds(holds, now: nowMicros()) }
             }
-            for s in done { s.finish(db: db, context: context) }
+            // Held forwards are the hook's to report: before the answer.
             if !holds.isEmpty { logHolds(holds, context: context) }
+            // Logs and late cleanups: nothing the hook's caller waits for (after the answer, in the agent).
+            let finished = done
+            resources.later { for s in finished { s.finish(db: db, context: context) } }
             if let failure { throw failure }
         }
     }

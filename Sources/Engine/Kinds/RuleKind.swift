@@ -17,7 +17,8 @@ public import VirtPortCore
 /// 4. each `afterBatch(sent:)`: its recovery when the shared batch was refused (its own batch with
 ///    its retries, a rebuild from the journal under the lock made exclusive), its side effects
 ///    (bridge port flags, libvirt's accept rule, connection tracking);
-/// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups).
+/// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups), which the
+///    agent runs after answering the hook, still under the change lock (`Resources.later`).
 ///
 /// Fail-closed across kinds: a kind whose rules another kind's elements need in place first (the
 /// source filter before its forward's DNAT) names that kind in `guards` and comes before it in
@@ -116,7 +117,9 @@ public protocol StagedChange: AnyObject {
     func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError)
     /// Inside the lifecycle's commit transaction: the intent rows become applied.
     func commit(db: JournalDB) throws(VirtPortError)
-    /// After the commit: decision logs, late best-effort cleanups.
+    /// After the commit: decision logs, late best-effort cleanups. In the agent this runs after
+    /// the hook was answered (`Resources.later`, change lock still held shared): a warning reaches
+    /// the system log, not the hook's stderr; nothing the hook's caller must see belongs here.
     func finish(db: JournalDB, context: KindContext)
 
     /// Fail-closed, when `afterBatch` threw (this change's rules not in place): the holds on
