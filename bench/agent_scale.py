@@ -49,6 +49,9 @@ def main():
     p.add_argument("--baselines", action="store_true",
                    help="at 0 other forwards, each round: bench.py's baselines for 10 forwards (nft -f, one iptables "
                         "process per rule, the classic Python hook), for the ratios of issue 24's speed table")
+    p.add_argument("--peer-hook", default=None,
+                   help="with --baselines: saschpe/libvirt-hook-qemu's `hooks` file (hooks.schema.json beside it), "
+                        "timed as the peer row; the cycle ratios are then given against it too")
     p.add_argument("--out", default=None, help="directory for JSON, hyperfine files and agent logs")
     a = p.parse_args()
     if os.getuid() != 0:
@@ -62,7 +65,8 @@ def main():
         subprocess.run(["cc", "-O2", "-Wall", "-o", helper, os.path.join(HERE, "vpbench.c")], check=True)
     bins = [os.path.realpath(x) for x in a.bin]
     labels = [f"{chr(65 + i)}" for i in range(len(bins))]
-    ns = argparse.Namespace(mode="full", bin=bins[0], helper=helper, tmp=tmp, out=out, ns_prefix=f"vps-{os.getpid()}")
+    ns = argparse.Namespace(mode="full", bin=bins[0], helper=helper, tmp=tmp, out=out, ns_prefix=f"vps-{os.getpid()}",
+                            peer_hook=a.peer_hook)
     b = B.Bench(ns)
     b.size = dict(b.size, warmup=3, base_forwards=[10], base_runs=a.runs, slow_runs={10: 30})
     b.visits = {0: 1}
@@ -104,8 +108,11 @@ def main():
                     b.expect_count(level, "after the agent cells")
                 if a.baselines and level == 0:
                     b.baselines()
-                    for key in ("nft-add-f10", "nft-del-f10", "classic-start-f10", "classic-stopped-f10"):
-                        c = b.cells[key]
+                    for key in ("nft-add-f10", "nft-del-f10", "classic-start-f10", "classic-stopped-f10",
+                                "peer-start-f10", "peer-stopped-f10"):
+                        c = b.cells.get(key)
+                        if c is None:
+                            continue
                         rows.append(dict(bin="-", path="", round=r + 1, others=0, op=key, median=c["visit_medians"][-1],
                                          p95=0.0, max=0, runs=0, agent_cpu_ms=0.0, hook_cpu_ms=0.0))
     finally:
@@ -147,6 +154,21 @@ def report(rows, labels, bins, others):
                 alone = f"{classic / (m['start-alone'] + m['stopped-alone']):.1f}×" if "start-alone" in m else "—"
                 w.append(f"| {label} | {r} | {alone} | {classic / (m['start'] + m['stopped']):.1f}× "
                          f"| {m['start'] / base[(r, 'nft-add-f10')]:.2f}× | {m['stopped'] / base[(r, 'nft-del-f10')]:.2f}× |")
+        if any(op == "peer-start-f10" for (_, op) in base):
+            w += ["", "Against saschpe/libvirt-hook-qemu itself (`--peer-hook`), same rounds:", "",
+                  "| binary | round | peer cycle (start + stopped) | virtport cycle, hook alone | ratio | virtport cycle, with the agent | ratio |",
+                  "|---|---|---|---|---|---|---|"]
+            for label in labels:
+                for r in rounds:
+                    m = {x["op"]: x["median"] for x in rows if x["bin"] == label and x["round"] == r and x["others"] == 0}
+                    if (r, "peer-start-f10") not in base or "start" not in m:
+                        continue
+                    peer = base[(r, "peer-start-f10")] + base[(r, "peer-stopped-f10")]
+                    alone = m.get("start-alone", 0) + m.get("stopped-alone", 0)
+                    agent = m["start"] + m["stopped"]
+                    w.append(f"| {label} | {r} | {peer:.1f} ms | {alone:.2f} ms | "
+                             + (f"{peer / alone:.1f}×" if alone else "—")
+                             + f" | {agent:.2f} ms | {peer / agent:.1f}× |")
     w += ["", "| binary | round | others | op | median | p95 | agent CPU per command | hook process CPU |", "|---|---|---|---|---|---|---|---|"]
     for x in sorted(rows, key=lambda x: (x["op"], x["others"], x["round"], x["bin"])):
         w.append(f"| {x['bin']} | {x['round']} | {x['others']:,} | `{x['op']}` | {x['median']:.2f} ms | {x['p95']:.2f} ms "

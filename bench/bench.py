@@ -205,6 +205,12 @@ class Bench:
         self.config = os.path.join(self.tmp, "virtport.conf")
         self.env = {"PATH": SYS_PATH, "LANG": "C.UTF-8", "VIRTPORT_CONFIG": self.config,
                     "CLASSIC_HOOK_CONFIG": os.path.join(self.tmp, "classic-hook.json")}
+        # The peer itself (--peer-hook): saschpe/libvirt-hook-qemu's `hooks`, unmodified, with the
+        # schema file beside it (it validates its config with jsonschema when that module exists).
+        self.peer = os.path.realpath(a.peer_hook) if getattr(a, "peer_hook", None) else None
+        if self.peer:
+            self.env.update(CONFIG_FILENAME=os.path.join(self.tmp, "peer-hooks.json"),
+                            CONFIG_SCHEMA_FILENAME=os.path.join(os.path.dirname(self.peer), "hooks.schema.json"))
         # Everything virtport touches lives in the scratch directory; `libvirt_uri = ""`: reconcile
         # reads the bench's status files, never a libvirtd that happens to run on this machine.
         for uri in ('libvirt_uri = ""\n', ""):  # (binaries from before libvirt_uri existed refuse the key)
@@ -276,8 +282,9 @@ class Bench:
         args = ["hyperfine", "-N", "--style", "none", *count, "--warmup", warmup, "--export-json", out]
         if prepare:
             # settle: the timed command starts once the kernel has finished destroying what the
-            # prepare deleted, so no row pays for its prepare (vpbench.c).
-            args += ["--prepare", shlex.join(map(str, [self.helper, "settle", *prepare]))]
+            # prepare deleted, and the agent its work after the prepare's answer (it holds the
+            # change lock shared until then), so no row pays for its prepare (vpbench.c).
+            args += ["--prepare", shlex.join(map(str, [self.helper, "settle", "-l", self.db + ".lock", *prepare]))]
         args.append(shlex.join(map(str, cmd)))
         self.sh(*args, timeout=3600)
         with open(out) as f:
@@ -513,6 +520,27 @@ class Bench:
             self.sh(*py_stopped)  # its start is not idempotent: the first prepare below must not start it twice
             self.hyperfine(f"classic-stopped-f{n}", py_stopped, prepare=py_start, runs=slow, visits=v, warmup=1)
             self.expect_classic(vm, None, "after timing classic stopped")
+            if self.peer:
+                self.peer_cells(vm, n, fw, slow, v)
+
+    def peer_cells(self, vm, n, fw, slow, v):
+        """saschpe/libvirt-hook-qemu's own `hooks` (--peer-hook), same forwards, same JSON config
+        format as the classic hook (its model): the peer row of issue 24's speed table."""
+        h = self.helper
+        with open(self.env["CONFIG_FILENAME"], "w") as f:
+            json.dump({vm.name: {"private_ip": GUEST_IP, "public_ip": HOST_IP, "port_map": {"tcp": [list(p) for p in fw]}}}, f)
+        start = [h, "stdin", vm.xml, "/usr/bin/python3", self.peer, vm.name, "start", "begin", "-"]
+        stopped = [h, "stdin", vm.xml, "/usr/bin/python3", self.peer, vm.name, "stopped", "end", "-"]
+        self.sh(*stopped, check=False)  # a clean slate
+        self.sh(*start)
+        self.expect_classic(vm, n, "peer hook start")
+        self.sh(*stopped)
+        self.expect_classic(vm, None, "peer hook stopped")
+        self.hyperfine(f"peer-start-f{n}", start, prepare=stopped, runs=slow, visits=v, warmup=1)
+        self.expect_classic(vm, n, "after timing peer start")
+        self.sh(*stopped)
+        self.hyperfine(f"peer-stopped-f{n}", stopped, prepare=start, runs=slow, visits=v, warmup=1)
+        self.expect_classic(vm, None, "after timing peer stopped")
 
     def ipt_rules(self):
         got = 0
@@ -914,6 +942,9 @@ def report(cells, res, facts, size):
         a, b = st(f"classic-start-f{n}"), st(f"classic-stopped-f{n}")
         # python + which + two 5-process shell pipelines + 3 chains + 4 rules per forward + 4 jumps; stopped: 4 + 6
         w(f"| {n} | classic Python hook, `bench/classic-hook.py` | {4 * n + 19} / 22 | {cell(a)} | {cell(b)} | {a['runs']} |")
+        a, b = st(f"peer-start-f{n}"), st(f"peer-stopped-f{n}")
+        if a:
+            w(f"| {n} | saschpe/libvirt-hook-qemu's `hooks` (--peer-hook) | — | {cell(a)} | {cell(b)} | {a['runs']} |")
     w("")
     w("#### Peak memory (max RSS from /usr/bin/time: the process and the children it waited for)\n")
     w("| process | other forwards installed | max RSS | median |\n|---|---|---|---|")
@@ -972,6 +1003,8 @@ def main():
     p.add_argument("--tmp", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--ns-prefix", required=True)
+    p.add_argument("--peer-hook", default=None,
+                   help="saschpe/libvirt-hook-qemu's `hooks` file (hooks.schema.json beside it): also time the peer itself")
     a = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.makedirs(a.out, exist_ok=True)

@@ -4,7 +4,8 @@
 
   instructions  callgrind's exact count of one hook process (hook alone, no agent; not the child a hook
                 forks to close its netlink socket in the background; the journal's WAL checkpointed
-                before each, so the count does not depend on when the last auto-checkpoint happened): `prepare`,
+                before each, so the count does not depend on when the last auto-checkpoint happened;
+                SWIFT_DETERMINISTIC_HASHING=1, so it does not depend on the process's hash seed): `prepare`,
                 `start` (table exists), `stopped` and a domain without metadata, for a VM of 10
                 forwards; then `start` and `stopped` of the same VM with a port guard (both tables
                 exist): what a guarded start costs in one process
@@ -18,11 +19,15 @@ enslaved (a veth whose peer stays in the namespace): the guard's tap. Each binar
 config and journal in a temporary directory.
 
   sudo python3 bench/hook_instructions.py --bin A=/path/to/virtport --bin B=.build/release/virtport [--pairs 40] [--agent]
+      [--source '203.0.113.0/24 2001:db8::/32']
 
   --agent       also the same pairs with each binary's `virtport agent` doing the work (each in a
                 namespace of its own): the hook's wall clock and the agent's CPU per operation
+  --source P    also the instructions of `start`/`stopped` of the 10 forwards with source=P each
+                (the source filter kind's share of the one shared batch)
 """
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -55,10 +60,11 @@ def topology(ns=NS):
         sh("ip", "link", "set", d, "up", ns=ns)
 
 
-def domain(name, uuid, guard, forwards=10, base=41000):
+def domain(name, uuid, guard, forwards=10, base=41000, source=None):
     meta = ""
     if forwards:
-        body = "".join(f"<vp:portForward proto='tcp' guest='192.168.122.10'><vp:range start='{base + i}' to='{22 + i}'/>"
+        src = f" source='{source}'" if source else ""
+        body = "".join(f"<vp:portForward proto='tcp' guest='192.168.122.10'{src}><vp:range start='{base + i}' to='{22 + i}'/>"
                        "</vp:portForward>" for i in range(forwards))
         if guard:
             body += "<vp:guard ip='192.168.122.10' isolated='yes'/>"
@@ -111,6 +117,15 @@ class Binary:
                 pass
         return total / 1e6
 
+    def settle_agent(self):
+        """Returns once the agent's work after its last answer is done: it holds the journal's
+        change lock shared until then (README "Agent: what is done after the answer")."""
+        lock = os.path.join(self.dir, "virtport.db.lock")
+        if os.path.exists(lock):
+            with open(lock) as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def agent_pid(self):
         """The agent's own pid (`ip netns exec` execs it, so the Popen pid is the agent's)."""
         return self.agent.pid
@@ -122,10 +137,10 @@ class Binary:
     def env(self):
         return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "VIRTPORT_CONFIG": self.config, "LANG": "C.UTF-8"}
 
-    def hook(self, op, xml, name="web", prefix=()):
+    def hook(self, op, xml, name="web", prefix=(), env=None):
         r = subprocess.run(["ip", "netns", "exec", getattr(self, "ns", NS), *prefix, self.path, "hook", "qemu", name, op,
                             "begin", "-"],
-                           input=xml, capture_output=True, env=self.env())
+                           input=xml, capture_output=True, env={**self.env(), **(env or {})})
         if r.returncode != 0 or (not prefix and r.stderr):
             raise SystemExit(f"{self.label} {op}: rc={r.returncode} {r.stderr.decode()[-400:]}")
         return r
@@ -155,8 +170,11 @@ class Binary:
 
     def instructions(self, op, xml, name="web"):
         self.checkpoint()
+        # Swift seeds its hashing per process: Set and Dictionary work then varies by ±0.2% from
+        # one run of the same binary to the next. A fixed seed makes the count the same every time.
         r = self.hook(op, xml, name, prefix=("valgrind", "--tool=callgrind", "--child-silent-after-fork=yes",
-                                                      "--callgrind-out-file=/dev/null"))
+                                                      "--callgrind-out-file=/dev/null"),
+                      env={"SWIFT_DETERMINISTIC_HASHING": "1"})
         m = re.search(rb"Collected : (\d+)", r.stderr)
         if not m:
             raise SystemExit(f"{self.label} {op}: no callgrind count: {r.stderr.decode()[-400:]}")
@@ -190,7 +208,11 @@ def agent_phase(bins, guarded, pairs):
         for b in (bins if i % 2 == 0 else bins[::-1]):
             for op in ("start", "stopped"):
                 before = b.agent_cpu_ms()
-                w, _ = b.timed(op, fresh(i))
+                # Ports the hook-alone pairs (same journal) did not release either.
+                w, _ = b.timed(op, fresh(pairs + i))
+                # The agent's work after its answer (it holds the change lock shared until that is
+                # done) counts for this op, and the next op does not wait for it.
+                b.settle_agent()
                 cpu[b.label][op] += b.agent_cpu_ms() - before
                 wall[b.label][op].append(w)
     for b in bins:
@@ -219,6 +241,9 @@ def main():
     ap.add_argument("--pairs", type=int, default=40)
     ap.add_argument("--agent", action="store_true",
                     help="also time the hooks with each binary's agent doing the work (its own namespace)")
+    ap.add_argument("--source", metavar="PREFIXES",
+                    help="also count `start`/`stopped` of the 10 forwards each with source=PREFIXES (the source "
+                         "filter kind in the shared batch; its table is created by the start, deleted by the stop)")
     args = ap.parse_args()
     bins = [Binary(*b.split("=", 1)) for b in args.bin]
     plain, guarded, bare = domain("web", UUID, False), domain("web", UUID, True), domain("bare", BARE, False, forwards=0)
@@ -236,6 +261,12 @@ def main():
             counts["no metadata"] = b.instructions("start", bare, name="bare")
             counts["guarded start"] = b.instructions("start", guarded)
             counts["guarded stopped"] = b.instructions("stopped", guarded)
+            if args.source:
+                filtered = domain("web", UUID, False, source=args.source)
+                b.hook("start", filtered)
+                b.hook("stopped", filtered)
+                counts["filtered start"] = b.instructions("start", filtered)
+                counts["filtered stopped"] = b.instructions("stopped", filtered)
             rows[b.label] = counts
             # The next binary starts from tables of its own making.
             sh("nft", "delete", "table", "inet", "virtport", ns=NS)

@@ -14,6 +14,11 @@
  *                                       and closing one blocks until it is done. The timed command
  *                                       then starts with the kernel idle instead of paying for its
  *                                       prepare's deletes.
+ *   vpbench settle -l LOCK CMD [ARG...] the same, then take LOCK (the journal's change lock file)
+ *                                       exclusively and let it go: the agent holds it shared until
+ *                                       its work after a hook's answer is done, so the timed command
+ *                                       does not pay for its prepare's late work either (a missing
+ *                                       file is no wait).
  *   vpbench serve ADDR PORT             TCP listener: accept and close, forever
  *   vpbench connect ADDR PORT SECONDS   new TCP connections, one at a time, for SECONDS; each is
  *                                       connected (3-way handshake done) then reset (SO_LINGER 0, so
@@ -30,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -138,10 +144,13 @@ static int cmd_connect(int argc, char **argv) {
 }
 
 static int cmd_settle(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "usage: vpbench settle CMD [ARG...]\n"); return 2; }
+    const char *lock = NULL;
+    int first = 2;
+    if (argc >= 4 && !strcmp(argv[2], "-l")) { lock = argv[3]; first = 4; }
+    if (argc < first + 1) { fprintf(stderr, "usage: vpbench settle [-l LOCK] CMD [ARG...]\n"); return 2; }
     pid_t pid;
-    int rc = posix_spawn(&pid, argv[2], NULL, NULL, &argv[2], environ);
-    if (rc != 0) { errno = rc; return die(argv[2]); }
+    int rc = posix_spawn(&pid, argv[first], NULL, NULL, &argv[first], environ);
+    if (rc != 0) { errno = rc; return die(argv[first]); }
     int status;
     while (waitpid(pid, &status, 0) < 0)
         if (errno != EINTR) return die("waitpid");
@@ -150,6 +159,13 @@ static int cmd_settle(int argc, char **argv) {
     struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
     if (bind(s, (struct sockaddr *)&sa, sizeof sa) != 0) return die("netlink bind");
     close(s);
+    if (lock) {
+        int fd = open(lock, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            while (flock(fd, LOCK_EX) < 0 && errno == EINTR) {}
+            close(fd);
+        }
+    }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 

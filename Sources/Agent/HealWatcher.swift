@@ -148,8 +148,19 @@ final class HealWatcher: Watcher {
             }
         }
         do { healed = try heal(agent, acceptRulesOnly) } catch {
-            agent.log.warning("agent: self-heal failed: \(error) (run 'virtport reconcile')")
-            storm.withLock { $0.failed() }
+            // Retried with a doubling delay (1 s … 5 min) until a check succeeds: what it could not
+            // put back — a forward held because its source filter could not go in — is completed
+            // once the cause is gone, even without another deletion to notice.
+            let retry = storm.withLock { $0.failed() }
+            agent.log.warning("agent: self-heal failed: \(error) (retried in \(retry.ms / 1000) s; or run 'virtport reconcile')")
+            if retry.schedule {
+                agent.loop.schedule(afterMillis: retry.ms) {
+                    agent.work.async { [self] in
+                        storm.withLock { $0.retryDue() }
+                        check(agent, culprit: "retry after a failed self-heal", noticed: MonotonicClock.micros())
+                    }
+                }
+            }
             return
         }
         let outcome = storm.withLock { $0.record(healed: healed, now: now) }
@@ -247,7 +258,22 @@ final class HealWatcher: Watcher {
 
         mutating func deferredDue() { deferred = false }
 
-        mutating func failed() { notBefore = 0 }
+        /// The delay of the next retry after a failed check (doubling, reset by a check that
+        /// succeeds), and whether one is already scheduled.
+        var retryMs: Int64 = 0
+        var retryScheduled = false
+
+        /// After a failed check: when to try again, and whether to schedule it (not when a retry
+        /// is already scheduled: one chain of retries).
+        mutating func failed() -> (ms: Int64, schedule: Bool) {
+            notBefore = 0
+            retryMs = min(max(retryMs * 2, 1000), HealWatcher.maxBackoffMs)
+            if retryScheduled { return (retryMs, false) }
+            retryScheduled = true
+            return (retryMs, true)
+        }
+
+        mutating func retryDue() { retryScheduled = false }
 
         struct Healed: Equatable {
             var reorderOnly: Bool
@@ -261,6 +287,7 @@ final class HealWatcher: Watcher {
         mutating func record(healed: [String], now: Int64) -> Healed? {
             heals.removeAll { $0 < now - HealWatcher.window }
             reorders.removeAll { $0 < now - HealWatcher.window }
+            retryMs = 0
             if healed.isEmpty {
                 notBefore = 0
                 return nil

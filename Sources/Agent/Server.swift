@@ -181,17 +181,39 @@ public final class AgentServer: Sendable {
             AgentLog.write("\(summary): its hook gave up before a worker was free; not executed")
             return
         }
+        // The same domain's work after an earlier answer (its `stopped` before this `start`) ends
+        // first. Bounded: that work is a few system calls; past the deadline this change goes on.
+        let key = job.domainKey
+        if !pool.awaitFinished(key, untilMillis: MonotonicClock.millis() + Self.finishingWaitMs) {
+            AgentLog.write("\(summary): the domain's previous change still finishing after "
+                + "\(Self.finishingWaitMs) ms; going on")
+        }
         let started = nowMicros()
         let reply = worker.serve(job)
+        // Work the hook's caller does not wait for (README "Agent: what is done after the
+        // answer") runs after the reply, on this worker, before it takes another request.
+        let deferring = worker.hasDeferredWork
+        if deferring { pool.finishing(key) }
         _ = FrameIO.send(client, AgentFrame.encode(reply))
+        let answered = nowMicros() - started
+        var after = ""
+        if deferring {
+            for line in worker.finishDeferred() { AgentLog.write("\(summary): after the answer: \(line)") }
+            after = " (then \(nowMicros() - started - answered) µs after the answer)"
+        }
         checkpointer.request(path: worker.databasePath)
-        context.metrics.hook(operation: job.operation.rawValue, code: reply.code, micros: nowMicros() - started)
+        context.metrics.hook(operation: job.operation.rawValue, code: reply.code, micros: answered)
         context.metrics.changed(context)
         if verbose {
             AgentLog.write("\(summary): " + (reply.served ? "exit \(reply.code)" : "not served")
-                + " in \(nowMicros() - started) µs")
+                + " in \(answered) µs" + after)
         }
+        // After its log line: the domain's next request is logged after this one.
+        if deferring { pool.finished(key) }
     }
+
+    /// How long a change waits for its domain's work after an earlier answer.
+    static let finishingWaitMs: Int64 = 10_000
 
     /// Binds and listens on `path` (mode 0600, its directory created 0755). A path where another
     /// agent answers is an error; a stale socket file is replaced.

@@ -75,6 +75,9 @@ final class AgentContext: Sendable {
     /// conflict) changes nothing and is logged with the reason; so is any other failure. On `work` only.
     /// - Parameter started: CLOCK_MONOTONIC µs when the event arrived (metrics).
     func converge(uuid: String, name: String, domain: Domain?, reason: String, source: String, started: Int64) {
+        // A hook's work after its answer for this domain ends first (README "Agent: what is done
+        // after the answer"): its log lines and cleanups come before this change's.
+        _ = pool.awaitFinished(uuid.lowercased(), untilMillis: MonotonicClock.millis() + AgentServer.finishingWaitMs)
         do throws(VirtPortError) {
             try withResources { (r) throws(VirtPortError) in
                 let diagnostics = CollectedDiagnostics()

@@ -10,6 +10,9 @@ struct Job {
     var input: [UInt8]
     var config: Config
     var generation: Int
+
+    /// The domain, for ordering its changes: its UUID when the XML has one, else its name.
+    var domainKey: String { HookInput.domainUUID(input) ?? "name:" + domainName }
 }
 
 /// The agent's workers: each has warm resources of its own (a journal connection, a netlink
@@ -25,6 +28,9 @@ final class WorkerPool: Sendable {
         var config: Config
         var configStamp: FileStamp?
         var generation = 0
+        /// Domains (`Job.domainKey`) whose work after the answer is still running, and on how
+        /// many workers: the next change of such a domain waits for it.
+        var finishing: [String: Int] = [:]
     }
     private let state: ConditionLock<State>
     /// Reads the configuration file again (`Config.load`; tests read their own).
@@ -58,6 +64,25 @@ final class WorkerPool: Sendable {
     /// A free worker, or nil when none becomes free before `untilMillis` (CLOCK_MONOTONIC).
     func checkout(untilMillis deadline: Int64) -> Worker? {
         state.withLock(waitingUntil: { !$0.idle.isEmpty }, deadline: deadline) { s, free in free ? s.idle.removeLast() : nil }
+    }
+
+    /// `key`'s work after an answer is running (`finished` when it ends).
+    func finishing(_ key: String) {
+        state.withLock { $0.finishing[key, default: 0] += 1 }
+    }
+
+    func finished(_ key: String) {
+        state.withLock { s in
+            if let n = s.finishing[key], n > 1 { s.finishing[key] = n - 1 } else { s.finishing[key] = nil }
+        }
+        state.broadcast()
+    }
+
+    /// Waits until no work after an answer of domain `key` is running, or `untilMillis` passed
+    /// (CLOCK_MONOTONIC); false then. libvirt sends a VM's `stopped` and its next `start` back to
+    /// back: the start must not begin before the stop is finished.
+    func awaitFinished(_ key: String, untilMillis deadline: Int64) -> Bool {
+        state.withLock(waitingUntil: { $0.finishing[key] == nil }, deadline: deadline) { _, done in done }
     }
 
     func checkin(_ worker: Worker) {
@@ -104,6 +129,7 @@ final class Worker {
     /// Runs `job` on this worker's resources, (re)opening them when they are stale. A journal that
     /// cannot be opened is declined: the hook then reports it itself, as without an agent.
     func serve(_ job: Job) -> AgentFrame.Reply {
+        if left != nil { _ = finishDeferred() }  // never left over by the server; kept safe anyway
         if resources == nil || generation != job.generation
             || JournalDB.fileIdentity(path: job.config.databasePath) != resources?.journalIdentity {
             resources = nil
@@ -115,10 +141,33 @@ final class Worker {
         }
         guard let resources else { return .declined }
         let diagnostics = CollectedDiagnostics()
+        resources.defersWork = true
         let code = QemuWork.run(job.operation, domainName: job.domainName, input: job.input, resources: resources,
                                 diagnostics: diagnostics)
-        if code != 0 { resources.dropKernel() }
+        if resources.hasDeferredWork {
+            left = (diagnostics, diagnostics.lines.count, code != 0)
+        } else if code != 0 {
+            resources.dropKernel()
+        }
         return AgentFrame.Reply(served: true, code: code, lines: diagnostics.lines)
+    }
+
+    /// What `serve` left for after its answer: the request's diagnostics, how many lines the
+    /// reply carried, whether the request failed.
+    private var left: (diagnostics: CollectedDiagnostics, sent: Int, failed: Bool)?
+
+    /// Whether the last `serve` left work for after its answer (`finishDeferred`).
+    var hasDeferredWork: Bool { left != nil }
+
+    /// After the reply was sent: the work the change left (`Resources.later`: logs, conntrack
+    /// cleanups, the skeleton self-check), under the change lock its change still holds.
+    /// - Returns: the warnings it emitted (already in the system log; the hook has gone).
+    func finishDeferred() -> [String] {
+        guard let (diagnostics, sent, failed) = left else { return [] }
+        left = nil
+        resources?.runDeferred()
+        if failed { resources?.dropKernel() }
+        return Array(diagnostics.lines.dropFirst(sent))
     }
 }
 

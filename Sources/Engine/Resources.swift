@@ -38,6 +38,7 @@ public final class Resources {
     public static func warm(_ config: Config) throws(VirtPortError) -> Resources {
         let db = try JournalDB(path: config.databasePath)
         try db.disableAutoCheckpoint()
+        db.keepOpen()
         return Resources(config: config, warm: true, db: db, lock: try ChangeLock(databasePath: config.databasePath))
     }
 
@@ -81,4 +82,48 @@ public final class Resources {
 
     /// After a failed request: the next one starts on a fresh netlink socket.
     public func dropKernel() { session = nil }
+
+    // MARK: Work after the answer (README "Agent: what is done after the answer")
+
+    /// Set by the agent's workers: the part of a domain's change its caller does not wait for
+    /// (`later`: decision logs, conntrack cleanups, the skeleton self-check) is kept and run by
+    /// `runDeferred` once the hook has its reply. Off for hooks and commands: `later` runs at once.
+    public var defersWork = false
+    private var deferred: [() -> Void] = []
+    /// The change lock of the change that left `deferred`: still held (shared, or converted),
+    /// released by `runDeferred` after the work, so exclusive operations (heal, reconcile, network
+    /// `started`) never see the change half-finished.
+    private var heldLock: ChangeLock?
+
+    /// Whether `runDeferred` has something to do.
+    public var hasDeferredWork: Bool { !deferred.isEmpty || heldLock != nil }
+
+    /// Runs `work` now, or when deferring, after the answer (in order, under the change's lock).
+    /// Its warnings reach the system log (`Warnings`); a hook's stderr only when it runs now.
+    func later(_ work: @escaping () -> Void) {
+        if defersWork { deferred.append(work) } else { work() }
+    }
+
+    /// The end of a change that took `lock` (`ChangeLock.takeShared`): released now, or kept for
+    /// the deferred work.
+    func endChange(holding lock: ChangeLock) {
+        if deferred.isEmpty { lock.release() } else { heldLock = lock }
+    }
+
+    /// The deferred work, in order, under the lock its change held (then released). Test hook:
+    /// `VIRTPORT_DEFER_DELAY_MS` (in the agent's environment) sleeps that long first, lock held.
+    public func runDeferred() {
+        let work = deferred
+        deferred = []
+        let lock = heldLock
+        heldLock = nil
+        defer { lock?.release() }
+        if work.isEmpty { return }
+        if let ms = Environment.get("VIRTPORT_DEFER_DELAY_MS").flatMap({ Int64($0) }), ms > 0 { Thread.sleep(millis: ms) }
+        // Not left by a change (none does this today): the lock is taken as a change would.
+        var taken: ChangeLock?
+        if lock == nil, let own = try? changeLock(), (try? own.takeShared()) != nil { taken = own }
+        defer { taken?.release() }
+        for w in work { w() }
+    }
 }

@@ -41,6 +41,13 @@ public final class ChangeLock {
         return try body()
     }
 
+    /// Takes the lock shared and keeps it until `release()`: for a change whose deferred work
+    /// (`Resources.later`) runs after its caller was answered, under the same lock.
+    public func takeShared() throws(VirtPortError) { try take(.shared) }
+
+    /// Releases what `takeShared` (or a conversion) took.
+    public func release() { fd.unlock() }
+
     /// Runs `body` holding the lock alone; released when it returns.
     public func withExclusive<T>(_ body: () throws(VirtPortError) -> T) throws(VirtPortError) -> T {
         try take(.exclusive)

@@ -105,6 +105,11 @@ public final class JournalDB {
         try conn.exec("PRAGMA wal_autocheckpoint = 0")
     }
 
+    /// A journal kept open across operations (the agent's warm resources): a table another
+    /// connection created since it read the schema (a kind's rows created on first write, the
+    /// holds) is seen at once.
+    public func keepOpen() { conn.longLived = true }
+
     /// `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can of the WAL into the database without
     /// waiting for anyone. Returns the number of WAL frames it found (0: nothing to do).
     @discardableResult

@@ -57,8 +57,17 @@ final class SQLiteConnection {
     /// Whether table `name` exists: a look-up in the schema SQLite holds, no statement to prepare
     /// (~0.1 M instructions less than a `sqlite_master` query in a hook's fresh process).
     func hasTable(_ name: String) -> Bool {
-        sqlite3_table_column_metadata(db, "main", name, nil, nil, nil, nil, nil, nil) == SQLITE_OK
+        if sqlite3_table_column_metadata(db, "main", name, nil, nil, nil, nil, nil, nil) == SQLITE_OK { return true }
+        guard longLived else { return false }
+        // The schema a long-lived connection holds may predate a table another connection created
+        // since (the agent's journal, then a hook's first `source=`): the look-up above does not
+        // reload it; a statement does (a cached one: the agent's cost, never a hook's).
+        return (try? scalar("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)", [.text(name)])) == 1
     }
+
+    /// A connection kept open across operations (the agent's warm journal): `hasTable` verifies
+    /// a miss against the schema on disk.
+    var longLived = false
 
     deinit {
         for stmt in cache.values { sqlite3_finalize(stmt) }

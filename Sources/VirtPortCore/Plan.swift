@@ -45,6 +45,14 @@ public struct Mapping: Sendable, Hashable {
     /// The DNAT family: the guest's (or, while pending, the host address's; nil if neither is known).
     public var family: Family? { guestAddress?.family ?? hostAddress?.family }
     public var isPending: Bool { guestAddress == nil }
+
+    /// The forward's host side as one key (protocol, host address, interface, host ports): what
+    /// other kinds' rules for this forward are keyed by (`SourceFilter.identity`, `Hold.key`).
+    public var hostKey: String { Self.hostKey(proto: proto, hostAddress: hostAddress, dev: dev, ports: hostPorts) }
+
+    public static func hostKey(proto: IPProto, hostAddress: IPAddress?, dev: String?, ports: PortRange) -> String {
+        "\(proto)|\(hostAddress.map { "\($0)" } ?? "")|\(dev ?? "")|\(ports)"
+    }
 }
 
 /// What a domain's metadata asks for, resolved: the output of `virtport plan`.

@@ -87,7 +87,7 @@ public struct SourceFilter: Hashable, Sendable {
 
     /// The forward it filters, without the list: two filters with the same identity are one
     /// forward whose list changed.
-    public var identity: String { "\(proto)|\(hostAddress.map { "\($0)" } ?? "")|\(dev ?? "")|\(ports)" }
+    public var identity: String { Mapping.hostKey(proto: proto, hostAddress: hostAddress, dev: dev, ports: ports) }
 
     /// The families the filter applies to: the host address's, or both.
     public var families: [Family] { hostAddress.map { [$0.family] } ?? [.ipv4, .ipv6] }

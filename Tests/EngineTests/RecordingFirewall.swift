@@ -30,6 +30,11 @@ final class RecordingFirewall: FirewallDriver {
     var failNextSend: Int32?
     /// The next `changeGuards` fails with this errno.
     var failNextChangeGuards: Int32?
+    /// Every `send` with a part whose summary starts with a key fails with its errno, until
+    /// removed (the kernel refusing one kind's table, say `inet src`, and not the others').
+    var refuseParts: [String: Int32] = [:]
+    /// Deletes of conntrack entries to released ports fail with this errno.
+    var failConntrack: Int32?
 
     /// Calls that change something (anything but reads): a dry run makes none.
     var writes: [String] {
@@ -51,6 +56,9 @@ final class RecordingFirewall: FirewallDriver {
         if let e = failNextSend {
             failNextSend = nil
             throw Self.error(e, "shared batch")
+        }
+        for (prefix, e) in refuseParts where parts.contains(where: { $0.summary.hasPrefix(prefix) }) {
+            throw Self.error(e, "batch with \(prefix)")
         }
         let mine = parts.compactMap { $0 as? Part }
         if mine.contains(where: { $0.inet && !inetTable }) { throw Self.error(ENOENT, "table inet missing") }
@@ -239,6 +247,7 @@ final class RecordingFirewall: FirewallDriver {
 
     func forgetFlows(toHostPorts ports: [(port: UInt16, proto: IPProto, family: Family)]) throws(NetfilterError) {
         for p in ports { calls.append("forgetFlows port \(p.port)") }
+        if let e = failConntrack { throw Self.error(e, "delete conntrack entries") }
     }
 
     func forgetFlows(of address: IPAddress) throws(NetfilterError) {

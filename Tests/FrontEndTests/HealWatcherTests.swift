@@ -67,6 +67,21 @@ import POSIX
         #expect(mutate(&g) { $0.admit(now: 70_001) } == .run)
     }
 
+    @Test func aFailedCheckIsRetriedDoublingUntilOneSucceeds() {
+        var g = StormGuard()
+        #expect(mutate(&g) { $0.failed() } == (1_000, true))
+        // Failing again before the retry ran: a longer delay, no second chain of retries.
+        #expect(mutate(&g) { $0.failed() } == (2_000, false))
+        g.retryDue()
+        #expect(mutate(&g) { $0.failed() } == (4_000, true))
+        g.retryDue()
+        for _ in 0..<20 { _ = g.failed(); g.retryDue() }
+        #expect(g.retryMs == HealWatcher.maxBackoffMs)
+        // A check that succeeds (whatever it found) starts over.
+        _ = g.record(healed: [], now: 0)
+        #expect(mutate(&g) { $0.failed() } == (1_000, true))
+    }
+
     @Test func reordersAloneAllowTenAMinute() {
         var g = StormGuard()
         let reorder = "libvirt's accept rule for network default: moved back in front of its reject"

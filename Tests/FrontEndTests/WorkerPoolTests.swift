@@ -42,6 +42,43 @@ import VirtPortCore
         #expect(again === worker)
     }
 
+    /// libvirt sends a VM's `stopped` and its next `start` back to back, possibly to two workers:
+    /// the start waits until the stop's work after its answer is finished; other domains do not.
+    @Test func aDomainsNextChangeWaitsForItsWorkAfterTheAnswer() throws {
+        let (dir, config) = sandbox()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let pool = try WorkerPool(config: config, workers: 2, warm: { (c) throws(VirtPortError) in .perProcess(c) })
+        pool.finishing("a")
+        pool.finishing("a")  // two workers finishing the same domain's work
+        // Another domain goes at once.
+        var start = MonotonicClock.millis()
+        #expect(pool.awaitFinished("b", untilMillis: start + 5_000))
+        #expect(MonotonicClock.millis() - start < 1_000)
+        // The same domain waits, and gives up only at its deadline.
+        start = MonotonicClock.millis()
+        #expect(!pool.awaitFinished("a", untilMillis: start + 60))
+        #expect(MonotonicClock.millis() - start >= 60)
+        pool.finished("a")
+        #expect(!pool.awaitFinished("a", untilMillis: MonotonicClock.millis() + 20))  // one still running
+        // The last one ending (on another thread) wakes the waiting change.
+        let ended = Shared(false)
+        try POSIX.Thread.detach {
+            POSIX.Thread.sleep(millis: 50)
+            ended.with { $0 = true }
+            pool.finished("a")
+        }
+        #expect(pool.awaitFinished("a", untilMillis: MonotonicClock.millis() + 5_000))
+        #expect(ended.now)
+    }
+
+    @Test func theDomainKeyIsTheUUIDElseTheName() {
+        let xml = Array("<domain><name>web</name><uuid>AAAAAAAA-1111-4111-8111-111111111111</uuid></domain>".utf8)
+        let job = Job(operation: .start, domainName: "web", input: xml, config: Config(), generation: 0)
+        #expect(job.domainKey == "aaaaaaaa-1111-4111-8111-111111111111")
+        let bare = Job(operation: .start, domainName: "web", input: [], config: Config(), generation: 0)
+        #expect(bare.domainKey == "name:web")
+    }
+
     @Test func theConfigurationIsReloadedWhenItsFileChangesAndABadOneKeepsTheOld() throws {
         let (dir, config) = sandbox()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -281,6 +281,12 @@ struct Doctor {
         }
         let real = fixes.filter { $0.action != .skip }
         for f in fixes where f.action == .skip {
+            if let explanation = f.explanation {
+                // A forward held out of the kernel (fail-closed): not applied, and why.
+                out.append(.fail("forwards", "\(f.domain ?? "?"): \(f.what): \(f.reason)", why: explanation,
+                                 fix: "virtport reconcile   (once the cause is gone; the agent's self-heal retries by itself)"))
+                continue
+            }
             out.append(.fail("forwards", "\(f.domain ?? "?"): \(f.what)", why: f.reason,
                              fix: "virsh dumpxml \(f.domain ?? "DOMAIN") | virtport plan", status: "warn"))
         }

@@ -80,8 +80,12 @@ public struct Forwarder {
     /// The caller holds the change lock exclusively.
     func reapply(network: NetworkDefinition, reason: String, db: JournalDB) throws(VirtPortError) {
         do {
-            let rows = try db.activeMappings().filter(\.isInKernel)
-            if rows.isEmpty { return }
+            let all = try db.activeMappings()
+            // Fail-closed: forwards another kind holds stay out of the rebuilt table.
+            let heldRows = try ForwardKind.held(all, db: db)
+            let held = Set(heldRows.map(\.id))
+            let rows = all.filter { $0.isInKernel && !held.contains($0.id) }
+            if rows.isEmpty && held.isEmpty { return }
             let needs = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver(overrides: [network]))
             let nf = try resources.kernel()
             do {
@@ -90,6 +94,7 @@ public struct Forwarder {
             } catch {
                 throw .operational("cannot rebuild table inet \(config.table)", cause: error)
             }
+            try ForwardKind.reopen(heldRows, db: db)
             if let families = needs.families[network.name] {
                 try LibvirtFirewall(nf: nf, warn: warnings.emit).ensure(network, families: families)
             }
@@ -144,13 +149,20 @@ public struct Forwarder {
     /// holds it shared).
     /// `sent`: the change already went in with a shared batch (`ForwardChange.batchPart`): only
     /// the checks and the side effects are left.
+    /// `held`: elements of this change's forwards another kind holds (fail-closed): a rebuild leaves
+    /// them out, and the journal's holds on other domains' forwards (`domainUUID`: this change's,
+    /// whose holds are the change's own to decide).
     func program(db: JournalDB, lock: ChangeLock, adding: [ForwardElement], removing: [ForwardElement],
-                 networks: NetworkNeeds, sent: Bool = false) throws(VirtPortError) {
+                 networks: NetworkNeeds, sent: Bool = false, held: Set<ForwardElement> = [],
+                 domainUUID: String? = nil) throws(VirtPortError) {
         let nf = try resources.kernel()
         let hairpinAdd = networks.hairpin(networks.families.keys)
         let hairpinDel = networks.hairpin(networks.unneeded)
         var rebuild = false
         var created = false
+        // The agent checks the skeleton after its answer (`Resources.later`): a broken one is
+        // rebuilt there, under the same lock, as it would be here.
+        var checkLater = false
         do throws(NetfilterError) {
             if !sent {
                 created = try nf.apply(adding: adding, removing: removing, hairpinAdding: hairpinAdd,
@@ -158,36 +170,73 @@ public struct Forwarder {
             }
             // One whose chains were flushed or deleted behind our back accepts elements but
             // forwards nothing: rebuild it.
-            if !created && !adding.isEmpty { rebuild = try !nf.skeletonIsIntact() }
+            if !created && !adding.isEmpty {
+                if resources.defersWork { checkLater = true } else { rebuild = try !nf.skeletonIsIntact() }
+            }
         } catch where error.isMissingObject {
             rebuild = true
+            checkLater = false
         } catch {
             throw .operational("nftables batch failed", cause: error)
         }
         // A table this call created holds only this change: add the journal's other forwards.
         if created { rebuild = try db.hasAppliedMappings() }
         if rebuild {
-            try lock.convertToExclusive()
-            let rows = try db.activeMappings().filter(\.isInKernel)
-            let others = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver())
-            var all = Set(rows.flatMap(\.mapping.elements))
-            all.subtract(removing)
-            all.formUnion(adding)
-            var hairpin = Set(hairpinAdd).union(others.hairpin(others.families.keys))
-            hairpin.subtract(hairpinDel)
-            do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin), others: try othersInTable(db: db)) } catch {
-                throw .operational("cannot rebuild table inet \(config.table)", cause: error)
-            }
-            log.notice("healed: table inet \(config.table) " + (created ? "was missing" : "had chains, maps or rules missing")
-                + ": rebuilt from the journal in one batch, \(all.count) elements")
+            try rebuildTable(db: db, lock: lock, nf: nf, adding: adding, removing: removing, hairpinAdd: hairpinAdd,
+                             hairpinDel: hairpinDel, held: held, exceptDomain: domainUUID,
+                             why: created ? "was missing" : "had chains, maps or rules missing")
         }
         // Connections the removed forwards translated must not keep following them (README
         // "Connection tracking"). After the kernel change, so a packet in between cannot recreate
         // one through the old element. A rebuilt table lost its flow record: walk instead.
-        forgetFlows(nf, removing, walk: rebuild)
+        let rebuilt = rebuild
+        resources.later { [self] in
+            var walk = rebuilt
+            if checkLater {
+                do throws(VirtPortError) {
+                    let intact: Bool
+                    do { intact = try nf.skeletonIsIntact() } catch { throw .operational("cannot read table inet \(config.table)", cause: error) }
+                    if !intact {
+                        // After the commit: this change's holds are in the journal with the others'.
+                        try rebuildTable(db: db, lock: lock, nf: nf, adding: adding, removing: removing, hairpinAdd: hairpinAdd,
+                                         hairpinDel: hairpinDel, held: held, exceptDomain: nil,
+                                         why: "had chains, maps or rules missing")
+                        walk = true
+                    }
+                } catch {
+                    warnings.emit("self-check of table inet \(config.table) after a start: \(error); run 'virtport reconcile'")
+                }
+            }
+            forgetFlows(nf, removing, walk: walk)
+        }
         // A hook exits right after: let a child pay the socket's slow release after deletes.
         if rebuild || !removing.isEmpty || !hairpinDel.isEmpty { nf.closeInBackground() }
         try NetworkSync(nf: nf, resolver: resolver(), warn: warnings.emit).syncFirewall(networks)
+    }
+
+    /// The table rebuilt from the journal plus this change in one batch, with `lock` converted to
+    /// exclusive (the caller holds it shared): no change of another domain between the read and
+    /// the batch.
+    func rebuildTable(db: JournalDB, lock: ChangeLock, nf: any FirewallDriver, adding: [ForwardElement],
+                      removing: [ForwardElement], hairpinAdd: [Subnet], hairpinDel: [Subnet],
+                      held: Set<ForwardElement>, exceptDomain: String?, why: String) throws(VirtPortError) {
+        try lock.convertToExclusive()
+        let journal = try db.activeMappings()
+        let rows = journal.filter(\.isInKernel)
+        let others = NetworkNeeds.of(rows.map(\.mapping), resolver: resolver())
+        var all = Set(rows.flatMap(\.mapping.elements))
+        all.subtract(removing)
+        all.formUnion(adding)
+        // Fail-closed: held forwards (this change's, and the journal's holds on other domains'
+        // forwards; `exceptDomain`'s are the change's own to decide) stay out.
+        all.subtract(held)
+        all.subtract(try ForwardKind.held(journal, db: db).filter { $0.domain.uuid != exceptDomain }.flatMap(\.mapping.elements))
+        var hairpin = Set(hairpinAdd).union(others.hairpin(others.families.keys))
+        hairpin.subtract(hairpinDel)
+        do { try nf.replaceAll(elements: Array(all), hairpin: Array(hairpin), others: try othersInTable(db: db)) } catch {
+            throw .operational("cannot rebuild table inet \(config.table)", cause: error)
+        }
+        log.notice("healed: table inet \(config.table) \(why): rebuilt from the journal in one batch, \(all.count) elements")
     }
 
     /// Deletes the conntrack entries `removing` created; a failure is a warning, never the

@@ -17,7 +17,17 @@ public import VirtPortCore
 /// 4. each `afterBatch(sent:)`: its recovery when the shared batch was refused (its own batch with
 ///    its retries, a rebuild from the journal under the lock made exclusive), its side effects
 ///    (bridge port flags, libvirt's accept rule, connection tracking);
-/// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups).
+/// 5. ONE journal transaction: each `commit`; then each `finish` (logs, late cleanups), which the
+///    agent runs after answering the hook, still under the change lock (`Resources.later`).
+///
+/// Fail-closed across kinds: a kind whose rules another kind's elements need in place first (the
+/// source filter before its forward's DNAT) names that kind in `guards` and comes before it in
+/// `RuleKinds.all`. When its kernel work fails outside the one atomic batch (its own batch after
+/// the shared one was refused, heal, network started, reconcile), it returns `Hold`s on those
+/// elements (`StagedChange.holds`, `failClosed`); the lifecycle hands them to the later kinds of the
+/// change (`StagedChange.hold`), writes them to the journal and logs them; the held kind keeps
+/// those elements out of the kernel (removing them if they were in) and their intents open, in
+/// every path, until the guarding kind drops its holds (its rules in place again).
 public protocol RuleKind: Sendable {
     /// Short plural name: `forwards`, `guards` (logs, `Teardown`'s counts, `KINDS-PROTOCOL`).
     var name: String { get }
@@ -63,6 +73,22 @@ public protocol RuleKind: Sendable {
     /// The virtport.conf keys the kind declares (documented and parsed with the core's).
     var configKeys: [KindConfigKey] { get }
 
+    /// Fail-closed: the kinds (`name`) whose elements must not be in the kernel without this
+    /// kind's rules (the source filter: `forwards`). They come after it in `RuleKinds.all`.
+    var guards: [String] { get }
+
+    /// Fail-closed, after this kind's kernel work failed in heal, network started or reconcile
+    /// (exclusive lock held; its rules' state in the kernel unknown): its rows are marked so each
+    /// domain's next change rebuilds them, and the holds on the elements of `guards` that need
+    /// them are returned (the lifecycle writes them). `cause`: the failure, for people.
+    func failClosed(db: JournalDB, cause: String, context: KindContext) throws(VirtPortError) -> [Hold]
+
+    /// Fail-closed, after a heal, network started or reconcile step in which this kind's own
+    /// step succeeded: `holds` on its elements were dropped in that step (the guarding kind, which
+    /// ran first, has its rules back), so its step put those elements in: their intents are
+    /// complete. `reason`: the step's, for history.
+    func released(_ holds: [Hold], db: JournalDB, reason: String, context: KindContext) throws(VirtPortError)
+
     /// Who owns the kind's tables, as `virtport trace` and `doctor` name them: (family, table,
     /// owner) for virtport's table name `base` (`inet virtport_src`: "virtport's source filter").
     func tableOwners(base: String) -> [(family: String, table: String, owner: String)]
@@ -72,6 +98,9 @@ extension RuleKind {
     public var configKeys: [KindConfigKey] { [] }
     public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] { [] }
     public func fullState(in table: String, db: JournalDB, context: KindContext) throws(VirtPortError) -> (any BatchPart)? { nil }
+    public var guards: [String] { [] }
+    public func failClosed(db: JournalDB, cause: String, context: KindContext) throws(VirtPortError) -> [Hold] { [] }
+    public func released(_ holds: [Hold], db: JournalDB, reason: String, context: KindContext) throws(VirtPortError) {}
 }
 
 /// One kind's share of a domain's change, after its intent rows are written.
@@ -88,8 +117,28 @@ public protocol StagedChange: AnyObject {
     func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError)
     /// Inside the lifecycle's commit transaction: the intent rows become applied.
     func commit(db: JournalDB) throws(VirtPortError)
-    /// After the commit: decision logs, late best-effort cleanups.
+    /// After the commit: decision logs, late best-effort cleanups. In the agent this runs after
+    /// the hook was answered (`Resources.later`, change lock still held shared): a warning reaches
+    /// the system log, not the hook's stderr; nothing the hook's caller must see belongs here.
     func finish(db: JournalDB, context: KindContext)
+
+    /// Fail-closed, when `afterBatch` threw (this change's rules not in place): the holds on
+    /// other kinds' elements that need them (`RuleKind.guards`). Default: none.
+    func holds(cause: String) -> [Hold]
+    /// Fail-closed, before `afterBatch`: the holds an earlier kind of this change placed. The
+    /// change keeps the held elements of its kind out of the kernel (removes them if they were
+    /// in) and their intents open. Default: nothing to hold.
+    func hold(_ holds: [Hold])
+    /// Fail-closed, when the shared batch was refused for good (nothing of it applied): takes
+    /// the held elements that were in the kernel out, in a batch of its own, and reopens their
+    /// intents. Default: nothing.
+    func withdraw(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError)
+}
+
+extension StagedChange {
+    public func holds(cause: String) -> [Hold] { [] }
+    public func hold(_ holds: [Hold]) {}
+    public func withdraw(db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {}
 }
 
 /// Reconcile's plan for one kind: decided with no I/O (`fixes` is all `--dry-run` prints), then
@@ -128,3 +177,4 @@ public struct KindContext {
     /// The firewall (`Resources.kernel`).
     public func driver() throws(VirtPortError) -> any FirewallDriver { try resources.kernel() }
 }
+

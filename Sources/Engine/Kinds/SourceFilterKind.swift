@@ -18,6 +18,28 @@ public struct SourceFilterKind: RuleKind {
     public var name: String { Self.name }
 
     public func tables(_ config: Config) -> [String] { ["inet " + SourceFilterTable.name(config.table)] }
+
+    /// Fail-closed: a forward with a list must never be reachable without its filter.
+    public var guards: [String] { [ForwardKind.name] }
+
+    /// The hold on `f`'s forward while the filter is not in place.
+    static func hold(_ f: SourceFilter, domain: DomainRef, cause: String) -> Hold {
+        let addr = f.hostAddress.map { $0.family == .ipv6 ? "[\($0)]" : "\($0)" } ?? "*"
+        return Hold(kind: ForwardKind.name, domain: domain, key: f.identity,
+                    what: "forward \(f.proto) \(addr)\(f.dev.map { "%\($0)" } ?? ""):\(f.ports)",
+                    by: Self.name, cause: cause)
+    }
+
+    /// The filter table's state is unknown after a failed batch: every row is marked `adding`
+    /// (each domain's next change rebuilds the table) and every filtered forward is held.
+    public func failClosed(db: JournalDB, cause: String, context: KindContext) throws(VirtPortError) -> [Hold] {
+        let rows = try db.sourceFilters()
+        if rows.isEmpty { return [] }
+        try db.transaction { () throws(VirtPortError) in
+            for uuid in Set(rows.map(\.domain.uuid)) { try db.setSourceFilterState(domainUUID: uuid, .adding) }
+        }
+        return rows.map { Self.hold($0.filter, domain: $0.domain, cause: cause) }
+    }
     public func tableOwners(base: String) -> [(family: String, table: String, owner: String)] {
         [("inet", SourceFilterTable.name(base), "virtport's source filter")]
     }
@@ -70,7 +92,8 @@ public struct SourceFilterKind: RuleKind {
         } else {
             part = .change(from: mine.map(\.filter), to: new, allBefore: before.map(\.filter), allAfter: all)
         }
-        let change = SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part)
+        let change = SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part,
+                                        recovering: mine.contains { $0.state != .applied })
         // Open connections to cut exist only where the domain's forward was in the kernel before
         // this change (a live edit of its list): a start of forwards that were not reads nothing.
         let narrowed = change.narrowed
@@ -93,12 +116,29 @@ public struct SourceFilterKind: RuleKind {
     }
 
     /// The journal is the truth: when the table lacks a counter the journal's filters need (the
-    /// table or its elements deleted), it is rebuilt from the journal in one batch.
+    /// table or its elements deleted), or rows are not confirmed in the kernel (a failed batch:
+    /// their forwards are held), it is rebuilt from the journal in one batch and the rows marked
+    /// applied (the lifecycle then drops the holds: the forwards go back in).
     static func healLocked(db: JournalDB, context: KindContext) throws(VirtPortError) -> String? {
         let rows = try db.sourceFilters()
-        guard let damage = try damage(rows.map(\.filter), context: context) else { return nil }
+        let unconfirmed = rows.filter { $0.state != .applied }
+        let problem: String
+        if let damage = try damage(rows.map(\.filter), context: context) {
+            problem = damage
+        } else if !unconfirmed.isEmpty {
+            problem = "\(unconfirmed.count) filter(s) not confirmed in the kernel"
+        } else if try db.holds(kind: ForwardKind.name).contains(where: { $0.by == Self.name }) {
+            problem = "forwards held"
+        } else {
+            return nil
+        }
         try rebuild(rows.map(\.filter), context: context)
-        return "source filters: \(damage); table inet \(SourceFilterTable.name(context.config.table)) rebuilt with \(rows.count) filter(s)"
+        if !unconfirmed.isEmpty {
+            try db.transaction { () throws(VirtPortError) in
+                for uuid in Set(unconfirmed.map(\.domain.uuid)) { try db.setSourceFilterState(domainUUID: uuid, .applied) }
+            }
+        }
+        return "source filters: \(problem); table inet \(SourceFilterTable.name(context.config.table)) rebuilt with \(rows.count) filter(s)"
     }
 
     /// What `damage` says of a table whose rules are not this version's.
@@ -199,16 +239,20 @@ final class SourceFilterChange: StagedChange {
     let before: [SourceFilter]
     let after: [SourceFilter]
     let part: SourceFilterBatchPart?
+    /// Rows a failed batch or a crash left unconfirmed: their forwards may be held.
+    let recovering: Bool
     /// The filters whose forwards' open connections are checked after the kernel change: those
     /// that `narrowed` on a forward the kernel already held.
     var cut: [SourceFilter] = []
 
-    init(domain: DomainRef, reason: String, before: [SourceFilter], after: [SourceFilter], part: SourceFilterBatchPart?) {
+    init(domain: DomainRef, reason: String, before: [SourceFilter], after: [SourceFilter], part: SourceFilterBatchPart?,
+         recovering: Bool = false) {
         self.domain = domain
         self.reason = reason
         self.before = before
         self.after = after
         self.part = part
+        self.recovering = recovering
     }
 
     var batchPart: (any BatchPart)? { part }
@@ -238,7 +282,11 @@ final class SourceFilterChange: StagedChange {
             }
             return
         }
-        SourceFilterKind.cutFlows(outside: cut, context: context)
+        // A conntrack cleanup: in the agent after the hook's answer, still under this change's
+        // lock (`Resources.later`), so the domain's next change comes after it.
+        if cut.isEmpty { return }
+        let cut = self.cut
+        context.resources.later { SourceFilterKind.cutFlows(outside: cut, context: context) }
     }
 
     /// The filters of `after` that allow less than before: a list given to a forward, or one that
@@ -250,6 +298,17 @@ final class SourceFilterChange: StagedChange {
 
     func commit(db: JournalDB) throws(VirtPortError) {
         try db.setSourceFilterState(domainUUID: domain.uuid, .applied)
+        if recovering { try db.clearHolds(by: SourceFilterKind.name, domainUUID: domain.uuid) }
+    }
+
+    /// Not in place: the forwards whose filter this change adds or changes are held (a changed
+    /// list too: the kernel may hold the old one, wider). A refused batch changed nothing, so a
+    /// filter already applied and unchanged still protects its forward — unless the domain's rows
+    /// were unconfirmed before (`recovering`): then every forward of the domain with a list is held.
+    func holds(cause: String) -> [Hold] {
+        let was = Dictionary(before.map { ($0.identity, $0) }, uniquingKeysWith: { a, _ in a })
+        let unsure = recovering ? after : after.filter { was[$0.identity] != $0 }
+        return unsure.map { SourceFilterKind.hold($0, domain: domain, cause: cause) }
     }
 
     func finish(db: JournalDB, context: KindContext) {
@@ -289,7 +348,9 @@ public struct SourceFilterReconcile: KindReconcile {
                 p.rows.append((domain, want))
                 let what = want.isEmpty ? "source filters" : "source filters: " + want.map { "\($0.proto) \($0.ports) source=\"\($0.text)\"" }.joined(separator: ", ")
                 p.fixes.append(Fix(want.isEmpty ? .removeMapping : .addMapping, domain: domain.name, what: what,
-                                   reason: want.isEmpty ? "no running domain declares them" : "the journal differs from the domain's source= lists",
+                                   reason: want.isEmpty ? "no running domain declares them"
+                                       : Set(have.map(\.filter)) == Set(want) ? "not confirmed in the kernel (a failed batch or a crash): their forwards are held"
+                                       : "the journal differs from the domain's source= lists",
                                    kind: SourceFilterKind.name,
                                    explanation: want.isEmpty
                                        ? "source filters of a VM that is not running are still in place"

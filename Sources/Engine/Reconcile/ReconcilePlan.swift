@@ -100,8 +100,33 @@ public struct ReconcilePlan: Sendable {
     /// accept rule).
     public var kept: [Mapping] = []
     public var fixes: [Fix] = []
+    /// Fail-closed: the forwards another kind holds, as `domain uuid#Mapping.hostKey`: kept out of
+    /// the kernel, their intents left open (`hold`).
+    public var held: Set<String> = []
 
     public init() {}
+
+    func isHeld(_ uuid: String, _ m: Mapping) -> Bool { !held.isEmpty && held.contains(uuid + "#" + m.hostKey) }
+
+    /// Takes the held forwards out of the target (out of the kernel if they are in) and says so:
+    /// a `skip` per held forward instead of its `add-mapping`.
+    mutating func hold(_ holds: [Hold], rows: [ActiveMapping], kernel: KernelState, table: String, reason: String) {
+        held = Set(holds.map { $0.domain.uuid + "#" + $0.key })
+        var out: Set<ForwardElement> = []
+        for (uuid, want) in desired {
+            for m in want.mappings where isHeld(uuid, m) {
+                out.formUnion(m.elements)
+                fixes.removeAll { $0.action == .addMapping && $0.domain == want.domain.name && $0.what == MappingText.describe(m) }
+            }
+        }
+        for r in rows where desired[r.domain.uuid] == nil && isHeld(r.domain.uuid, r.mapping) { out.formUnion(r.mapping.elements) }
+        for h in holds {
+            fixes.append(Fix(.skip, domain: h.domain.name, what: h.what + " held", reason: "\(h.by) not in place: \(h.cause)",
+                             explanation: "the forward is not applied (it stays out of the kernel until its \(h.by) are in place)"))
+        }
+        target.subtract(out)
+        planKernel(kernel, table: table, rows: rows, reason: reason)
+    }
 
     /// Builds the plan.
     /// - Parameters:

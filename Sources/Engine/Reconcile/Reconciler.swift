@@ -41,11 +41,20 @@ public struct Reconciler {
             var fixes: [Fix] = []
             let db = try openJournal(dryRun: false, fixes: &fixes)
             let lock = try resources.changeLock()
-            for kind in RuleKinds.all {
-                // Each kind plans (reads, then decides with no I/O) after the previous one applied.
-                let plan = try kind.reconcile(running: running, db: db, reason: reason, context: context)
-                guard let db else { fixes += plan.fixes; continue }
-                fixes += try plan.apply(db: db, lock: lock, context: context)
+            guard let db else {
+                for kind in RuleKinds.all { fixes += try kind.reconcile(running: running, db: nil, reason: reason, context: context).fixes }
+                return fixes
+            }
+            // Each kind plans (reads, then decides with no I/O) after the previous one applied;
+            // one that fails holds what depends on it (fail-closed), the others still run.
+            do throws(VirtPortError) {
+                try DomainLifecycle.eachKind(RuleKinds.all, failClosed: db, reason: reason, context: context) { (kind) throws(VirtPortError) in
+                    let plan = try kind.reconcile(running: running, db: db, reason: reason, context: context)
+                    fixes += try plan.apply(db: db, lock: lock, context: context)
+                }
+            } catch {
+                for f in fixes { Self.log(f, to: EventLog(config: config)) }
+                throw error
             }
             for f in fixes { Self.log(f, to: EventLog(config: config)) }
             return fixes
@@ -68,6 +77,11 @@ public struct Reconciler {
         var plan = ReconcilePlan.make(rows: rows, running: running, kernel: kernel, table: config.table,
                                       reason: reason) { (d) throws(VirtPortError) -> [Mapping] in
             try Planner.plan(domain: d, resolver: resolver, policy: policy).mappings
+        }
+        // Fail-closed: forwards another kind holds (their source filter not in place) stay out of
+        // the kernel, their intents open; the holding kind ran first and dropped its holds if it could.
+        if let db, case let holds = try db.holds(kind: ForwardKind.name), !holds.isEmpty {
+            plan.hold(holds, rows: rows, kernel: kernel, table: config.table, reason: reason)
         }
         // A kernel that cannot be read (no CAP_NET_ADMIN) is already the plan's finding.
         if kernel.readError == nil { plan.fixes += try acceptRuleFixes(plan.kept, reason: reason) }
@@ -107,7 +121,7 @@ public struct Reconciler {
         let rows = try db.activeMappings()
         if refused {
             // The kernel follows what the journal now says, not the prediction.
-            plan.target = Set(rows.filter(\.isInKernel).flatMap(\.mapping.elements))
+            plan.target = Set(rows.filter { $0.isInKernel && !plan.isHeld($0.domain.uuid, $0.mapping) }.flatMap(\.mapping.elements))
             plan.planKernel(try readKernel(), table: config.table, rows: rows, reason: reason)
         }
         let nf = try resources.kernel()
@@ -121,7 +135,17 @@ public struct Reconciler {
         } catch {
             throw .operational("reconcile: nftables batch failed", cause: error)
         }
-        for (ref, delta, why) in applies { try db.commitApply(domain: ref, delta: delta, reason: why, now: nowMicros()) }
+        for (ref, delta, why) in applies {
+            var delta = delta
+            if !plan.held.isEmpty {
+                // Held forwards: not in the kernel, so not applied (one that was is open again).
+                let held = (delta.adding + delta.unchanged).filter { plan.isHeld(ref.uuid, $0.mapping) }
+                delta.adding.removeAll { plan.isHeld(ref.uuid, $0.mapping) }
+                let wereApplied = held.filter { $0.state == .applied }.map(\.id)
+                if !wereApplied.isEmpty { _ = try db.setState(ids: wereApplied, state: .adding) }
+            }
+            try db.commitApply(domain: ref, delta: delta, reason: why, now: nowMicros())
+        }
         for (rows, why) in removals { try db.commitRemove(rows, reason: why, now: nowMicros()) }
         try NetworkSync(nf: nf, resolver: files, warn: Warnings(diagnostics: diagnostics, log: EventLog(config: config)).emit)
             .sync(db: db, others: plan.networks)
