@@ -165,4 +165,6 @@ def print_comparison(a, none, other, states, none_label, other_label, target):
     print(f"| {none_label} | {base:.0f} | {min(none):.0f}–{max(none):.0f} | 1.00x | |")
     print(f"| {other_label} | {traced:.0f} | {min(other):.0f}–{max(other):.0f} "
           f"| {traced / base:.3f}x ({pairs:.3f}x) | {target} |")
+    print()
+    print("Round ratios (in order): " + " ".join(f"{t / n:.3f}" for t, n in zip(other, none)))
     return base, traced, pairs

@@ -8,8 +8,9 @@ without `source=` (no `table inet virtport_src` at all).
 
 States, alternated round by round (switched by a `start` hook with the other XML: the live-edit path):
   none     the forward without source=
-  filter   source= with 1,000 prefixes (999 /24s of 10.0.0.0/8, then 203.0.113.2): every packet
-           of every measured connection is judged (ct direction original) by the interval sets
+  filter   source= with 1,000 prefixes (999 /24s of 10.0.0.0/8, then 203.0.113.2): the first
+           packet of every measured connection is judged by the interval sets (the table's nat
+           chain; a table of an older virtport, `--bin`, may judge every packet)
 Each round: `vpbench connect 203.0.113.1 2222 SECONDS` in the client namespace (one connection at a
 time: handshake then RST). Prints a table: median rate per state, ratio, and the median of the
 round-by-round ratios. Target (issue 24): >= 0.95x.

@@ -75,18 +75,27 @@ enum Conntrack {
         message(get, family: family, flags: Netlink.request | Netlink.dump, sequence: sequence, [])
     }
 
-    /// An entry of a dump: its original tuple and zone (0: the default zone). nil when the message
-    /// lacks an original tuple with both addresses, a protocol and (for TCP, UDP, SCTP…) ports.
-    static func parseEntry(_ message: [UInt8], offset: Int, length: Int) -> (tuple: Tuple, zone: UInt16)? {
-        message.withUnsafeBytes { raw -> (tuple: Tuple, zone: UInt16)? in
+    static let status: UInt16 = 3  // CTA_STATUS
+    /// IPS_DST_NAT: the entry's destination is translated (a DNAT took the connection).
+    static let statusDestinationNAT: UInt32 = 1 << 5
+
+    /// An entry of a dump: its original tuple, zone (0: the default zone) and status bits
+    /// (IPS_*). nil when the message lacks an original tuple with both addresses, a protocol and
+    /// (for TCP, UDP, SCTP…) ports.
+    static func parseEntry(_ message: [UInt8], offset: Int, length: Int) -> (tuple: Tuple, zone: UInt16, status: UInt32)? {
+        message.withUnsafeBytes { raw -> (tuple: Tuple, zone: UInt16, status: UInt32)? in
             let start = offset + Netlink.headerLength + Netlink.nfgenmsgLength
             guard start <= offset + length, offset + length <= raw.count else { return nil }
             var source: IPAddress?, destination: IPAddress?
             var proto: UInt8?, sourcePort: UInt16?, destinationPort: UInt16?
             var zoneID: UInt16 = 0
+            var statusBits: UInt32 = 0
             RuleAttributes.each(raw, start..<(offset + length)) { type, value in
                 if type == zone, value.count >= 2 {
                     zoneID = UInt16(raw[value.lowerBound]) << 8 | UInt16(raw[value.lowerBound + 1])
+                }
+                if type == status, value.count >= 4 {
+                    statusBits = raw[value].prefix(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
                 }
                 guard type == tupleOriginal else { return }
                 RuleAttributes.each(raw, value) { type, value in
@@ -112,7 +121,7 @@ enum Conntrack {
             }
             guard let source, let destination, let proto, let sourcePort, let destinationPort else { return nil }
             return (Tuple(source: source, destination: destination, proto: proto, sourcePort: sourcePort,
-                          destinationPort: destinationPort), zoneID)
+                          destinationPort: destinationPort), zoneID, statusBits)
         }
     }
 
@@ -303,35 +312,43 @@ extension NetfilterSession {
         var requests: [[UInt8]] = []
         for family in [Family.ipv4, .ipv6] where ports.contains(where: { $0.family == family }) {
             let wanted = ports.filter { $0.family == family }
-            let sequence = takeSequence()
-            let operation = "list conntrack entries (\(family.rawValue))"
-            try transport.send(Conntrack.dump(family: family, sequence: sequence))
-            var done = false
-            while !done {
-                guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
-                    throw NetfilterError(errno: ETIMEDOUT, operation: operation)
-                }
-                for message in NetlinkMessage.split(reply) where message.sequence == sequence {
-                    switch message.type {
-                    case Netlink.typeDone:
-                        done = true
-                    case Netlink.typeError:
-                        guard let ack = NetlinkAck(message, in: reply) else { continue }
-                        if ack.errno != 0 { throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message) }
-                        done = true
-                    case Conntrack.subsystem | Conntrack.new:
-                        guard let entry = Conntrack.parseEntry(reply, offset: message.offset, length: message.length),
-                              wanted.contains(where: { $0.proto.number == entry.tuple.proto && $0.port == entry.tuple.destinationPort })
-                        else { continue }
-                        requests.append(Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: takeSequence()))
-                    default:
-                        continue
-                    }
-                }
+            try eachConntrackEntry(family: family) { entry in
+                guard wanted.contains(where: { $0.proto.number == entry.tuple.proto && $0.port == entry.tuple.destinationPort })
+                else { return }
+                requests.append(Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: takeSequence()))
             }
         }
         if requests.isEmpty { return }
         try conntrackRequests(requests, operation: "delete conntrack entries to \(ports.count) released ports")
+    }
+
+    /// One IPCTNL_MSG_CT_GET dump of `family`'s connection tracking table (the socket's
+    /// namespace): `body` sees every entry with an original tuple (`Conntrack.parseEntry`).
+    func eachConntrackEntry(family: Family, _ body: ((tuple: Conntrack.Tuple, zone: UInt16, status: UInt32)) -> Void)
+        throws(NetfilterError) {
+        let sequence = takeSequence()
+        let operation = "list conntrack entries (\(family.rawValue))"
+        try transport.send(Conntrack.dump(family: family, sequence: sequence))
+        var done = false
+        while !done {
+            guard let reply = try transport.receive(timeout: BatchExchange.replyTimeout) else {
+                throw NetfilterError(errno: ETIMEDOUT, operation: operation)
+            }
+            for message in NetlinkMessage.split(reply) where message.sequence == sequence {
+                switch message.type {
+                case Netlink.typeDone:
+                    done = true
+                case Netlink.typeError:
+                    guard let ack = NetlinkAck(message, in: reply) else { continue }
+                    if ack.errno != 0 { throw NetfilterError(errno: ack.errno, operation: operation, detail: ack.message) }
+                    done = true
+                case Conntrack.subsystem | Conntrack.new:
+                    if let entry = Conntrack.parseEntry(reply, offset: message.offset, length: message.length) { body(entry) }
+                default:
+                    continue
+                }
+            }
+        }
     }
 
     /// Deletes every connection tracking entry to or from `address` (a guard removed it from a

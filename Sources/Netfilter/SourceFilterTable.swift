@@ -26,9 +26,9 @@ public struct SourceFilterCounter: Sendable, Hashable {
 ///         … drop6, allow6, drop6_dev, allow6_dev with ipv6_addr
 ///         counter tcp4_8080 { }                      one per filtered forward and family
 ///         set ports4 { type inet_service; flags interval }   every filtered forward's host ports
-///         chain prerouting { type filter hook prerouting priority dstnat - 10
-///             meta nfproto ipv4 ct direction original th dport @ports4 jump filter4
-///             meta nfproto ipv6 ct direction original th dport @ports6 jump filter6 }
+///         chain prerouting { type nat hook prerouting priority dstnat - 10
+///             meta nfproto ipv4 th dport @ports4 jump filter4
+///             meta nfproto ipv6 th dport @ports6 jump filter6 }
 ///         chain filter4 {
 ///             ip saddr . th dport . meta l4proto . ip daddr @allow4 accept
 ///             ip saddr . th dport . meta l4proto . iifname . ip daddr @allow4_dev accept
@@ -43,11 +43,17 @@ public struct SourceFilterCounter: Sendable, Hashable {
 /// most selective field leads each key (pipapo walks the elements every earlier field matched):
 /// the source in the allow sets, the port in the drop maps. Forwards never overlap on that key
 /// (the planner and the journal refuse it), so a packet has one judge.
+///
+/// The base chain is a nat chain: the kernel runs nat chains for a connection's first packet only
+/// (before it has a NAT binding), so an established flow never crosses this table. A drop there
+/// drops that packet and its unconfirmed conntrack entry; a list that narrows is enforced on open
+/// connections by deleting their entries (`cutFlows`): their next packet is a first one again.
 public enum SourceFilterTable {
     /// The table's name for virtport's inet table `table`.
     public static func name(_ table: String) -> String { table + "_src" }
 
-    /// Before DNAT (nat prerouting, -100), after conntrack (-200).
+    /// Before virtport's DNAT (nat prerouting, -100: a nat chain after one that bound the
+    /// connection's destination is skipped), after conntrack (-200).
     static let priority: Int32 = -110
     /// Most prefixes one forward may list (`SourceList.maxPrefixes`).
     public static let maxPrefixes = SourceList.maxPrefixes
@@ -166,13 +172,12 @@ public enum SourceFilterTable {
     /// The regular chain `family`'s packets to a filtered port jump to.
     static func filterChain(_ family: Family) -> String { family == .ipv4 ? "filter4" : "filter6" }
 
-    /// `meta nfproto F ct direction original th dport @portsF jump filterF`: the base chain's only
-    /// work for a packet to no filtered port is this one small interval look-up.
+    /// `meta nfproto F th dport @portsF jump filterF`: the base chain's only work for a new
+    /// connection to no filtered port is this one small interval look-up. (No `ct direction
+    /// original`: a nat chain sees a connection's first packet, which is the original direction.)
     static func prefilter(_ family: Family) -> [RuleExpression] {
         let r0 = register(word: 0)
         return RuleExpression.nfproto(family) + [
-            .ct(NFT_CT_DIRECTION, dreg: r0),
-            .cmp(sreg: r0, op: NFT_CMP_EQ, data: [0]),  // IP_CT_DIR_ORIGINAL
             .payload(base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2, dreg: r0),
             .lookup(set: portSet(family), sreg: r0, dreg: nil),
             .jump(filterChain(family)),
@@ -210,15 +215,35 @@ public enum SourceFilterTable {
         return rule
     }
 
-    /// The base chain, then per family the chain its filtered ports jump to: allow rules, then drop rules.
+    /// The base chain (type nat: first packets only), then per family the chain its filtered
+    /// ports jump to: allow rules, then drop rules.
     static var chains: [TableSkeleton.Chain] {
         [TableSkeleton.Chain(name: "prerouting", hook: NF_INET_PRE_ROUTING, priority: priority,
-                             rules: [Family.ipv4, .ipv6].map(prefilter), type: "filter")]
+                             rules: [Family.ipv4, .ipv6].map(prefilter), type: "nat")]
             + [Family.ipv4, .ipv6].map { family in
                 let mine = Variant.all.filter { $0.family == family }
                 return TableSkeleton.Chain(name: filterChain(family), hook: nil, priority: 0,
                                            rules: mine.map(allowRule) + mine.map(dropRule), type: "filter")
             }
+    }
+
+    /// The sorted rule shapes of this version's table (`NetfilterSession.shape`).
+    static let skeletonShapes: [[UInt8]] = NetfilterSession.shapes(of: chains)
+
+    /// Whether `filters` cut the connection whose original tuple is `flow`: one of them judges it
+    /// (same protocol, a host port of its range, its host address if it has one) and its list
+    /// does not hold the client. With `dev=` the interface a connection came in on is not in its
+    /// tuple: a connection another forward on the same port took is cut too, and its next packet
+    /// takes that forward again. The host's own connections (`output`: source and destination the
+    /// same local address) are never judged.
+    static func cuts(_ flow: Conntrack.Tuple, _ filters: [SourceFilterElement]) -> Bool {
+        guard flow.source != flow.destination else { return false }
+        let family = flow.source.family
+        return filters.contains { f in
+            f.proto.number == flow.proto && f.ports.contains(flow.destinationPort) && f.families.contains(family)
+                && (f.hostAddress.map { $0 == flow.destination } ?? true)
+                && !f.prefixes.contains { $0.family == family && $0.contains(flow.source) }
+        }
     }
 
     // MARK: - Port sets
@@ -458,6 +483,64 @@ extension NetfilterSession {
         if !failures.isEmpty { throw BatchExchange.combine(failures) }
     }
 
+    /// Whether the table's rules are this version's (each rule's chain and expression kinds, as
+    /// `skeletonIsIntact` compares `table inet <table>`'s): false for a table an older virtport
+    /// built (a filter chain that judged every packet, `ct direction original`), one whose rules
+    /// were flushed, or an absent one. One rule dump of the table.
+    public func sourceFilterSkeletonIsIntact() throws(NetfilterError) -> Bool {
+        let rules = try dumpRules(nfproto: UInt16(NFPROTO_INET), table: sourceFilterTable, chain: nil) ?? []
+        let expected = SourceFilterTable.skeletonShapes
+        guard rules.count == expected.count else { return false }
+        return rules.map { Self.shape($0.message) }.sorted(by: Self.bytesBefore) == expected
+    }
+
+    /// Deletes the connection tracking entries of the connections `filters` do not allow: a
+    /// filtered forward's connections (a DNAT took them) from a client its list does not hold.
+    /// Their next packet finds no entry, so it is a first packet again and meets the table's nat
+    /// chain, which drops it: how a list that narrows (a prefix removed, a list given to a forward,
+    /// a table put back) cuts open connections at once (README "Restricting a forward to some
+    /// sources"). The connections come from the forwards' flow record (`flows4`/`flows6` of
+    /// `table inet <table>`, README "Connection tracking"), deleted by tuple; a record that is
+    /// absent or full: one conntrack dump per family instead, its entries with a destination NAT.
+    /// Entries already gone are not an error.
+    ///
+    /// Wraps NFT_MSG_GETSETELEM (or IPCTNL_MSG_CT_GET), IPCTNL_MSG_CT_DELETE; needs CAP_NET_ADMIN.
+    @discardableResult
+    public func cutFlows(outside filters: [SourceFilterElement]) throws(NetfilterError) -> ConntrackCleanup {
+        var result = ConntrackCleanup()
+        for set in FlowSet.all {
+            let mine = filters.filter { $0.families.contains(set.family) }
+            if mine.isEmpty { continue }
+            var recorded: [KernelElement]? = nil
+            do { recorded = try dumpSet(set.name) } catch where error.isMissingObject {}
+            var requests: [[UInt8]] = []
+            var keys: [[UInt8]] = []
+            if let recorded, recorded.count < Int(FlowSet.capacity) {
+                for element in recorded {
+                    guard let flow = set.decode(element.key), SourceFilterTable.cuts(flow, mine) else { continue }
+                    requests.append(Conntrack.deleteByTuple(flow, sequence: takeSequence()))
+                    keys.append(element.key)
+                }
+            } else {
+                result.walks += 1
+                try eachConntrackEntry(family: set.family) { entry in
+                    guard entry.status & Conntrack.statusDestinationNAT != 0, SourceFilterTable.cuts(entry.tuple, mine) else { return }
+                    requests.append(Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: takeSequence()))
+                }
+            }
+            if requests.isEmpty { continue }
+            result.deleted += try conntrackRequests(requests, operation: "delete conntrack entries of filtered clients (\(set.name))")
+            // Their record goes too (best effort: the set's timeout collects what is left).
+            if keys.isEmpty { continue }
+            _ = try? execute { batch in
+                ElementMessages.append(to: &batch, table: table, set: set.name, adding: false,
+                                       keys.map { (key: $0, data: nil, flags: UInt32(0)) },
+                                       operation: .object("delete elements from set \(set.name)"))
+            }
+        }
+        return result
+    }
+
     /// Every drop counter of the table (NFT_MSG_GETOBJ dump); empty when the table is absent.
     public func sourceFilterCounters() throws(NetfilterError) -> [SourceFilterCounter] {
         try counterObjects(table: sourceFilterTable, family: .inet)
@@ -489,6 +572,12 @@ public struct SourceFilterBatchPart: BatchPart {
     /// The table rebuilt with exactly `all` (deleted when `all` is empty).
     public static func rebuild(_ all: [SourceFilter]) -> SourceFilterBatchPart {
         SourceFilterBatchPart(operation: .rebuild(all))
+    }
+
+    /// Whether the part rebuilds the table (with this version's skeleton) rather than changing it.
+    public var rebuildsTable: Bool {
+        if case .rebuild = operation { return true }
+        return false
     }
 
     public func append(to batch: inout NetlinkBatch, session: NetfilterSession) {

@@ -80,6 +80,48 @@ import VirtPortCore
         #expect(try box.journal().sourceFilters().map(\.state) == [.applied])
     }
 
+    /// The filters whose open connections a change checks: a list given to a forward, or one that
+    /// lost (or changed) a prefix; not one that only gained prefixes, nor one that went.
+    @Test func aChangeCutsOnlyForFiltersThatNarrowed() {
+        func f(_ port: UInt16, _ prefixes: String...) -> SourceFilter {
+            SourceFilter(proto: .tcp, hostAddress: nil, dev: nil, ports: PortRange(port, port),
+                         prefixes: prefixes.map { IPPrefix(parsing: $0)! })
+        }
+        let before = [f(22, "10.0.0.0/8", "192.0.2.0/24"), f(80, "10.0.0.0/8"), f(443, "10.0.0.0/8"), f(8080, "10.0.0.0/8")]
+        let after = [f(22, "10.0.0.0/8"), f(80, "10.0.0.0/8", "192.0.2.0/24"), f(443, "10.0.0.0/8"), f(3389, "10.0.0.0/8")]
+        let change = SourceFilterChange(domain: DomainRef(name: "web", uuid: uuidA), reason: "test", before: before, after: after,
+                                        part: nil)
+        #expect(change.narrowed.map(\.ports.start) == [22, 3389])
+    }
+
+    /// Only a list on a forward the kernel already held looks for open connections to cut
+    /// (`SourceFilterChange.cut`): a start of new forwards reads nothing more.
+    @Test func onlyAListOnAnAppliedForwardLooksForConnectionsToCut() throws {
+        let box = Sandbox()
+        defer { box.cleanup() }
+        let resources = Resources.perProcess(box.config, kernel: firewall())
+        let lines = CollectedDiagnostics()
+        let context = KindContext(resources: resources, diagnostics: lines)
+        let db = try resources.journal()
+        func cut(_ forwards: String) throws -> [UInt16] {
+            let plan = try Planner.plan(domain: try DomainXML.parse(domain("web", uuidA, forwards)), resolver: context.files,
+                                        policy: context.config.policy)
+            var staged: (any StagedChange)?
+            try db.transaction { () throws(VirtPortError) in
+                staged = try SourceFilterKind().stage(plan, domain: DomainRef(name: "web", uuid: uuidA), reason: "test",
+                                                      db: db, context: context)
+            }
+            return (staged as? SourceFilterChange)?.cut.map(\.ports.start) ?? []
+        }
+        let open = tcp(47222, to: 22)
+        let listed = open.replacingOccurrences(of: "proto='tcp'", with: "proto='tcp' source='203.0.113.0/24'")
+        #expect(listed != open)
+        #expect(try cut(listed) == [])  // a first start: the forward was not in the kernel
+        try DomainSync.apply(try DomainXML.parse(domain("web", uuidA, open)), reason: "test", resources: resources,
+                             diagnostics: lines)
+        #expect(try cut(listed) == [47222])  // the applied forward gets a list: its connections are checked
+    }
+
     @Test func reconcilePlansFromTheJournalAndTheRunningDomains() throws {
         let rows = [SourceFilterRow(domain: DomainRef(name: "gone", uuid: "u1"),
                                     filter: SourceFilter(proto: .tcp, hostAddress: nil, dev: nil, ports: PortRange(22, 22),

@@ -28,7 +28,7 @@ import VirtPortCore
     }
 
     /// A dump entry as the kernel sends it (orig and reply tuples, a zone) reads back as the tuple
-    /// and zone a delete by tuple needs; the delete carries the zone only when it is not 0.
+    /// and zone a delete by tuple needs, and its status bits (a DNAT's); the delete carries the zone only when it is not 0.
     @Test func dumpEntriesParseToTheirOriginalTupleAndZone() throws {
         let orig = Conntrack.Tuple(source: ip("2001:db8:1::2"), destination: ip("2001:db8:1::1"), proto: 6,
                                    sourcePort: 40001, destinationPort: 2222)
@@ -43,10 +43,12 @@ import VirtPortCore
         }
         let body = tuple(Conntrack.tupleOriginal, orig) + tuple(Conntrack.tupleReply, reply)
             + Conntrack.attribute(Conntrack.zone, Conntrack.be16(7))
+            + Conntrack.attribute(Conntrack.status, [0, 0, 0x01, 0xaa])  // big endian: IPS_DST_NAT among others
         let m = Conntrack.message(Conntrack.new, family: .ipv6, flags: 2, sequence: 5, body)
         let entry = try #require(Conntrack.parseEntry([1, 2, 3, 4] + m, offset: 4, length: m.count))
         #expect(entry.tuple == orig)
         #expect(entry.zone == 7)
+        #expect(entry.status == 0x1aa && entry.status & Conntrack.statusDestinationNAT != 0)
         let delete = Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: 1)
         #expect(NetlinkAttribute.list(delete, 20..<delete.count).map { $0.type & 0x3fff } == [1, 18])
         #expect(Conntrack.deleteByTuple(entry.tuple, sequence: 1).count == delete.count - 8)

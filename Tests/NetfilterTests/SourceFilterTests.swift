@@ -86,6 +86,34 @@ struct SourceFilterEncodingTests {
     }
 }
 
+@Suite("source filter: which open connections a list cuts")
+struct SourceFilterCutTests {
+    func flow(_ source: String, _ destination: String, _ proto: UInt8 = 6, port: UInt16) -> Conntrack.Tuple {
+        Conntrack.Tuple(source: IPAddress(source)!, destination: IPAddress(destination)!, proto: proto,
+                        sourcePort: 40000, destinationPort: port)
+    }
+
+    @Test func aForwardsConnectionFromAClientItsListDoesNotHoldIsCut() {
+        let any = filter(.tcp, PortRange(2222, 2230), ["203.0.113.0/24", "2001:db8:1::2"])
+        #expect(SourceFilterTable.cuts(flow("198.51.100.7", "203.0.113.1", port: 2222), [any]))
+        #expect(SourceFilterTable.cuts(flow("2001:db8:1::3", "2001:db8:1::1", port: 2230), [any]))
+        // Listed clients, another port, another protocol: not this filter's to cut.
+        #expect(!SourceFilterTable.cuts(flow("203.0.113.9", "203.0.113.1", port: 2222), [any]))
+        #expect(!SourceFilterTable.cuts(flow("2001:db8:1::2", "2001:db8:1::1", port: 2222), [any]))
+        #expect(!SourceFilterTable.cuts(flow("198.51.100.7", "203.0.113.1", port: 2231), [any]))
+        #expect(!SourceFilterTable.cuts(flow("198.51.100.7", "203.0.113.1", 17, port: 2222), [any]))
+        // The host's own connection (output: source and destination the same address) is not judged.
+        #expect(!SourceFilterTable.cuts(flow("203.0.113.1", "203.0.113.1", port: 2222), [any]))
+        // With address=, only connections to that address.
+        let one = filter(.udp, host: "192.0.2.1", PortRange(5353, 5353), ["10.0.0.0/8"])
+        #expect(SourceFilterTable.cuts(flow("192.0.2.77", "192.0.2.1", 17, port: 5353), [one]))
+        #expect(!SourceFilterTable.cuts(flow("192.0.2.77", "192.0.2.2", 17, port: 5353), [one]))
+        // A list without IPv6 prefixes holds no IPv6 client of a forward without address=.
+        let v4only = filter(.tcp, PortRange(22, 22), ["10.0.0.0/8"])
+        #expect(SourceFilterTable.cuts(flow("2001:db8::1", "2001:db8::2", port: 22), [v4only]))
+    }
+}
+
 @Suite("source filter in the kernel", .enabled(if: isRoot, "needs root: creates network namespaces"))
 struct SourceFilterKernelTests {
     @Test func tableLoadsListsAndReloads() throws {
@@ -102,7 +130,10 @@ struct SourceFilterKernelTests {
             #expect(text.contains("priority dstnat - 10"), "\(text)")
             #expect(text.contains("counter name th dport . meta l4proto . ip daddr map @drop4 drop"), "\(text)")
             #expect(text.contains("ip saddr . th dport . meta l4proto . ip daddr @allow4 accept"), "\(text)")
-            #expect(text.contains("ct direction original th dport @ports4 jump filter4"), "\(text)")
+            #expect(text.contains("type nat hook prerouting priority dstnat - 10"), "\(text)")
+            #expect(text.contains("meta nfproto ipv4 th dport @ports4 jump filter4"), "\(text)")
+            #expect(!text.contains("ct direction"), "\(text)")
+            #expect(try nf.sourceFilterSkeletonIsIntact())
             #expect(text.contains("elements = { 5900-5999, 8080 }"), "\(text)")
             // What nft lists loads back.
             try must(["ip", "netns", "exec", ns.name, "nft", "delete", "table", "inet", "virtport_src"])

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 from conftest import domain_xml, sh
+from traffic import ECHO, HOLD
 
 U1 = "a1a1a1a1-0000-4000-8000-000000000001"
 U2 = "a1a1a1a1-0000-4000-8000-000000000002"
@@ -211,52 +212,116 @@ def test_a_thousand_prefixes_and_two_domains(lab):
     assert set(counters(lab)) == {"tcp4_2222", "tcp6_2222"}
 
 
-ECHO = textwrap.dedent("""
-    import socket, threading
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 7)); s.listen(8); print("ready", flush=True)
-    def serve(c):
-        while True:
-            d = c.recv(100)
-            if not d: return
-            c.sendall(d)
-    while True:
-        c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-""")
+class Held:
+    """One open connection from `src` in the client namespace; `ask()` exchanges one line on it."""
 
-# One connection kept open: "ok" after each echoed line read from stdin, "dropped" when the echo
-# does not come back within a second.
-HOLDER = textwrap.dedent("""
-    import socket, sys
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2, source_address=(sys.argv[3], 0))
-    s.settimeout(1)
-    for line in sys.stdin:
-        s.sendall(line.encode())
-        try:
-            print("ok" if s.recv(100) else "closed", flush=True)
-        except socket.timeout:
-            print("dropped", flush=True)
-""")
+    def __init__(self, lab, proto, port, src, addr="203.0.113.1"):
+        import subprocess
+        self.p = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-c", HOLD, proto, addr, str(port), src],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        lab.procs.append(self.p)
+        assert self.p.stdout.readline().strip() == "open"
+
+    def ask(self):
+        self.p.stdin.write("x\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
 
 
-def test_removing_a_prefix_cuts_its_established_connection(lab):
-    """README: every original-direction packet is judged, so a list change takes effect on open
-    connections too (baseline: the same connection works before the change)."""
+def echo(lab):
+    """A TCP echo service on the guest's port 7 (the held connections' far end)."""
     import subprocess
-    second_addresses(lab)
     p = subprocess.Popen(["ip", "netns", "exec", lab.guest, sys.executable, "-c", ECHO], stdout=subprocess.PIPE)
     lab.procs.append(p)
     assert p.stdout.readline().decode().strip() == "ready"
+
+
+def test_removing_a_prefix_cuts_its_established_connection(lab):
+    """README: the table judges a connection's first packet only, and a list that loses a prefix
+    deletes the conntrack entries of that prefix's open connections, so their next packet is judged
+    (and dropped) like a first one. Only those: another listed client's open connection goes on.
+    Baseline: both connections work before the change."""
+    second_addresses(lab)
+    echo(lab)
     lab.start(web(source="203.0.113.2 203.0.113.3", to=7))
-    h = subprocess.Popen(["ip", "netns", "exec", lab.client, sys.executable, "-c", HOLDER, "203.0.113.1", "2222", "203.0.113.3"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    lab.procs.append(h)
-    h.stdin.write("a\n"); h.stdin.flush()
-    assert h.stdout.readline().strip() == "ok"
+    stays, leaves = Held(lab, "tcp", 2222, "203.0.113.2"), Held(lab, "tcp", 2222, "203.0.113.3")
+    assert (stays.ask(), leaves.ask()) == ("ok", "ok")
     lab.start(web(source="203.0.113.2", to=7))      # .3 leaves the list
-    h.stdin.write("b\n"); h.stdin.flush()
-    assert h.stdout.readline().strip() == "dropped"
+    assert leaves.ask() == "dropped"
+    assert stays.ask() == "ok"
+    assert leaves.ask() == "dropped"                 # its next packets meet the filter again
     assert counters(lab)["tcp4_2222"] >= 1
+
+
+def test_a_list_given_to_a_forward_cuts_open_connections_of_clients_it_does_not_list(lab):
+    """A forward without source= gets a list while connections are open (a live edit): the
+    connection of a client the list does not hold is cut at once, a listed client's goes on."""
+    second_addresses(lab)
+    echo(lab)
+    lab.start(web(to=7))
+    listed, unlisted = Held(lab, "tcp", 2222, "203.0.113.2"), Held(lab, "tcp", 2222, "203.0.113.3")
+    assert (listed.ask(), unlisted.ask()) == ("ok", "ok")   # baseline: no list, both open
+    lab.start(web(source="203.0.113.2", to=7))
+    assert unlisted.ask() == "dropped"
+    assert listed.ask() == "ok"
+    assert counters(lab)["tcp4_2222"] >= 1
+    # A connection opened after the list is judged on its first packet.
+    assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", 2222).startswith("ERROR")
+
+
+def test_a_removed_prefix_cuts_open_udp_flows_too(lab):
+    second_addresses(lab)
+    lab.listen(lab.guest, "udp", "0.0.0.0", 53, "G1")
+    xml = lambda source: domain_xml("web1", U1, f"<vp:portForward proto='udp' guest='192.168.122.10' source='{source}'>"
+                                                "<vp:range start='5353' to='53'/></vp:portForward>")
+    lab.start(xml("203.0.113.2 203.0.113.3"))
+    stays, leaves = Held(lab, "udp", 5353, "203.0.113.2"), Held(lab, "udp", 5353, "203.0.113.3")
+    assert (stays.ask(), leaves.ask()) == ("ok", "ok")
+    lab.start(xml("203.0.113.2"))
+    assert leaves.ask() == "dropped"
+    assert stays.ask() == "ok"
+    assert counters(lab)["udp4_5353"] >= 1
+
+
+OLD_LAYOUT = """
+flush chain inet virtport_src prerouting
+delete chain inet virtport_src prerouting
+add chain inet virtport_src prerouting { type filter hook prerouting priority dstnat - 10; }
+add rule inet virtport_src prerouting meta nfproto ipv4 ct direction original th dport @ports4 jump filter4
+add rule inet virtport_src prerouting meta nfproto ipv6 ct direction original th dport @ports6 jump filter6
+"""
+
+
+def test_a_table_in_the_first_layout_is_rebuilt_in_one_batch(lab):
+    """A host upgraded from the first layout (a filter chain judging every packet): it still
+    filters; doctor names it, and the next change of a filtered domain, or reconcile, rebuilds the
+    table in this version's layout (one batch: the old table goes in the batch that makes the new
+    one, so no moment without the filter)."""
+    second_addresses(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G1")
+    listing = lambda: sh("nft", "list", "table", "inet", TABLE, ns=lab.host).stdout.decode()
+    for fix in ("change", "reconcile"):
+        xml = web(source="203.0.113.2") if fix == "change" else web(source="203.0.113.2 198.51.100.0/24")
+        lab.write_status(xml)
+        lab.start(xml)
+        assert "type nat hook prerouting priority dstnat - 10" in listing()
+        sh("nft", "-f", "-", input=OLD_LAYOUT.encode(), ns=lab.host)
+        assert "type filter hook prerouting" in listing() and "ct direction original" in listing()
+        assert connect_from(lab, "203.0.113.2", "tcp", "203.0.113.1", 2222).startswith("G1")
+        assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", 2222).startswith("ERROR")
+        found = [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "source filters"]
+        assert len(found) == 1 and "older virtport" in json.dumps(found[0]), found
+        if fix == "change":
+            edited = web(source="203.0.113.2 198.51.100.0/24")   # a live edit of the list
+            lab.write_status(edited)
+            lab.start(edited)
+        else:
+            r = lab.virtport("reconcile")
+            assert r.returncode == 0, r.stderr.decode()
+        assert "type nat hook prerouting" in listing() and "ct direction" not in listing(), (fix, listing())
+        assert connect_from(lab, "203.0.113.2", "tcp", "203.0.113.1", 2222).startswith("G1")
+        assert connect_from(lab, "203.0.113.3", "tcp", "203.0.113.1", 2222).startswith("ERROR")
+        assert [f for f in json.loads(lab.virtport("doctor", "--json").stdout) if f["check"] == "source filters"] == []
 
 
 def test_the_agent_heals_a_deleted_source_filter_table(lab):

@@ -1,10 +1,16 @@
 """`source=` against the real libvirtd and QEMU (issue 24 item 1): a VM started by `virsh start`
 gets its forwards' source filters (the listed client reaches the guest, a forward whose list does
 not name it drops it and counts), `virtport add --source` adds a filtered forward to the running
-VM, and `virsh destroy` takes every filter and `table inet virtport_src` away."""
+VM, `virsh destroy` takes every filter and `table inet virtport_src` away, and a list given live
+(`virsh metadata --live`, the agent) cuts a client's open connection at once."""
 import json
+import subprocess
+import sys
 
+import harness
+from test_agent_libvirt import agent, virsh_metadata_live  # noqa: F401 (fixture)
 from test_virtport_libvirt import CLIENT, G1, HOST, MAC1, answer, installed, vp  # noqa: F401 (fixtures)
+from traffic import ECHO, HOLD
 
 VM = "vpe-src"
 
@@ -50,3 +56,38 @@ def test_vm_start_applies_source_filters_and_destroy_removes_them(lab, installed
     events = vp.json("history", "--sources")
     assert [(e["action"], e["host_ports"]) for e in events if e["action"] == "off"] == [
         ("off", "2222"), ("off", "2223"), ("off", "2224")], events
+
+
+def test_a_list_given_live_cuts_an_open_connection_at_once(lab, installed, agent):
+    """A running VM's forward without source= carries an open connection; `virsh metadata --live`
+    gives it a list without the client: the agent applies it at the metadata-change event and the
+    connection is cut at once (its conntrack entry deleted, its next packet judged and dropped).
+    Baseline: the connection works before the edit."""
+    vp, vm = installed, "vpe-srccut"
+    forward = f"<vp:portForward proto='tcp' guest='{G1}'{{}}><vp:range start='2226' to='7'/></vp:portForward>"
+    meta = lambda attr="": "<vp:virtport xmlns:vp='urn:virtport:domain:1'>" + forward.format(attr) + "</vp:virtport>"
+    lab.define_vm(vm, MAC1, meta())
+    guest = lab.stand_in_guest(G1)
+    echo = subprocess.Popen(["ip", "netns", "exec", guest.ns, sys.executable, "-c", ECHO], stdout=subprocess.PIPE)
+    guest.procs.append(echo)
+    assert echo.stdout.readline().decode().strip() == "ready"
+    client = lab.client()
+    lab.start_vm(vm)
+    held = subprocess.Popen(["ip", "netns", "exec", client.ns, sys.executable, "-c", HOLD, "tcp", HOST, "2226", CLIENT],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    client.procs.append(held)
+    assert held.stdout.readline().strip() == "open"
+
+    def ask():
+        held.stdin.write("x\n")
+        held.stdin.flush()
+        return held.stdout.readline().strip()
+
+    assert ask() == "ok"
+    r = virsh_metadata_live(lab, vm, meta(" source='192.0.2.0/24'"))
+    assert r.returncode == 0, r.stderr
+    harness.wait_for(lambda: (counters(lab) or {}).get("tcp4_2226") is not None, 10, 0.02, "the agent applied the list")
+    assert ask() == "dropped"
+    assert client.connect("tcp", HOST, 2226).startswith("ERROR")
+    assert counters(lab)["tcp4_2226"] >= 1
+    lab.destroy_vm(vm)

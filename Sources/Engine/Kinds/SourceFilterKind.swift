@@ -1,5 +1,6 @@
 public import Journal
 import Netfilter
+import POSIX
 public import VirtPortCore
 
 /// `source=` on `<portForward>`: per-forward source filters in `table inet <table>_src`
@@ -91,8 +92,17 @@ public struct SourceFilterKind: RuleKind {
         } else {
             part = .change(from: mine.map(\.filter), to: new, allBefore: before.map(\.filter), allAfter: all)
         }
-        return SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part,
-                                  recovering: mine.contains { $0.state != .applied })
+        let change = SourceFilterChange(domain: ref, reason: reason, before: mine.map(\.filter), after: new, part: part,
+                                        recovering: mine.contains { $0.state != .applied })
+        // Open connections to cut exist only where the domain's forward was in the kernel before
+        // this change (a live edit of its list): a start of forwards that were not reads nothing.
+        let narrowed = change.narrowed
+        if !narrowed.isEmpty {
+            let live = try db.activeMappings(domainUUID: domain.uuid)
+                .filter { $0.state != .pending && !$0.mapping.isPending }.map(\.mapping)
+            change.cut = narrowed.filter { f in live.contains { $0.proto == f.proto && $0.hostPorts.overlaps(f.ports) } }
+        }
+        return change
     }
 
     /// libvirt's network restart leaves other tables alone; a firewall reload may not: the table
@@ -131,25 +141,55 @@ public struct SourceFilterKind: RuleKind {
         return "source filters: \(problem); table inet \(SourceFilterTable.name(context.config.table)) rebuilt with \(rows.count) filter(s)"
     }
 
+    /// What `damage` says of a table whose rules are not this version's.
+    static let oldLayout = "its rules are not this version's (an older virtport's layout, or flushed)"
+
     /// What is wrong with the table given `filters` (nil: nothing): its counters are the filters'
-    /// (one per filter and family), read in one dump.
+    /// (one per filter and family), read in one dump, and its rules this version's (one rule dump:
+    /// a table an older virtport built, whose filter chain judged every packet, is rebuilt).
     static func damage(_ filters: [SourceFilter], context: KindContext) throws(VirtPortError) -> String? {
         guard let nf = try context.driver() as? NetfilterSession else { return nil }
         let present: Set<String>
+        let table = "table inet \(SourceFilterTable.name(context.config.table))"
         do { present = Set(try nf.sourceFilterCounters().map(\.name)) } catch {
-            throw .operational("cannot read table inet \(SourceFilterTable.name(context.config.table))", cause: error)
+            throw .operational("cannot read \(table)", cause: error)
         }
         let wanted = Set(filters.flatMap { f in f.families.map(f.counterName) })
         if wanted.isEmpty { return present.isEmpty ? nil : "\(present.count) counter(s) no forward owns" }
-        if present.isEmpty { return "table inet \(SourceFilterTable.name(context.config.table)) is missing" }
+        if present.isEmpty { return "\(table) is missing" }
         let missing = wanted.subtracting(present), extra = present.subtracting(wanted)
-        if missing.isEmpty && extra.isEmpty { return nil }
+        if missing.isEmpty && extra.isEmpty {
+            do { return try nf.sourceFilterSkeletonIsIntact() ? nil : oldLayout } catch {
+                throw .operational("cannot read \(table)", cause: error)
+            }
+        }
         return "counters " + (missing.sorted().first.map { "\($0) missing" } ?? "\(extra.sorted()[0]) not in the journal")
     }
 
+    /// Rebuilds the table with `filters` in one batch (no moment without a filter: the old table
+    /// goes in the batch that creates the new one), then cuts the connections they do not allow
+    /// (one may have opened while a filter was missing).
     static func rebuild(_ filters: [SourceFilter], context: KindContext) throws(VirtPortError) {
         do { try context.driver().send([SourceFilterBatchPart.rebuild(filters)]) } catch {
             throw .operational("cannot rebuild table inet \(SourceFilterTable.name(context.config.table))", cause: error)
+        }
+        cutFlows(outside: filters, context: context)
+    }
+
+    /// Deletes the conntrack entries of connections `filters` do not allow
+    /// (`NetfilterSession.cutFlows`): a failure is a warning, never the change's failure (the
+    /// filters are in place for new connections; only open ones linger).
+    static func cutFlows(outside filters: [SourceFilter], context: KindContext) {
+        guard !filters.isEmpty, let nf = try? context.driver() as? NetfilterSession else { return }
+        let started = MonotonicClock.micros()
+        do {
+            let done = try nf.cutFlows(outside: filters)
+            if done.deleted == 0 { return }
+            context.log.info("conntrack: \(done.deleted) connections of clients no source= list allows deleted in "
+                + "\(MonotonicClock.micros() - started) us" + (done.walks > 0 ? " (\(done.walks) table dumps)" : ""))
+        } catch {
+            context.warnings.emit("cannot delete the connection tracking entries of clients a source= list no longer "
+                + "allows: \(error); their open connections go on until they end")
         }
     }
 
@@ -201,6 +241,9 @@ final class SourceFilterChange: StagedChange {
     let part: SourceFilterBatchPart?
     /// Rows a failed batch or a crash left unconfirmed: their forwards may be held.
     let recovering: Bool
+    /// The filters whose forwards' open connections are checked after the kernel change: those
+    /// that `narrowed` on a forward the kernel already held.
+    var cut: [SourceFilter] = []
 
     init(domain: DomainRef, reason: String, before: [SourceFilter], after: [SourceFilter], part: SourceFilterBatchPart?,
          recovering: Bool = false) {
@@ -215,13 +258,42 @@ final class SourceFilterChange: StagedChange {
     var batchPart: (any BatchPart)? { part }
     var touchesKernel: Bool { part != nil }
 
-    /// The shared batch refused (a table missing, someone's edit): the table is rebuilt from the
-    /// journal, which holds this change's intent, under the exclusive lock (no other change
-    /// between the read and the batch).
+    /// The shared batch refused (a table missing, someone's edit), or a table in an older
+    /// virtport's layout changed: the table is rebuilt from the journal, which holds this change's
+    /// intent, under the exclusive lock (no other change between the read and the batch). Then
+    /// the connections a narrowed list no longer allows are cut: the table judges first packets
+    /// only.
     func afterBatch(sent: Bool, db: JournalDB, lock: ChangeLock, context: KindContext) throws(VirtPortError) {
-        guard part != nil, !sent else { return }
-        try lock.convertToExclusive()
-        try SourceFilterKind.rebuild(try db.sourceFilters().map(\.filter), context: context)
+        guard let part else { return }
+        var outdated = false
+        if sent, !part.rebuildsTable, !after.isEmpty, let nf = try context.driver() as? NetfilterSession {
+            // One rule dump: a table an older virtport built still filters (it judged every
+            // packet), and is now rebuilt in this version's layout in one batch.
+            do { outdated = try !nf.sourceFilterSkeletonIsIntact() } catch {
+                throw .operational("cannot read table inet \(nf.sourceFilterTable)", cause: error)
+            }
+        }
+        if !sent || outdated {
+            try lock.convertToExclusive()
+            try SourceFilterKind.rebuild(try db.sourceFilters().map(\.filter), context: context)
+            if outdated {
+                context.log.notice("healed: source filters: \(SourceFilterKind.oldLayout); table inet "
+                    + "\(SourceFilterTable.name(context.config.table)) rebuilt from the journal in one batch")
+            }
+            return
+        }
+        // A conntrack cleanup: in the agent after the hook's answer, still under this change's
+        // lock (`Resources.later`), so the domain's next change comes after it.
+        if cut.isEmpty { return }
+        let cut = self.cut
+        context.resources.later { SourceFilterKind.cutFlows(outside: cut, context: context) }
+    }
+
+    /// The filters of `after` that allow less than before: a list given to a forward, or one that
+    /// lost a prefix (or changed it). Their connections are checked against the new list.
+    var narrowed: [SourceFilter] {
+        let was = Dictionary(before.map { ($0.identity, Set($0.prefixes)) }, uniquingKeysWith: { a, _ in a })
+        return after.filter { f in was[f.identity].map { !$0.isSubset(of: Set(f.prefixes)) } ?? true }
     }
 
     func commit(db: JournalDB) throws(VirtPortError) {
@@ -286,9 +358,13 @@ public struct SourceFilterReconcile: KindReconcile {
             }
         }
         if let damage {
+            let explanation = damage == SourceFilterKind.oldLayout
+                ? "the table's rules are not this version's: an older virtport's layout still filters (judging every "
+                    + "packet, which costs more), flushed rules filter nothing and their forwards may be open to every client"
+                : "the source filters the journal holds are not all in the kernel (\(damage)): "
+                    + "their forwards may be open to every client"
             p.fixes.append(Fix(.rebuildTable, domain: nil, what: "table inet \(table)", reason: damage, kind: SourceFilterKind.name,
-                               explanation: "the source filters the journal holds are not all in the kernel (\(damage)): "
-                                   + "their forwards may be open to every client"))
+                               explanation: explanation))
         }
         p.rebuild = damage != nil || !p.rows.isEmpty
         return p
