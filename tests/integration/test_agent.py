@@ -24,11 +24,11 @@ RIVAL = domain_xml("agentrival", U2, """
 class Agent:
     """A `virtport agent --verbose` in the lab's host namespace; its log is what it served."""
 
-    def __init__(self, lab, config=None):
+    def __init__(self, lab, config=None, **extra_env):
         self.lab = lab
         self.socket = str(lab.dir / "agent.sock")
         self.log = lab.dir / f"agent-{time.monotonic_ns()}.log"
-        env = lab.env()
+        env = lab.env(**extra_env)
         if config:
             env["VIRTPORT_CONFIG"] = config
         self.proc = subprocess.Popen(["ip", "netns", "exec", lab.host, BIN, "agent", "--verbose"], env=env,

@@ -26,18 +26,7 @@ class SlowAgent(Agent):
     """`virtport agent --verbose` whose work after each answer starts `DELAY` late."""
 
     def __init__(self, lab):
-        self.lab = lab
-        self.socket = str(lab.dir / "agent.sock")
-        self.log = lab.dir / f"agent-{time.monotonic_ns()}.log"
-        env = lab.env(VIRTPORT_DEFER_DELAY_MS=str(int(DELAY * 1000)))
-        self.proc = subprocess.Popen(["ip", "netns", "exec", lab.host, BIN, "agent", "--verbose"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
-        lab.procs.append(self.proc)
-        deadline = time.time() + 10
-        while "listening on" not in self.text():
-            assert self.proc.poll() is None, f"agent exited: {self.text()}"
-            assert time.time() < deadline, f"agent did not come up: {self.text()}"
-            time.sleep(0.02)
+        super().__init__(lab, VIRTPORT_DEFER_DELAY_MS=str(int(DELAY * 1000)))
 
 
 def timed_hook(lab, xml, op, sub="begin"):
