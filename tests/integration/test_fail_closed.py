@@ -59,15 +59,21 @@ def tables(lab):
     return sh("nft", "list", "tables", ns=lab.host).stdout.decode()
 
 
+def guest_and_clients(lab):
+    """Clients .2 and .3, the guest listening on 22 (the filtered forward) and 80 (the open one);
+    returns the syslog reader."""
+    second_addresses(lab)
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G22")
+    lab.listen(lab.guest, "tcp", "0.0.0.0", 80, "G80")
+    return lab.syslog()
+
+
 def listing(lab):
     return {m["host_port_start"]: m for m in json.loads(lab.virtport("list", "--json", check=True).stdout)}
 
 
 def test_a_filter_the_kernel_refuses_keeps_its_forward_out_until_reconcile(lab):
-    second_addresses(lab)
-    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G22")
-    lab.listen(lab.guest, "tcp", "0.0.0.0", 80, "G80")
-    log = lab.syslog()
+    log = guest_and_clients(lab)
     owned = OwnedTable(lab)
 
     # The start: the shared batch (filter + forwards) is refused as a whole (EPERM is nothing a
@@ -143,10 +149,7 @@ def test_the_agents_self_heal_holds_the_forward_then_completes_it_by_itself(lab)
     """The agent running: someone deletes the filter table and keeps it with `flags owner` (one
     batch). The self-heal cannot put the filter back: it takes the forward out instead of leaving it
     open to every client; once the owner is gone, its retries put the filter, then the forward, back."""
-    second_addresses(lab)
-    lab.listen(lab.guest, "tcp", "0.0.0.0", 22, "G22")
-    lab.listen(lab.guest, "tcp", "0.0.0.0", 80, "G80")
-    log = lab.syslog()
+    log = guest_and_clients(lab)
     agent = start_agent(lab)
     lab.start(XML)
     assert connect_from(lab, "203.0.113.2", "tcp", "203.0.113.1", FILTERED) == "G22 22 from 203.0.113.2"
