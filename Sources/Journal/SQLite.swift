@@ -38,8 +38,13 @@ final class SQLiteConnection {
     private let db: OpaquePointer
     private var cache: [String: OpaquePointer] = [:]
 
+    /// Once per process, before SQLite initialises (the first open does): its memory statistics
+    /// off, ~4 % of the agent's instructions up to a `start`'s answer (BENCHMARKS.md "Up to the answer").
+    private static let tuned: Void = { _ = vp_sqlite_disable_memstatus() }()
+
     /// Wraps `sqlite3_open_v2`.
     init(path: String, readOnly: Bool) throws(VirtPortError) {
+        Self.tuned
         self.path = path
         var handle: OpaquePointer?
         // NOFOLLOW: SQLite itself refuses a database path that is a symbolic link (Files checks

@@ -21,8 +21,10 @@ public struct IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible
 
     /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (inet_pton); nil when it is neither.
     public init?(_ text: String) {
-        if text.isEmpty || text.count > 45 { return nil }
-        if text.contains(":") {
+        // UTF-8 counts and searches: the same answers as `count`/`contains` here (inet_pton takes
+        // ASCII only), without the grapheme walk (the journal parses every row's addresses).
+        if text.isEmpty || text.utf8.count > 45 { return nil }
+        if text.utf8.contains(UInt8(ascii: ":")) {
             var a = in6_addr()
             guard inet_pton(AF_INET6, text, &a) == 1 else { return nil }
             self.bytes = withUnsafeBytes(of: &a) { Array($0) }
@@ -78,6 +80,12 @@ public struct MACAddress: Sendable, Hashable, Comparable, CustomStringConvertibl
     }
 
     public init?(_ text: String) {
+        // Fast path, the stored form "52:54:00:aa:bb:01" (either case): one pass over the bytes,
+        // no substrings (the journal parses every row's MAC). Anything else takes the general path.
+        if let b = Self.colonHex(text) {
+            bytes = b
+            return
+        }
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 6 else { return nil }
         var out: [UInt8] = []
@@ -89,10 +97,46 @@ public struct MACAddress: Sendable, Hashable, Comparable, CustomStringConvertibl
     }
 
     public var description: String {
-        bytes.map { b in
-            let h = String(b, radix: 16)
-            return h.count == 1 ? "0" + h : h
-        }.joined(separator: ":")
+        let digits: StaticString = "0123456789abcdef"
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 3)
+        digits.withUTF8Buffer { hex in
+            for (i, b) in bytes.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ":")) }
+                out.append(hex[Int(b >> 4)])
+                out.append(hex[Int(b & 0x0f)])
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Six two-digit hex bytes separated by colons, exactly 17 bytes; nil for anything else.
+    private static func colonHex(_ text: String) -> [UInt8]? {
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+        }
+        let utf8 = text.utf8
+        guard utf8.count == 17 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(6)
+        var i = utf8.startIndex
+        for k in 0..<6 {
+            if k > 0 {
+                guard utf8[i] == UInt8(ascii: ":") else { return nil }
+                i = utf8.index(after: i)
+            }
+            guard let hi = nibble(utf8[i]) else { return nil }
+            i = utf8.index(after: i)
+            guard let lo = nibble(utf8[i]) else { return nil }
+            i = utf8.index(after: i)
+            out.append(hi << 4 | lo)
+        }
+        return out
     }
 
     public static func < (a: MACAddress, b: MACAddress) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
