@@ -76,7 +76,7 @@ printf '# admin\n/opt/mine/** r,\n# virtport: libvirt'"'"'s hooks are symlinks t
 printf '[Service]\nExecStart=/usr/local/bin/virtport agent\n[Install]\nWantedBy=multi-user.target\n' > systemd/system/virtport-agent.service
 ln -s ../virtport-agent.service systemd/system/multi-user.target.wants/virtport-agent.service
 cp /bin/sleep "$tmp/libvirtd"
-"$tmp/libvirtd" 60 &
+env --default-signal=HUP "$tmp/libvirtd" 60 &  # SIGHUP as libvirtd has it, even under nohup
 echo $! > /run/libvirtd.pid
 sleep 0.1
 "$@" >"$tmp/out" 2>&1 || { cat "$tmp/out"; exit 1; }
