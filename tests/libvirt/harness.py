@@ -1143,6 +1143,7 @@ class LibvirtLab:
         g = Peer(gns, ip, mac, hif)
         self.guests.append(g)
         sh("ip", "link", "set", "lo", "up", ns=gns)
+        self._drop_leftover_link(hif)
         sh("ip", "link", "add", hif, "netns", self.ns, "type", "veth", "peer", "name", "eth0", "netns", gns)
         sh("ip", "link", "set", hif, "master", BRIDGE, ns=self.ns)
         sh("ip", "link", "set", hif, "up", ns=self.ns)
@@ -1156,6 +1157,13 @@ class LibvirtLab:
                  10, 0.05, f"{hif} forwarding on {BRIDGE}")
         return g
 
+    def _drop_leftover_link(self, name):
+        """A previous test's stand-in namespace is deleted by name at once, but the kernel frees it
+        (and the veth into this namespace) only when nothing holds it: an orphaned TCP socket
+        retransmitting its FIN to a client a source filter now drops lives for minutes. Its host
+        side goes now, so the name can be used again (the orphan dies with the veth's other end)."""
+        sh("ip", "link", "del", name, ns=self.ns, check=False)
+
     def client(self):
         """The client namespace (created once per lab start), routed via the libvirt namespace."""
         if self._client:
@@ -1166,6 +1174,7 @@ class LibvirtLab:
         c = Peer(cns, CLIENT_IP, host_if="vplc0")
         self._client = c
         sh("ip", "link", "set", "lo", "up", ns=cns)
+        self._drop_leftover_link("vplc0")
         sh("ip", "link", "add", "vplc0", "netns", self.ns, "type", "veth", "peer", "name", "eth0", "netns", cns)
         sh("ip", "addr", "add", f"{CLIENT_HOST_IP}/24", "dev", "vplc0", ns=self.ns)
         sh("ip", "link", "set", "vplc0", "up", ns=self.ns)
