@@ -219,36 +219,48 @@ extension NetfilterSession {
         for set in FlowSet.all {
             let mine = elements.filter { $0.family == set.family }
             if mine.isEmpty { continue }
-            var recorded: [KernelElement]? = nil
-            if let record {
-                recorded = record.sets[set.name].map { $0.map { KernelElement(key: $0, data: [], flags: 0) } }
-            } else {
-                do { recorded = try dumpSet(set.name) } catch where error.isMissingObject {}
+            let recorded = try forgetRecordedFlows(set, record: record, what: "", result: &result) { flow in
+                mine.contains(where: flow.created(by:))
             }
-            guard let recorded, recorded.count < Int(FlowSet.capacity) else {
+            if !recorded {
                 // Cannot trust the record: walk the table once per guest address and port.
                 try forgetFlowsByWalking(mine)
                 result.walks += 1
-                continue
-            }
-            var byTuple: [Conntrack.Tuple: [UInt8]] = [:]
-            for element in recorded {
-                guard let flow = set.decode(element.key), mine.contains(where: flow.created(by:)) else { continue }
-                byTuple[flow] = element.key
-            }
-            if byTuple.isEmpty { continue }
-            result.deleted += try conntrackRequests(byTuple.keys.map { Conntrack.deleteByTuple($0, sequence: takeSequence()) },
-                                                    operation: "delete conntrack entries of \(set.name)")
-            // The record goes too (best effort: an element that expired meanwhile aborts nothing
-            // that matters; the set's timeout collects what is left).
-            if record != nil { continue }
-            _ = try? execute { batch in
-                ElementMessages.append(to: &batch, table: table, set: set.name, adding: false,
-                                       byTuple.values.map { (key: $0, data: nil, flags: UInt32(0)) },
-                                       operation: .object("delete elements from set \(set.name)"))
             }
         }
         return result
+    }
+
+    /// The flows `set` recorded (`record`, or the set read now) that `matching` takes: their
+    /// connection tracking entries deleted by tuple, then their record elements (best effort: an
+    /// element that expired meanwhile aborts nothing that matters; the set's timeout collects what
+    /// is left; none with a given record: the table is gone). false, and nothing done, when the
+    /// record cannot be trusted (the set full or absent): the caller walks the table its own way.
+    /// `what` names the entries in the operation ("" or "filtered clients").
+    func forgetRecordedFlows(_ set: FlowSet, record: FlowRecord?, what: String, result: inout ConntrackCleanup,
+                             matching: (Conntrack.Tuple) -> Bool) throws(NetfilterError) -> Bool {
+        var recorded: [KernelElement]? = nil
+        if let record {
+            recorded = record.sets[set.name].map { $0.map { KernelElement(key: $0, data: [], flags: 0) } }
+        } else {
+            do { recorded = try dumpSet(set.name) } catch where error.isMissingObject {}
+        }
+        guard let recorded, recorded.count < Int(FlowSet.capacity) else { return false }
+        var byTuple: [Conntrack.Tuple: [UInt8]] = [:]
+        for element in recorded {
+            guard let flow = set.decode(element.key), matching(flow) else { continue }
+            byTuple[flow] = element.key
+        }
+        if byTuple.isEmpty { return true }
+        result.deleted += try conntrackRequests(byTuple.keys.map { Conntrack.deleteByTuple($0, sequence: takeSequence()) },
+                                                operation: "delete conntrack entries of " + (what.isEmpty ? set.name : "\(what) (\(set.name))"))
+        if record != nil { return true }
+        _ = try? execute { batch in
+            ElementMessages.append(to: &batch, table: table, set: set.name, adding: false,
+                                   byTuple.values.map { (key: $0, data: nil, flags: UInt32(0)) },
+                                   operation: .object("delete elements from set \(set.name)"))
+        }
+        return true
     }
 
     /// `forgetFlows(of:)` without the record (the table was rebuilt or deleted): one filtered walk

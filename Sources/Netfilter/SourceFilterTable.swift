@@ -511,32 +511,17 @@ extension NetfilterSession {
         for set in FlowSet.all {
             let mine = filters.filter { $0.families.contains(set.family) }
             if mine.isEmpty { continue }
-            var recorded: [KernelElement]? = nil
-            do { recorded = try dumpSet(set.name) } catch where error.isMissingObject {}
+            if try forgetRecordedFlows(set, record: nil, what: "filtered clients", result: &result, matching: {
+                SourceFilterTable.cuts($0, mine)
+            }) { continue }
+            result.walks += 1
             var requests: [[UInt8]] = []
-            var keys: [[UInt8]] = []
-            if let recorded, recorded.count < Int(FlowSet.capacity) {
-                for element in recorded {
-                    guard let flow = set.decode(element.key), SourceFilterTable.cuts(flow, mine) else { continue }
-                    requests.append(Conntrack.deleteByTuple(flow, sequence: takeSequence()))
-                    keys.append(element.key)
-                }
-            } else {
-                result.walks += 1
-                try eachConntrackEntry(family: set.family) { entry in
-                    guard entry.status & Conntrack.statusDestinationNAT != 0, SourceFilterTable.cuts(entry.tuple, mine) else { return }
-                    requests.append(Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: takeSequence()))
-                }
+            try eachConntrackEntry(family: set.family) { entry in
+                guard entry.status & Conntrack.statusDestinationNAT != 0, SourceFilterTable.cuts(entry.tuple, mine) else { return }
+                requests.append(Conntrack.deleteByTuple(entry.tuple, zone: entry.zone, sequence: takeSequence()))
             }
             if requests.isEmpty { continue }
             result.deleted += try conntrackRequests(requests, operation: "delete conntrack entries of filtered clients (\(set.name))")
-            // Their record goes too (best effort: the set's timeout collects what is left).
-            if keys.isEmpty { continue }
-            _ = try? execute { batch in
-                ElementMessages.append(to: &batch, table: table, set: set.name, adding: false,
-                                       keys.map { (key: $0, data: nil, flags: UInt32(0)) },
-                                       operation: .object("delete elements from set \(set.name)"))
-            }
         }
         return result
     }
