@@ -77,8 +77,11 @@ let package = Package(
         .testTarget(name: "JournalTests", dependencies: ["Journal", "VirtPortCore"]),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "VirtPortCore"]),
         .testTarget(name: "POSIXTests", dependencies: ["POSIX"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "VirtPortCore", "Journal", "Netfilter", "POSIX"]),
-        .testTarget(name: "FrontEndTests", dependencies: ["Commands", "Hook", "Agent", "Engine", "VirtPortCore", "POSIX"]),
+        // What several test targets share (a scratch configuration); never linked into the product.
+        .target(name: "TestSupport", dependencies: ["Engine"], path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "VirtPortCore", "Journal", "Netfilter", "POSIX", "TestSupport"]),
+        .testTarget(name: "FrontEndTests", dependencies: ["Commands", "Hook", "Agent", "Engine", "VirtPortCore", "POSIX",
+                                                          "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

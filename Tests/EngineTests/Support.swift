@@ -3,6 +3,7 @@ import Testing
 @testable import Engine
 import Journal
 import Netfilter
+import TestSupport
 import VirtPortCore
 
 /// A temporary directory with a config whose journal and libvirt directories live in it; removed
@@ -14,13 +15,7 @@ struct Sandbox {
     init(_ policy: (inout Policy) -> Void = { _ in }) {
         dir = NSTemporaryDirectory() + "vp-engine-\(UUID().uuidString)"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        var c = Config()
-        c.databasePath = dir + "/virtport.db"
-        c.libvirtRunDir = dir + "/run"
-        c.libvirtConfigDir = dir + "/etc"
-        c.libvirtStateDir = dir + "/state"
-        c.agentSocket = dir + "/agent.sock"
-        c.syslogSocket = dir + "/log.sock"
+        var c = scratchConfig(in: dir)
         policy(&c.policy)
         config = c
         // libvirt's live XML of network `default` (guest= is checked against its subnet).

@@ -2,6 +2,7 @@ import Foundation
 @testable import Agent
 import Engine
 import POSIX
+import TestSupport
 import VirtPortCore
 
 /// An agent context over a temporary directory: its journal, libvirt's state directory, no
@@ -15,13 +16,7 @@ struct AgentFixture {
     init(libvirtURI: String = "") throws {
         dir = NSTemporaryDirectory() + "vp-agent-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
-        var c = Config()
-        c.databasePath = dir + "/virtport.db"
-        c.libvirtRunDir = dir + "/run"
-        c.libvirtConfigDir = dir + "/etc"
-        c.libvirtStateDir = dir + "/state"
-        c.agentSocket = dir + "/agent.sock"
-        c.syslogSocket = dir + "/log.sock"
+        var c = scratchConfig(in: dir)
         c.sourcePath = dir + "/virtport.conf"
         c.libvirtURI = libvirtURI
         config = c
